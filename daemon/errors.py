@@ -1,0 +1,83 @@
+"""The exception hierarchy: every error dropforge raises on purpose derives from DropforgeError."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def show_value(value: Any) -> str:
+    """Render a user-supplied value the way it was written in TOML (strings quoted)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class DropforgeError(Exception):
+    """Base of every error dropforge raises on purpose."""
+
+
+class ConfigError(DropforgeError):
+    """config.toml (or a command-line argument) is unusable; the CLI exits 2."""
+
+
+class InputError(DropforgeError):
+    """An input, sidecar or mask is bad: the job fails until the user changes it.
+
+    The message names the file, the key, the rule and the value, e.g.
+    ``cat.toml: count must be 1..20, got 50``.
+    """
+
+    def __init__(
+        self,
+        file: str,
+        message: str,
+        *,
+        key: str | None = None,
+        rule: str | None = None,
+        value: Any = None,
+    ) -> None:
+        self.file = file
+        self.key = key
+        self.rule = rule
+        self.value = value
+        super().__init__(f"{file}: {message}")
+
+    @classmethod
+    def bad_value(cls, file: str, key: str, rule: str, value: Any) -> InputError:
+        """Build the standard ``FILE: KEY must be RULE, got VALUE`` error."""
+        return cls(
+            file,
+            f"{key} must be {rule}, got {show_value(value)}",
+            key=key,
+            rule=rule,
+            value=value,
+        )
+
+
+class TransientError(DropforgeError):
+    """The cause lies outside the input; the job goes to ``waiting`` and is retried."""
+
+
+class ModelUnavailable(TransientError):
+    """The configured model is not on this machine and may not be downloaded now."""
+
+
+class OutOfMemory(TransientError):
+    """Generation ran out of memory after every fallback."""
+
+
+class DiskFull(TransientError):
+    """Free space is below ``min_free_mb`` or a write failed with ENOSPC."""
+
+
+class Interrupted(DropforgeError):
+    """A stop was requested; the running job is requeued and keeps its finished outputs."""
