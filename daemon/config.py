@@ -111,8 +111,9 @@ def resolve_model_ref(alias: str, value: str, base_dir: Path) -> ModelSource:
     if not looks_local:
         return ModelSource(alias=alias, kind="hub", ref=value)
     resolved = candidate.resolve()
-    kind = "file" if value.lower().endswith(".safetensors") else "folder"
-    return ModelSource(alias=alias, kind=kind, ref=str(resolved))
+    if value.lower().endswith(".safetensors"):
+        return ModelSource(alias=alias, kind="file", ref=str(resolved))
+    return ModelSource(alias=alias, kind="folder", ref=str(resolved))
 
 
 def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -323,7 +324,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
 
 def _string_table(name: str, table: str, data: Any) -> dict[str, str]:
     if not isinstance(data, dict):
-        raise ConfigError(f"{name}: [{table}] must be a table of alias = \"value\"")
+        raise ConfigError(f'{name}: [{table}] must be a table of alias = "value"')
     for key, value in data.items():
         if not isinstance(value, str) or not value:
             raise ConfigError(
