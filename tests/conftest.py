@@ -1,0 +1,41 @@
+"""Shared fixtures: the tiny offline models and one resident generator for the whole session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from daemon.generators import ModelSource
+from daemon.generators.diffusers_backend import DiffusersGenerator
+from daemon.generators.tiny import TINY_SD_SUBDIR, write_tiny_models
+
+# Tests never reach the network: with this set, huggingface_hub fails at once instead of
+# waiting on timeouts. It is read once, when huggingface_hub is first imported: later than
+# this, since the imports above load it lazily.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return a folder holding the tiny models: ``sd/`` (diffusers) and ``lora.safetensors``."""
+    folder = tmp_path_factory.mktemp("tiny-models")
+    write_tiny_models(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_models: Path) -> ModelSource:
+    """Return the tiny Stable Diffusion folder as the ``default`` model alias."""
+    return ModelSource(alias="default", kind="folder", ref=str(tiny_models / TINY_SD_SUBDIR))
+
+
+@pytest.fixture(scope="session")
+def generator() -> DiffusersGenerator:
+    """Return one CPU generator shared by the session, so the tiny model is loaded once.
+
+    One thread: torch's thread count is process-wide, and pinning it keeps pixel equality
+    between runs independent of what other tests did.
+    """
+    return DiffusersGenerator(device="cpu", threads=1)
