@@ -170,12 +170,16 @@ def defaults_chain(inbox_root: Path, folder: Path) -> tuple[Path, ...]:
     return tuple(Path(p) for p in found or ())
 
 
-def parts_of(inbox: InboxConfig, path: Path) -> Parts:
+TableReader = Callable[[str], "dict[str, Any] | None"]
+
+
+def parts_of(inbox: InboxConfig, path: Path, *, read_table: TableReader | None = None) -> Parts:
     """The images one sidecar or job file names as its parts (for a watcher's event)."""
+    read_table = read_table or read_small_table
     kind = classify(path.name)
     real_root = os.path.realpath(inbox.path)
     usable = kind in (FileKind.sidecar, FileKind.job) and _usable(real_root, os.fspath(path))
-    table = _read_table(os.fspath(path)) if usable else None
+    table = read_table(os.fspath(path)) if usable else None
     if table is None:
         return NO_PARTS
     files, rules = _named_parts(table, kind, real_root, os.path.realpath(path.parent))
@@ -188,6 +192,7 @@ def candidate_for(
     *,
     parts: Parts = NO_PARTS,
     excluded_roots: Iterable[Path] = (),
+    read_table: TableReader | None = None,
 ) -> Candidate | None:
     """Classify one path as scan_inbox would; None when ignored, refused or a part.
 
@@ -214,8 +219,9 @@ def candidate_for(
     if target is None:
         return None
     task, defaults_mask = inbox.default_task, None
+    read_table = read_table or read_small_table
     for defaults in chain:
-        task, defaults_mask = _apply_defaults(_read_table(defaults), task, defaults_mask)
+        task, defaults_mask = _apply_defaults(read_table(defaults), task, defaults_mask)
     real_dir = os.path.join(real_root, *dirs)
     view = _Folder(
         folder=Path(dir_path),
@@ -230,12 +236,19 @@ def candidate_for(
     return _candidate(inbox, view, name, kind, target, parts)
 
 
-def scan_inbox(inbox: InboxConfig, *, excluded_roots: Iterable[Path] = ()) -> ScanResult:
+def scan_inbox(
+    inbox: InboxConfig,
+    *,
+    excluded_roots: Iterable[Path] = (),
+    read_table: TableReader | None = None,
+) -> ScanResult:
     """Walk an inbox and return its inputs sorted by ``rel``, the refusals and the parts.
 
     Reads nothing but directory listings and the small TOML files that name masks,
-    endpoints and folder tasks; directory symlinks are never followed.
+    endpoints and folder tasks (through ``read_table``, which may answer from a cache);
+    directory symlinks are never followed.
     """
+    read_table = read_table or read_small_table
     root = os.fspath(inbox.path)
     real_root = os.path.realpath(root)
     skip = _excluded(inbox, excluded_roots, root, real_root)
@@ -254,7 +267,7 @@ def scan_inbox(inbox: InboxConfig, *, excluded_roots: Iterable[Path] = ()) -> Sc
         if listing.kinds.get(DEFAULTS_NAME) is FileKind.defaults:
             defaults = os.path.join(dir_path, DEFAULTS_NAME)
             chain = (*chain, Path(defaults))
-            task, defaults_mask = _apply_defaults(_read_table(defaults), task, defaults_mask)
+            task, defaults_mask = _apply_defaults(read_table(defaults), task, defaults_mask)
         for sub in listing.subdirs:
             sub_paths = (os.path.join(dir_path, sub), os.path.join(real_dir, sub))
             stack.append((*sub_paths, prefix + sub + "/", chain, task, defaults_mask))
@@ -272,7 +285,7 @@ def scan_inbox(inbox: InboxConfig, *, excluded_roots: Iterable[Path] = ()) -> Sc
             part_files.add(view.defaults_mask)
         for name, kind in listing.kinds.items():
             if kind in (FileKind.sidecar, FileKind.job):
-                table = _read_table(os.path.join(dir_path, name))
+                table = read_table(os.path.join(dir_path, name))
                 if table is not None:
                     files, found_rules = _named_parts(table, kind, real_root, real_dir)
                     part_files.update(files)
@@ -464,7 +477,7 @@ def _descend(
     return found
 
 
-def _read_table(path: str) -> dict[str, Any] | None:
+def read_small_table(path: str) -> dict[str, Any] | None:
     """A small TOML file's table, or None when it is too big, unreadable or invalid."""
     try:
         with open(path, "rb") as handle:

@@ -1,0 +1,244 @@
+"""Command line: arguments → library calls. The only place that prints or exits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from daemon.config import Settings, load_config
+from daemon.errors import DropforgeError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: $DROPFORGE_CONFIG, else ./config.toml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every command."""
+    parser = argparse.ArgumentParser(
+        prog="dropforge",
+        description="A hot folder for generative models: drop files into an inbox, "
+        "get images, meshes and tweens with manifests.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("once", help="process everything pending, print the report, exit")
+    _add_config(p)
+    p.add_argument(
+        "--dry-run", action="store_true", help="list planned outputs and prompts; load no model"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to the terminal")
+
+    p = sub.add_parser("status", help="journal summary and progress")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = sub.add_parser("check", help="validate an input and show its parameters and outputs")
+    _add_config(p)
+    p.add_argument("path", type=Path, help="an input (or its sidecar) inside an inbox")
+
+    p = sub.add_parser("retry", help="requeue failed, quarantined or named jobs")
+    _add_config(p)
+    p.add_argument("paths", nargs="*", type=Path, help="inputs to requeue")
+    p.add_argument("--failed", action="store_true", help="requeue every failed job")
+    p.add_argument("--quarantined", action="store_true", help="requeue every quarantined job")
+    p.add_argument("--force", action="store_true", help="regenerate even existing outputs")
+
+    p = sub.add_parser("tiny-model", help="write small random-weight pipelines for offline use")
+    _add_config(p)
+    p.add_argument("dir", type=Path, help="folder to write (DIR/sd)")
+
+    p = sub.add_parser("models", help="manage the configured models")
+    _add_config(p)
+    models_sub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    fetch = models_sub.add_parser("fetch", help="download the configured hub models")
+    _add_config(fetch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `dropforge` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import version
+
+        print(f"dropforge {version('dropforge')}")
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    handler = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except DropforgeError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from daemon.params import check_settings
+
+    settings = load_config(args.config)
+    check_settings(settings)
+    return settings
+
+
+def _generator_factory(settings: Settings) -> Any:
+    def make() -> Any:
+        from daemon.generators.diffusers_backend import DiffusersGenerator
+
+        return DiffusersGenerator(
+            settings.device,
+            cpu_offload=settings.cpu_offload,
+            vae_slicing=settings.vae_slicing,
+            vae_tiling=settings.vae_tiling,
+            attention_slicing=settings.attention_slicing,
+        )
+
+    return make
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    """`dropforge once`."""
+    from daemon.logs import configure_logging
+
+    settings = _settings(args)
+    configure_logging(
+        settings.log_format,
+        level=logging.INFO if args.verbose else logging.WARNING,
+        logfile=settings.state_dir / "logs" / "dropforge.log",
+    )
+    if args.dry_run:
+        return _print_dry_run(settings)
+    from daemon.progress import ProgressDisplay
+    from daemon.report import format_report
+    from daemon.runner import run_once
+
+    with ProgressDisplay() as display:
+        report = run_once(
+            settings,
+            _generator_factory(settings),
+            progress=display.callbacks(),
+            on_planned=display.set_total,
+        )
+    print(format_report(report, settings.base_dir), end="")
+    return report.exit_code
+
+
+def _print_dry_run(settings: Settings) -> int:
+    from daemon.runner import display_path, dry_run
+
+    prepared = dry_run(settings)
+    failed = 0
+    for item in prepared:
+        print(f"{item.candidate.rel}:")
+        if item.plan is None:
+            failed += 1
+            print(f"  Error: {item.error}")
+            continue
+        plan = item.plan
+        where = display_path(plan.out_dir, settings)
+        print(f"  task {plan.task}, model {plan.model.alias} -> {where}")
+        for out in plan.outputs:
+            prompt = json.dumps(out.prompt, ensure_ascii=False)
+            print(f"  {out.file}  seed {out.seed}  prompt {prompt}")
+        if plan.wants_contact_sheet:
+            print("  contact.png")
+    print(f"{len(prepared)} inputs, {failed} with errors (dry run: nothing generated)")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """`dropforge check PATH`."""
+    from daemon.inspect import check_path
+
+    settings = _settings(args)
+    result = check_path(settings, args.path)
+    print(result.text, end="")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`dropforge status`."""
+    from daemon.inspect import collect_status, format_status
+
+    settings = _settings(args)
+    status = collect_status(settings, now=time.time())
+    if args.json:
+        print(json.dumps(status, indent=2, ensure_ascii=False))
+    else:
+        print(format_status(status), end="")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """`dropforge retry`."""
+    from daemon.inspect import retry
+
+    settings = _settings(args)
+    if not (args.paths or args.failed or args.quarantined):
+        raise DropforgeError("retry needs PATH…, --failed or --quarantined")
+    count, unknown = retry(
+        settings, args.paths, failed=args.failed, quarantined=args.quarantined, force=args.force
+    )
+    for path in unknown:
+        print(f"{path}: not in the journal yet (run dropforge once)", file=sys.stderr)
+    print(f"requeued {count} job{'s' if count != 1 else ''}")
+    return EXIT_OK if not unknown else EXIT_FAILED
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    """`dropforge tiny-model DIR`."""
+    from daemon.generators.tiny import write_tiny_models
+
+    written = write_tiny_models(args.dir)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    print("Point config.toml at them:")
+    print("[models]")
+    for name, path in written.items():
+        alias = "default" if name == "sd" else name
+        print(f'{alias} = "{path}"')
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """`dropforge models fetch`."""
+    if args.models_command != "fetch":
+        raise DropforgeError("models needs an action: fetch")
+    from daemon.generators.fetch import fetch_models
+
+    settings = _settings(args)
+    sources = [settings.model_source(alias) for alias in settings.models]
+    for line in fetch_models(sources):
+        print(line)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "once": cmd_once,
+    "status": cmd_status,
+    "check": cmd_check,
+    "retry": cmd_retry,
+    "tiny-model": cmd_tiny_model,
+    "models": cmd_models,
+}

@@ -1,0 +1,174 @@
+"""One-shot processing (`dropforge once`): scan every inbox, run what is pending, report."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon.config import Settings
+from daemon.generators import Generator
+from daemon.intake import Candidate, read_small_table, scan_inbox
+from daemon.journal import JobState, Journal
+from daemon.outputs import remove_stale_temporaries
+from daemon.prepare import Prepared, prepare
+from daemon.survey import SurveyEntry, Verdict, survey
+from daemon.worker import JobResult, Outcome, Progress, Worker
+
+log = structlog.get_logger("dropforge.runner")
+
+
+@dataclass
+class OnceReport:
+    """Everything `dropforge once` prints at the end."""
+
+    folders: list[str]
+    preset: str
+    found: int = 0
+    skipped: int = 0
+    results: list[JobResult] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    deferred: list[tuple[str, str]] = field(default_factory=list)
+    previously_failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[JobResult]:
+        """Jobs that failed in this run."""
+        return [r for r in self.results if r.outcome is Outcome.failed]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no job failed in this run, 1 otherwise."""
+        return 1 if self.failed else 0
+
+
+def owner_id() -> str:
+    """Identifies this process in job leases."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process named in a lease still runs (other hosts: assumed alive)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def table_reader(journal: Journal) -> Callable[[str], dict[str, Any] | None]:
+    """Read sidecars for the scan through the journal's cache (unchanged ones stay closed)."""
+    return lambda path: journal.cached_table(path, read_small_table)
+
+
+def recover(settings: Settings, journal: Journal) -> None:
+    """Requeue jobs of a dead process and remove temporaries it left behind."""
+    requeued, quarantined = journal.recover(settings.max_attempts, alive=owner_alive)
+    removed = 0
+    for inbox in settings.inboxes:
+        if inbox.output.exists():
+            removed += len(remove_stale_temporaries(inbox.output))
+    if requeued or quarantined or removed:
+        log.info(
+            "journal.recovered", requeued=requeued, quarantined=quarantined, temporaries=removed
+        )
+
+
+def scan_all(settings: Settings, journal: Journal) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """Scan every inbox; return the candidates and the refused files with reasons."""
+    candidates: list[Candidate] = []
+    refused: list[tuple[str, str]] = []
+    roots = [i.output for i in settings.inboxes] + [settings.state_dir]
+    for inbox in settings.inboxes:
+        if not inbox.path.is_dir():
+            log.warning("inbox.missing", inbox=str(inbox.path))
+            refused.append((str(inbox.path), "inbox folder does not exist"))
+            continue
+        result = scan_inbox(inbox, excluded_roots=roots, read_table=table_reader(journal))
+        candidates += result.candidates
+        refused += [(str(p), why) for p, why in result.rejected]
+    return candidates, refused
+
+
+def run_once(
+    settings: Settings,
+    generator_factory: Callable[[], Generator],
+    *,
+    progress: Progress | None = None,
+    on_planned: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> OnceReport:
+    """Process everything pending in every inbox, then return the report."""
+    started = clock()
+    preset = str(settings.defaults.get("preset", "standard"))
+    report = OnceReport([str(i.path) for i in settings.inboxes], preset)
+    with Journal(settings.journal_path, clock=clock) as journal:
+        recover(settings, journal)
+        candidates, report.refused = scan_all(settings, journal)
+        report.found = len(candidates)
+        entries = [survey(settings, journal, c) for c in candidates]
+        _tally(report, entries)
+        journal.retry(states=[JobState.waiting])  # an explicit run retries waiting jobs now
+        pending = journal.counts()[JobState.queued]
+        if on_planned is not None:
+            on_planned(pending)
+        worker = Worker(
+            settings, journal, generator_factory, owner=owner_id(), clock=clock, progress=progress
+        )
+        seen: set[int] = set()
+        while True:
+            job = journal.claim(worker.owner, worker.lease_seconds())
+            if job is None:
+                break
+            if job.id in seen:  # claimed again in this run: leave it for a later run
+                journal.mark_waiting(job.id, job.error or "retry later", retry_in=60.0)
+                continue
+            seen.add(job.id)
+            result = worker.run(job)
+            if result.outcome is Outcome.skipped:
+                report.skipped += 1
+            elif result.outcome is not Outcome.vanished:
+                report.results.append(result)
+        worker.unload()
+    report.seconds = clock() - started
+    return report
+
+
+def _tally(report: OnceReport, entries: list[SurveyEntry]) -> None:
+    for entry in entries:
+        if entry.verdict is Verdict.done:
+            report.skipped += 1
+        elif entry.verdict is Verdict.failed:
+            report.skipped += 1
+            report.previously_failed.append((entry.candidate.rel, entry.message))
+        elif entry.verdict is Verdict.deferred:
+            report.deferred.append((entry.candidate.rel, entry.message))
+
+
+def dry_run(settings: Settings) -> list[Prepared]:
+    """Plan every input without queueing anything or loading a model."""
+    with Journal(settings.journal_path) as journal:
+        candidates, _ = scan_all(settings, journal)
+        return [prepare(settings, journal, c) for c in candidates if c.path.stat().st_size > 0]
+
+
+def display_path(path: str | Path, settings: Settings) -> str:
+    """A path relative to the config folder when it lies below it."""
+    try:
+        return str(Path(path).relative_to(settings.base_dir))
+    except ValueError:
+        return str(path)
