@@ -27,8 +27,8 @@ demo: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check daemon tests bench
-	$(BIN)/ruff format --check daemon tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
