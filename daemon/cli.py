@@ -124,7 +124,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(
         settings.log_format,
-        level=logging.INFO if args.verbose else logging.WARNING,
+        # The report lists failures and waits; the terminal gets log lines only with -v.
+        level=logging.INFO if args.verbose else logging.ERROR,
         logfile=settings.state_dir / "logs" / "dropforge.log",
     )
     if args.dry_run:

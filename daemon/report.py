@@ -43,8 +43,10 @@ def format_report(report: OnceReport, base: Path) -> str:
             lines.append(
                 f"{tag} {r.rel} -> {_short(r.out_dir, base)} ({r.message}, {r.seconds:.1f} seconds)"
             )
-        else:
+        elif r.outcome is Outcome.failed:
             lines.append(f"{tag} {r.rel} -> Error: {r.message}")
+        else:
+            lines.append(f"{tag} {r.rel} -> {r.message}")
     if report.previously_failed:
         lines.append("")
         lines.append(

@@ -216,7 +216,7 @@ def test_missing_model_waits_then_runs_when_it_appears(
     noise_image(tmp_path / "inbox" / "cat.png")
     code, out = run_once(config, capsys)
     assert code == 0, out
-    assert "[WAITING] cat.png -> Error: " in out
+    assert '[WAITING] cat.png -> model "default" (' in out
     assert "models/sd" in out
     assert not (tmp_path / "outbox" / "cat" / "manifest.json").exists()
     assert main(["status", "-c", str(config)]) == 0

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 
 ImageTask = Literal["text2image", "variations", "inpaint"]
 ModelKind = Literal["hub", "folder", "file"]
+MeshFormat = Literal["glb", "ply", "obj"]
+MESH_FORMATS: tuple[MeshFormat, ...] = ("glb", "ply", "obj")
+MESH_RESOLUTIONS = range(64, 513)  # marching-cubes grid points per axis
+TWEEN_DEPTHS = range(1, 7)
 
 # Bumped whenever a change to the generation code changes what the same job produces:
 # it is part of every job key, so old outputs are regenerated.
@@ -71,6 +75,49 @@ class ImageRequest:
     max_batch: int = 8
 
 
+@dataclass(frozen=True)
+class MeshRequest:
+    """One image-to-3D job: an image in, a mesh out in each of ``formats``."""
+
+    model: ModelSource
+    image: Image.Image
+    display: str  # how messages name the input, e.g. "chairs/cat.png"
+    steps: int
+    guidance: float
+    seed: int
+    resolution: int  # marching-cubes grid points per axis, in MESH_RESOLUTIONS
+    formats: tuple[MeshFormat, ...] = ("glb",)
+    texture: bool = False  # keep the model's vertex colours
+
+
+@dataclass(frozen=True)
+class TweenRequest:
+    """One tween sequence between two images, subdivided ``depth`` times.
+
+    Frame times are ``k / 2**depth`` (``subdivision.tween_times``). ``times_needed`` lists the frames the caller still
+    needs (0 and 1, the endpoints themselves, are never generated); ``existing`` holds frames
+    already made, used as neighbours instead of being made again. A time in both is made
+    again. Frames that a needed one is derived from are made too when they do not exist.
+    """
+
+    model: ModelSource
+    start: Image.Image
+    end: Image.Image
+    width: int
+    height: int
+    depth: int  # in TWEEN_DEPTHS
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance: float
+    strength: float
+    seed: int  # frame t uses subdivision.frame_seed(seed, t)
+    times_needed: tuple[float, ...]
+    existing: Mapping[float, Image.Image] = field(default_factory=dict)
+    lora: LoraSource | None = None
+    max_batch: int = 8
+
+
 def _never() -> bool:
     return False
 
@@ -83,6 +130,10 @@ def _ignore_warning(message: str) -> None:
     return None
 
 
+def _ignore_frame(t: float, image: Image.Image) -> None:
+    return None
+
+
 @dataclass
 class GenerationEvents:
     """Callbacks a backend calls while it works.
@@ -90,13 +141,15 @@ class GenerationEvents:
     ``on_image(index, image)`` is called as soon as an image exists, so the caller can
     write it before the next batch starts; ``should_stop()`` is polled at every
     denoising step and the backend raises ``Interrupted`` when it returns True;
-    ``on_warning`` receives one-line notes for the manifest (e.g. a truncated prompt).
+    ``on_warning`` receives one-line notes for the manifest (e.g. a truncated prompt);
+    ``on_frame(t, image)`` receives each new tween frame as soon as it exists.
     """
 
     on_image: Callable[[int, Image.Image], None]
     on_step: Callable[[int, int], None] = field(default=_ignore_step)
     should_stop: Callable[[], bool] = field(default=_never)
     on_warning: Callable[[str], None] = field(default=_ignore_warning)
+    on_frame: Callable[[float, Image.Image], None] = field(default=_ignore_frame)
 
 
 class Generator(Protocol):
@@ -107,6 +160,22 @@ class Generator(Protocol):
 
         Raises ``ModelUnavailable`` (model not on this machine), ``OutOfMemory`` (after
         every fallback), ``InputError`` (the input cannot be used) or ``Interrupted``.
+        """
+        ...
+
+    def generate_mesh(self, request: MeshRequest, events: GenerationEvents) -> dict[str, bytes]:
+        """Make the mesh of ``request``; return format (``glb``, ``ply``, ``obj``) → file bytes.
+
+        Steps are reported through ``events.on_step``. Raises ``ModelUnavailable``,
+        ``OutOfMemory``, ``InputError`` (the model found no surface in the image) or
+        ``Interrupted``.
+        """
+        ...
+
+    def generate_tween(self, request: TweenRequest, events: GenerationEvents) -> None:
+        """Make the missing frames of ``request``, reporting each through ``events.on_frame``.
+
+        Raises like ``generate_images``.
         """
         ...
 
