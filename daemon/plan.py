@@ -210,6 +210,17 @@ def build_plan(pi: PlanInput) -> Plan:
                 )
             )
 
+    if task in ("variations", "inpaint"):
+        for out in outputs:
+            if int(out.steps * out.strength) < 1:
+                raise InputError(
+                    pi.rel,
+                    f"strength must be at least 1/steps ({1 / out.steps:g} with {out.steps} "
+                    f"steps) for {task}, got {out.strength:g}",
+                    key="strength",
+                    rule="at least 1/steps",
+                    value=out.strength,
+                )
     params["task"] = task
     params["seeds"] = seeds
     params["seed"] = seeds[0]

@@ -1,0 +1,167 @@
+"""Planning: tasks, seeds, output names, variation ranges and job keys (pure functions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.config import InboxConfig
+from daemon.errors import InputError
+from daemon.generators import ModelSource
+from daemon.plan import Dependency, PlanInput, build_plan, output_dir, resolve_seeds
+
+INBOX = InboxConfig(path=Path("/in"), output=Path("/out"))
+MODEL = ModelSource(alias="default", kind="folder", ref="/models/sd")
+SHA = "ab" * 32
+
+
+def params(**overrides: Any) -> dict[str, Any]:
+    """Effective parameters as daemon.params returns them, with overrides."""
+    base: dict[str, Any] = {
+        "task": "auto",
+        "prompt": "",
+        "negative_prompt": "",
+        "prompts": None,
+        "count": 1,
+        "seed": None,
+        "seeds": None,
+        "steps": 30,
+        "guidance": 7.5,
+        "strength": 0.6,
+        "width": 512,
+        "height": 512,
+        "vary": {},
+        "force": False,
+    }
+    base.update(overrides)
+    return base
+
+
+def plan_for(rel: str = "a/cat.png", kind: str = "image", **kw: Any) -> Any:
+    """Build a plan for one input with the given parameter overrides."""
+    scenes = kw.pop("scenes", ())
+    mask = kw.pop("mask", None)
+    return build_plan(
+        PlanInput(
+            inbox=INBOX,
+            rel=rel,
+            kind=kind,
+            input_sha256=SHA,
+            input_bytes=10,
+            params=params(**kw),
+            model=MODEL,
+            scenes=scenes,
+            mask=mask,
+        )
+    )
+
+
+def test_seed_and_count_give_consecutive_seeds_and_names() -> None:
+    """count = 3, seed = 100 makes cat-100.png, cat-101.png and cat-102.png."""
+    plan = plan_for(count=3, seed=100)
+    assert [o.file for o in plan.outputs] == ["cat-100.png", "cat-101.png", "cat-102.png"]
+    assert plan.params["seeds"] == [100, 101, 102]
+    assert plan.out_dir == Path("/out/a/cat")
+    assert plan.wants_contact_sheet
+
+
+def test_seeds_without_seed_come_from_the_content_hash() -> None:
+    """Without seed or seeds, seeds derive from the input hash and are stable."""
+    first = resolve_seeds(params(count=2), SHA)
+    assert first == resolve_seeds(params(count=2), SHA)
+    assert first[1] == first[0] + 1
+    assert first != resolve_seeds(params(count=2), "cd" * 32)
+
+
+def test_seeds_wrap_inside_the_seed_space() -> None:
+    """seed + i never leaves 0..4294967295."""
+    assert resolve_seeds(params(count=2, seed=4294967295), SHA) == [4294967295, 0]
+
+
+def test_prompt_file_scenes_are_named_by_scene_and_seed() -> None:
+    """Two scenes × seeds 7 and 8 give story-s01-7.png … story-s02-8.png."""
+    plan = plan_for("story.md", "prompt", count=2, seed=7, scenes=("one", "two"))
+    assert [o.file for o in plan.outputs] == [
+        "story-s01-7.png",
+        "story-s01-8.png",
+        "story-s02-7.png",
+        "story-s02-8.png",
+    ]
+    assert [o.prompt for o in plan.outputs] == ["one", "one", "two", "two"]
+    assert plan.task == "text2image"
+
+
+def test_prompt_variations_multiply_with_seeds() -> None:
+    """prompts × seeds, named -p01-/-p02-."""
+    plan = plan_for(prompts=("red", "blue"), seeds=(5, 9), count=2)
+    assert [o.file for o in plan.outputs] == [
+        "cat-p01-5.png",
+        "cat-p01-9.png",
+        "cat-p02-5.png",
+        "cat-p02-9.png",
+    ]
+
+
+def test_vary_spreads_values_evenly_and_records_them() -> None:
+    """guidance = [5, 9] over count 3 gives 5, 7, 9 on the outputs."""
+    plan = plan_for(count=3, seed=1, vary={"guidance": (5.0, 9.0), "steps": (10.0, 20.0)})
+    assert [o.guidance for o in plan.outputs] == [5.0, 7.0, 9.0]
+    assert [o.steps for o in plan.outputs] == [10, 15, 20]
+    assert plan.outputs[1].varied == {"guidance": 7.0, "steps": 15}
+
+
+def test_job_key_changes_with_parameters_and_input_only() -> None:
+    """The key is stable for the same plan and changes with a parameter."""
+    a = plan_for(count=2, seed=1)
+    assert a.job_key == plan_for(count=2, seed=1).job_key
+    assert a.job_key != plan_for(count=2, seed=2).job_key
+    assert a.job_key != plan_for(count=2, seed=1, guidance=8.0).job_key
+
+
+def test_force_does_not_change_the_key() -> None:
+    """force asks for regeneration; it is not a different job."""
+    assert plan_for(force=True).job_key == plan_for(force=False).job_key
+
+
+def test_task_must_suit_the_input() -> None:
+    """A prompt file cannot be img2img'd."""
+    with pytest.raises(InputError) as err:
+        plan_for("notes.txt", "prompt", task="variations", scenes=("x",))
+    assert str(err.value) == (
+        'notes.txt: task must be one of text2image for a prompt file, got "variations"'
+    )
+
+
+def test_inpaint_without_mask_names_the_fix() -> None:
+    """Inpainting needs a mask and the message says how to give one."""
+    with pytest.raises(InputError) as err:
+        plan_for("room.png", task="inpaint")
+    assert str(err.value) == (
+        "room.png: inpaint needs a mask: add room.mask.png beside it or set mask in room.toml"
+    )
+    ok = plan_for("room.png", task="inpaint", mask=Dependency("room.mask.png", SHA))
+    assert ok.task == "inpaint"
+
+
+def test_strength_too_low_for_the_steps_is_refused() -> None:
+    """img2img with steps × strength below one step would do nothing."""
+    with pytest.raises(InputError) as err:
+        plan_for(steps=2, strength=0.4)
+    assert str(err.value) == (
+        "a/cat.png: strength must be at least 1/steps (0.5 with 2 steps) for variations, got 0.4"
+    )
+
+
+def test_unsupported_tasks_are_refused_with_a_message() -> None:
+    """mesh is not planned by the image planner."""
+    with pytest.raises(InputError, match="task mesh is not supported"):
+        plan_for(task="mesh")
+
+
+def test_output_dir_sanitises_names_for_every_os() -> None:
+    """Reserved Windows names and odd characters become safe folder names."""
+    assert output_dir(INBOX, "x/CON.png") == Path("/out/x/CON_")
+    assert output_dir(INBOX, "a:b/c?.png") == Path("/out/a_b/c_")
+    assert output_dir(INBOX, "t/walk.job.toml") == Path("/out/t/walk")
