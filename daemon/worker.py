@@ -211,7 +211,7 @@ class Worker:
         manifest.update(status="failed", error=message, outputs=[])
         try:
             write_manifest(prepared.out_dir, manifest)
-        except OSError as exc:
+        except (OSError, DropforgeError) as exc:  # e.g. disk full: the journal still records it
             bound.error("manifest.unwritable", error=str(exc))
         self.journal.mark_failed(job.id, message)
         bound.warning("job.failed", error=message)
