@@ -189,3 +189,21 @@ def _listed_path(out_dir: Path, entry: object) -> Path | None:
     if real_parent != real_root and real_root not in real_parent.parents:
         return None
     return path
+
+
+def job_is_done(out_dir: Path, job_key: str) -> bool:
+    """``manifest_is_done`` for any job; a tween job's sequences must all be done too."""
+    if not manifest_is_done(out_dir, job_key):
+        return False
+    manifest = read_manifest(out_dir)
+    for entry in (manifest or {}).get("sequences") or ():
+        folder = entry.get("folder") if isinstance(entry, dict) else None
+        key = entry.get("job_key") if isinstance(entry, dict) else None
+        if not isinstance(folder, str):
+            return False
+        parts = folder.split("/")
+        if len(parts) != 2 or parts[0] != "sequences" or parts[1] in ("", ".", ".."):
+            return False
+        if not isinstance(key, str) or not manifest_is_done(out_dir.parent / folder, key):
+            return False
+    return True

@@ -7,12 +7,15 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import InboxConfig
 from daemon.errors import InputError
 from daemon.generators import GENERATOR_VERSION, LoraSource, ModelSource
 from daemon.outputs import sanitize_name
+
+if TYPE_CHECKING:
+    from daemon.sequences import SequencePlan
 
 SEED_SPACE = 2**32
 IMAGE_TASKS = ("text2image", "variations", "inpaint")
@@ -79,6 +82,7 @@ class Plan:
     sidecars: tuple[Dependency, ...]
     outputs: tuple[PlannedOutput, ...]
     force: bool
+    sequences: tuple[SequencePlan, ...] = ()
 
     @property
     def display(self) -> str:
@@ -154,14 +158,12 @@ def build_plan(pi: PlanInput) -> Plan:
     """Resolve task, seeds, prompts and outputs; compute the job key."""
     params = dict(pi.params)
     task = resolve_task(params, pi.inbox, pi.kind, pi.rel)
-    if task not in IMAGE_TASKS:
+    if task == "tween":
         raise InputError(
-            pi.rel,
-            f"task {task} is not supported by this version of dropforge",
-            key="task",
-            rule="supported task",
-            value=task,
+            pi.rel, "tween jobs are planned by daemon.sequences", key="task", value=task
         )
+    if task == "mesh":
+        return _mesh_plan(pi, params)
     if task == "inpaint" and pi.mask is None:
         stem = PurePosixPath(pi.rel).stem
         raise InputError(
@@ -227,6 +229,35 @@ def build_plan(pi: PlanInput) -> Plan:
     params["count"] = len(seeds)
     if pi.kind == "prompt":
         params["scenes"] = len(prompts)
+    return _finish(pi, task, params, outputs)
+
+
+def _mesh_plan(pi: PlanInput, params: dict[str, Any]) -> Plan:
+    """Image → 3D: one seed, one file per requested format (``cat.glb``, ``cat.ply``…)."""
+    seed = resolve_seeds({**params, "count": 1, "seeds": None}, pi.input_sha256)[0]
+    stem = sanitize_name(output_dir(pi.inbox, pi.rel).name)
+    outputs = [
+        PlannedOutput(
+            index=i,
+            file=f"{stem}.{fmt}",
+            seed=seed,
+            prompt="",
+            negative_prompt="",
+            steps=int(params["steps"]),
+            guidance=float(params["guidance"]),
+            strength=float(params["strength"]),
+        )
+        for i, fmt in enumerate(params["formats"])
+    ]
+    for key in ("prompt", "negative_prompt", "prompts", "count", "seeds", "strength", "vary"):
+        params.pop(key, None)
+    params.update(task="mesh", seed=seed, formats=list(params["formats"]))
+    return _finish(pi, "mesh", params, outputs)
+
+
+def _finish(
+    pi: PlanInput, task: str, params: dict[str, Any], outputs: Sequence[PlannedOutput]
+) -> Plan:
     key_material = {
         "generator": GENERATOR_VERSION,
         "task": task,

@@ -10,8 +10,9 @@ from typing import Any
 from daemon import params as params_mod
 from daemon.config import Settings
 from daemon.errors import ConfigError, DropforgeError, InputError, show_value
-from daemon.intake import Candidate, confine
+from daemon.intake import Candidate, FileKind, classify, confine
 from daemon.journal import Journal
+from daemon.outputs import sanitize_name
 from daemon.plan import (
     Dependency,
     Plan,
@@ -23,6 +24,7 @@ from daemon.plan import (
     output_dir,
 )
 from daemon.scenes import apply_template, read_prompt_text, split_scenes
+from daemon.sequences import Endpoint, build_tween_plan, pair_endpoints, split_endpoint_name
 
 
 class DependencyMissing(DropforgeError):
@@ -163,6 +165,23 @@ def _plan(
     elif candidate.mask is not None:
         mask = by_path[relative(candidate, candidate.mask)]
 
+    if candidate.kind.value == "job":
+        pairs = _tween_pairs(journal, candidate, effective, deps, sidecar_display)
+        return build_tween_plan(
+            PlanInput(
+                inbox=candidate.inbox,
+                rel=candidate.rel,
+                kind="job",
+                input_sha256=by_path[candidate.rel].sha256,
+                input_bytes=candidate.path.stat().st_size,
+                params=effective,
+                model=model,
+                lora=lora,
+                sidecars=sidecar_deps,
+            ),
+            pairs,
+        )
+
     scenes: tuple[str, ...] = ()
     if candidate.kind.value == "prompt":
         text = read_prompt_text(candidate.path, candidate.rel)
@@ -194,4 +213,61 @@ def _plan(
             mask=mask,
             sidecars=sidecar_deps,
         )
+    )
+
+
+def _tween_pairs(
+    journal: Journal,
+    candidate: Candidate,
+    effective: dict[str, Any],
+    deps: list[Dependency],
+    display: str,
+) -> list[tuple[str, Endpoint, Endpoint]]:
+    """Find a tween job's endpoint images: ``start``/``end``, or seed-004 ``paths``."""
+    root = candidate.inbox.path
+    folder = candidate.path.parent
+    name = candidate.path.name[: -len(".job.toml")]
+
+    def endpoint(key: str, path: Path) -> Dependency:
+        if not path.is_file() or classify(path.name) is not FileKind.image:
+            raise InputError.bad_value(display, key, "an existing image", effective[key])
+        dep = hash_dependencies(journal, candidate, [path])[0]
+        deps.append(dep)
+        return dep
+
+    if effective.get("start") or effective.get("end"):
+        for key in ("start", "end"):
+            if not effective.get(key):
+                raise InputError(display, f"{key} is required when start or end is set", key=key)
+        found = []
+        for key in ("start", "end"):
+            path = confine(root, str(effective[key]), base=folder, display=display, key=key)
+            dep = endpoint(key, path)
+            expr = (split_endpoint_name(path.name) or (path.stem, ""))[0]
+            found.append(Endpoint(dep, expr, effective.get("pose")))
+        pose = effective.get("pose")
+        path_id = sanitize_name(name) + (f"__{pose}" if pose else "")
+        return [(path_id, found[0], found[1])]
+    if effective.get("paths"):
+        where = folder
+        if effective.get("endpoints"):
+            where = confine(
+                root, str(effective["endpoints"]), base=folder, display=display, key="endpoints"
+            )
+        images: dict[tuple[str, str], Dependency] = {}
+        if where.is_dir():
+            for entry in sorted(where.iterdir()):
+                parsed = split_endpoint_name(entry.name)
+                if parsed and entry.is_file() and classify(entry.name) is FileKind.image:
+                    images[parsed] = hash_dependencies(journal, candidate, [entry])[0]
+        pairs = pair_endpoints(display, effective["paths"], images, effective.get("pose"))
+        for _, start, end in pairs:
+            deps.extend(d for d in (start.dep, end.dep) if d not in deps)
+        return pairs
+    raise InputError(
+        display,
+        "a tween needs start and end images, or paths = [{id, start, end}] over "
+        "{expr}__{pose}.png endpoints",
+        key="start",
+        rule="required for tween",
     )

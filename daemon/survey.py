@@ -13,7 +13,7 @@ from daemon.config import Settings
 from daemon.errors import DropforgeError
 from daemon.intake import Candidate
 from daemon.journal import Job, JobState, Journal
-from daemon.manifest import manifest_is_done
+from daemon.manifest import job_is_done
 from daemon.prepare import base_dependencies, prepare, quick_fingerprint, relative
 
 log = structlog.get_logger("dropforge.survey")
@@ -50,7 +50,8 @@ def survey(settings: Settings, journal: Journal, candidate: Candidate) -> Survey
         if candidate.path.stat().st_size == 0:
             return SurveyEntry(candidate, Verdict.deferred, message="empty file, still arriving")
         row = journal.get_job(inbox, candidate.rel)
-        if row is not None and row.fingerprint:
+        # Job files are re-planned every time: endpoints may arrive after them.
+        if row is not None and row.fingerprint and candidate.kind.value != "job":
             fp = quick_fingerprint(settings, journal, candidate, row.deps)
             if fp == row.fingerprint and not row.force:
                 return _unchanged(journal, candidate, row)
@@ -71,7 +72,7 @@ def survey(settings: Settings, journal: Journal, candidate: Candidate) -> Survey
         deps=extra,
     )
     plan = prepared.plan
-    if plan is not None and not plan.force and manifest_is_done(plan.out_dir, plan.job_key):
+    if plan is not None and not plan.force and job_is_done(plan.out_dir, plan.job_key):
         # The journal forgot (state dir wiped) but the outputs are complete.
         journal.mark_done(job.id, seconds=0.0)
         return SurveyEntry(candidate, Verdict.done, journal.get(job.id))
@@ -84,7 +85,7 @@ def survey(settings: Settings, journal: Journal, candidate: Candidate) -> Survey
 
 def _unchanged(journal: Journal, candidate: Candidate, row: Job) -> SurveyEntry:
     if row.state is JobState.done:
-        if manifest_is_done(Path(row.out_dir), row.job_key):
+        if job_is_done(Path(row.out_dir), row.job_key):
             return SurveyEntry(candidate, Verdict.done, row)
         journal.requeue(row.id)  # an output was deleted or damaged: resume the job
         log.info("job.requeued", input=candidate.rel, reason="outputs missing")

@@ -27,7 +27,7 @@ from daemon.generators import GenerationEvents, Generator, ImageRequest, ImageSp
 from daemon.images import load_input_image, load_mask
 from daemon.intake import candidate_for, read_small_table
 from daemon.journal import Job, Journal
-from daemon.manifest import manifest_is_done, read_manifest, remove_obsolete_outputs, write_manifest
+from daemon.manifest import job_is_done, read_manifest, remove_obsolete_outputs, write_manifest
 from daemon.outputs import (
     OutputFile,
     a1111_parameters,
@@ -170,7 +170,7 @@ class Worker:
             assert prepared.error is not None
             return self._fail(job, prepared, str(prepared.error), started, bound)
         force = plan.force or job.force
-        if not force and manifest_is_done(plan.out_dir, plan.job_key):
+        if not force and job_is_done(plan.out_dir, plan.job_key):
             self.journal.mark_done(job.id, seconds=0.0)
             self._move_after(prepared, "_done")
             return JobResult(job.inbox, job.input, Outcome.skipped, 0.0, out_dir=str(plan.out_dir))
@@ -207,7 +207,7 @@ class Worker:
         self, job: Job, prepared: Prepared, message: str, started: float, bound: Any
     ) -> JobResult:
         finished = self.clock()
-        manifest = self._manifest_base(prepared, started, finished)
+        manifest = self.manifest_base(prepared, started, finished)
         manifest.update(status="failed", error=message, outputs=[])
         try:
             write_manifest(prepared.out_dir, manifest)
@@ -243,7 +243,8 @@ class Worker:
             except OSError as exc:
                 log.warning("input.unmovable", input=str(rel), error=str(exc))
 
-    def _manifest_base(self, prepared: Prepared, started: float, finished: float) -> dict[str, Any]:
+    def manifest_base(self, prepared: Prepared, started: float, finished: float) -> dict[str, Any]:
+        """The manifest fields every job shares (status done; callers add outputs)."""
         plan = prepared.plan
         rel = prepared.candidate.rel
         deps = {d.path: d for d in prepared.deps}
@@ -278,7 +279,8 @@ class Worker:
             manifest["lora"] = {"alias": plan.lora.alias, "scale": plan.lora.scale}
         return manifest
 
-    def _check_space(self, out_dir: Path) -> None:
+    def check_space(self, out_dir: Path) -> None:
+        """Raise DiskFull when the output's disk has less than ``min_free_mb`` free."""
         probe = out_dir
         while not probe.exists():
             probe = probe.parent
@@ -292,8 +294,16 @@ class Worker:
     def _generate(
         self, job: Job, prepared: Prepared, plan: Plan, force: bool, started: float
     ) -> tuple[int, int, list[str]]:
+        if plan.task == "mesh":
+            from daemon.meshjob import run_mesh
+
+            return run_mesh(self, job, prepared, plan, started)
+        if plan.task == "tween":
+            from daemon.tweenjob import run_tween
+
+            return run_tween(self, job, prepared, plan, force, started)
         notes: list[str] = []
-        self._check_space(plan.out_dir)
+        self.check_space(plan.out_dir)
         init = mask = None
         if plan.task in ("variations", "inpaint"):
             loaded = load_input_image(
@@ -416,7 +426,7 @@ class Worker:
                 }
             )
         old = read_manifest(plan.out_dir)
-        manifest = self._manifest_base(prepared, started, self.clock())
+        manifest = self.manifest_base(prepared, started, self.clock())
         manifest["outputs"] = files
         manifest["warnings"] = notes
         write_manifest(plan.out_dir, manifest)

@@ -154,10 +154,13 @@ def test_strength_too_low_for_the_steps_is_refused() -> None:
     )
 
 
-def test_unsupported_tasks_are_refused_with_a_message() -> None:
-    """mesh is not planned by the image planner."""
-    with pytest.raises(InputError, match="task mesh is not supported"):
-        plan_for(task="mesh")
+def test_mesh_plan_has_one_seed_and_a_file_per_format() -> None:
+    """task = "mesh" plans cat.glb (+ cat.ply) from one seed with the preset's resolution."""
+    plan = plan_for(task="mesh", seed=5, formats=("glb", "ply"), mesh_resolution=64)
+    assert [o.file for o in plan.outputs] == ["cat.glb", "cat.ply"]
+    assert {o.seed for o in plan.outputs} == {5}
+    assert plan.params["mesh_resolution"] == 64 and "count" not in plan.params
+    assert not plan.wants_contact_sheet
 
 
 def test_output_dir_sanitises_names_for_every_os() -> None:
