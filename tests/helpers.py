@@ -19,9 +19,13 @@ def write_config(
     extra: str = "",
     steps: int = 2,
     size: int = 64,
+    models: dict[str, str] | None = None,
+    loras: dict[str, str] | None = None,
 ) -> Path:
     """Write a config.toml for a test inbox at root/inbox → root/outbox."""
     path = root / "config.toml"
+    more_models = "".join(f'{k} = "{v}"\n' for k, v in (models or {}).items())
+    lora_table = "[loras]\n" + "".join(f'{k} = "{v}"\n' for k, v in (loras or {}).items())
     path.write_text(
         textwrap.dedent(
             f"""\
@@ -37,6 +41,8 @@ def write_config(
 
             [models]
             default = "{model}"
+            {more_models}
+            {lora_table}
 
             [defaults]
             preset = "standard"

@@ -242,3 +242,27 @@ def test_missing_hub_model_message_names_fetch(
     assert code == 0, out
     assert "[WAITING] cat.png" in out
     assert "dropforge models fetch" in out
+
+
+def test_after_move_files_inputs_into_done_and_failed(
+    tmp_path: Path, tiny_models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With after = "move", finished inputs go to _done/ and failed ones to _failed/."""
+    config = write_config(tmp_path, str(tiny_models / "sd"))
+    text = config.read_text(encoding="utf-8").replace(
+        'output = "outbox"', 'output = "outbox"\nafter = "move"'
+    )
+    config.write_text(text, encoding="utf-8")
+    inbox = tmp_path / "inbox"
+    noise_image(inbox / "sub" / "cat.png")
+    (inbox / "sub" / "cat.toml").write_text("seed = 1\n", encoding="utf-8")
+    (inbox / "bad.png").write_bytes(b"nope")
+    code, out = run_once(config, capsys)
+    assert code == 1, out
+    assert (inbox / "_done" / "sub" / "cat.png").is_file()
+    assert (inbox / "_done" / "sub" / "cat.toml").is_file()
+    assert (inbox / "_failed" / "bad.png").is_file()
+    assert not (inbox / "sub" / "cat.png").exists()
+    assert manifest(tmp_path / "outbox" / "sub" / "cat")["status"] == "done"
+    code, out = run_once(config, capsys)
+    assert code == 0 and "Inputs Found: 0" in out
