@@ -6,7 +6,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
@@ -344,23 +344,30 @@ class Worker:
             self.journal.set_progress(job.id, len(done), total, f"step {step}/{steps}")
             self.progress.on_step(job, step, steps)
 
-        if missing:
+        events = GenerationEvents(
+            on_image=on_image,
+            on_step=on_step,
+            should_stop=self.stop.is_set,
+            on_warning=notes.append,
+        )
+        # A varied lora_scale needs one request per scale; everything else batches together.
+        groups: dict[float | None, list[PlannedOutput]] = {}
+        for out in missing:
+            groups.setdefault(_lora_scale(plan, out), []).append(out)
+        for scale, outs in groups.items():
+            lora = (
+                plan.lora if plan.lora is None or scale is None else replace(plan.lora, scale=scale)
+            )
             request = ImageRequest(
                 task=plan.task,  # type: ignore[arg-type]
                 model=plan.model,
                 width=int(plan.params["width"]),
                 height=int(plan.params["height"]),
-                images=tuple(_spec(o) for o in missing),
+                images=tuple(_spec(o) for o in outs),
                 init_image=init,
                 mask_image=mask,
-                lora=plan.lora,
+                lora=lora,
                 max_batch=self.settings.max_batch,
-            )
-            events = GenerationEvents(
-                on_image=on_image,
-                on_step=on_step,
-                should_stop=self.stop.is_set,
-                on_warning=notes.append,
             )
             self.generator.generate_images(request, events)
             if self.stop.is_set():
@@ -437,7 +444,7 @@ class Worker:
         if plan.task != "text2image":
             extra["Denoising strength"] = out.strength
         if plan.lora is not None:
-            extra["Lora"] = f"{plan.lora.alias}:{plan.lora.scale}"
+            extra["Lora"] = f"{plan.lora.alias}:{_lora_scale(plan, out)}"
         extra["Task"] = plan.task
         return a1111_parameters(
             prompt=out.prompt,
@@ -456,6 +463,13 @@ class Worker:
         """Release the generator's pipelines (idle unload, shutdown)."""
         if self._generator is not None:
             self._generator.unload()
+
+
+def _lora_scale(plan: Plan, out: PlannedOutput) -> float | None:
+    """The LoRA weight of one output: varied by [vary] lora_scale, else the job's."""
+    if plan.lora is None:
+        return None
+    return float(out.varied.get("lora_scale", plan.lora.scale))
 
 
 def _spec(out: PlannedOutput) -> ImageSpec:
