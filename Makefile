@@ -17,11 +17,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
+# Watch the inboxes and generate until Ctrl-C (SIGINT stops gracefully; a second one at once).
 run: $(VENV)/.installed
 	mkdir -p inbox outbox
-	$(BIN)/dropforge once -c $(CONFIG)
+	$(BIN)/dropforge run -c $(CONFIG)
 
-once: run
+# Process what is pending once, print the report and exit.
+once: $(VENV)/.installed
+	mkdir -p inbox outbox
+	$(BIN)/dropforge once -c $(CONFIG)
 
 demo: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -68,7 +69,77 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub = p.add_subparsers(dest="models_command", metavar="ACTION")
     fetch = models_sub.add_parser("fetch", help="download the configured hub models")
     _add_config(fetch)
+    _add_run_and_service(sub)
     return parser
+
+
+# --- `run` and `service` (watch mode) ---------------------------------------------------
+
+
+def _add_run_and_service(sub: Any) -> None:
+    p = sub.add_parser("run", help="watch the inboxes and generate until stopped")
+    _add_config(p)
+
+    p = sub.add_parser("service", help="install or remove the systemd unit or Windows service")
+    _add_config(p)
+    actions = p.add_subparsers(dest="service_command", metavar="ACTION")
+    for action, text in (
+        ("install", "install, enable and start the service for this config"),
+        ("uninstall", "stop, disable and remove the service"),
+    ):
+        a = actions.add_parser(action, help=text)
+        # SUPPRESS: `service -c X install` keeps X instead of this parser's default.
+        a.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help="config file")
+        a.add_argument("--user", action="store_true", help="a systemd user service (Linux)")
+        a.add_argument("--dry-run", action="store_true", help="show what would be done")
+        if action == "install":
+            a.add_argument(
+                "--run-as",
+                metavar="USER",
+                help="account of the system service (default: sudo's caller)",
+            )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`dropforge run`."""
+    from daemon.logs import configure_logging
+    from daemon.service import Service
+
+    settings = _settings(args)
+    configure_logging(
+        settings.log_format,
+        level=logging.INFO,
+        logfile=settings.state_dir / "logs" / "dropforge.log",
+    )
+    return Service(settings, _generator_factory(settings)).run()
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    """`dropforge service install/uninstall`."""
+    if args.service_command not in ("install", "uninstall"):
+        raise DropforgeError("service needs an action: install or uninstall")
+    install = args.service_command == "install"
+    if sys.platform == "win32":
+        from daemon import winservice
+
+        if args.user:
+            raise DropforgeError("--user is for systemd; a Windows service is system-wide")
+        if install:
+            lines = winservice.install(_settings(args), dry_run=args.dry_run)
+        else:
+            lines = winservice.uninstall(dry_run=args.dry_run)
+    else:
+        from daemon import units
+
+        if install:
+            run_as = args.run_as or (None if args.user else os.environ.get("SUDO_USER"))
+            options = units.unit_options(_settings(args), user=args.user, run_as=run_as)
+            lines = units.install(options, dry_run=args.dry_run)
+        else:
+            lines = units.uninstall(user=args.user, dry_run=args.dry_run)
+    for line in lines:
+        print(line)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,4 +313,6 @@ COMMANDS = {
     "retry": cmd_retry,
     "tiny-model": cmd_tiny_model,
     "models": cmd_models,
+    "run": cmd_run,
+    "service": cmd_service,
 }
