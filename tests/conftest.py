@@ -9,7 +9,7 @@ import pytest
 
 from daemon.generators import ModelSource
 from daemon.generators.diffusers_backend import DiffusersGenerator
-from daemon.generators.tiny import TINY_SD_SUBDIR, write_tiny_models
+from daemon.generators.tiny import TINY_MESH_SUBDIR, TINY_SD_SUBDIR, write_tiny_models
 
 # Tests never reach the network: with this set, huggingface_hub fails at once instead of
 # waiting on timeouts. It is read once, when huggingface_hub is first imported: later than
@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Return a folder holding the tiny models: ``sd/`` (diffusers) and ``lora.safetensors``."""
+    """Return a folder holding the tiny models: ``sd/``, ``mesh/`` and ``lora.safetensors``."""
     folder = tmp_path_factory.mktemp("tiny-models")
     write_tiny_models(folder)
     return folder
@@ -29,6 +29,12 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_sd(tiny_models: Path) -> ModelSource:
     """Return the tiny Stable Diffusion folder as the ``default`` model alias."""
     return ModelSource(alias="default", kind="folder", ref=str(tiny_models / TINY_SD_SUBDIR))
+
+
+@pytest.fixture(scope="session")
+def tiny_mesh(tiny_models: Path) -> ModelSource:
+    """Return the tiny Shap-E image-to-3D folder as the ``mesh`` model alias."""
+    return ModelSource(alias="mesh", kind="folder", ref=str(tiny_models / TINY_MESH_SUBDIR))
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,12 @@ from daemon.generators.diffusers_backend import (
     is_out_of_memory,
 )
 from daemon.generators.fetch import ALLOW_PATTERNS, IGNORE_PATTERNS, fetch_models
-from daemon.generators.tiny import TINY_LORA_FILE, TINY_SD_SUBDIR, write_tiny_models
+from daemon.generators.tiny import (
+    TINY_LORA_FILE,
+    TINY_MESH_SUBDIR,
+    TINY_SD_SUBDIR,
+    write_tiny_models,
+)
 
 
 def make_request(
@@ -112,7 +117,7 @@ class OutOfMemoryOnBatches(DiffusersGenerator):
 def test_tiny_models_are_written_identically_every_time(tiny_models: Path, tmp_path: Path) -> None:
     """Writing the tiny models twice gives byte-identical files, safetensors weights only."""
     written = write_tiny_models(tmp_path)
-    assert written == {"sd": tmp_path / TINY_SD_SUBDIR}
+    assert written == {"sd": tmp_path / TINY_SD_SUBDIR, "mesh": tmp_path / TINY_MESH_SUBDIR}
     assert (tmp_path / TINY_LORA_FILE).is_file()
     files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert files == sorted(
@@ -201,7 +206,7 @@ def test_variations_and_inpaint_share_the_loaded_weights(
     assert [im.size for im in variations.images.values()] == [(64, 64), (64, 64)]
     assert inpaint.images[0].size == (64, 64)
     assert variations.steps == [(1, 1)]  # 2 steps at strength 0.6 leave one
-    pipes = generator._resident.pipes if generator._resident else {}
+    pipes = generator._models.images.pipes if generator._models.images else {}
     assert sorted(pipes) == ["inpaint", "text2image", "variations"]
     assert len({id(pipe.unet) for pipe in pipes.values()}) == 1
     assert len({id(pipe.vae) for pipe in pipes.values()}) == 1
@@ -279,9 +284,10 @@ def test_out_of_memory_every_time_raises_out_of_memory(tiny_sd: ModelSource) -> 
         "out of memory on cpu for one 64x64 image, even with every memory saver on"
     )
     assert generator.calls == [2, 1, 1]
-    assert generator._resident is not None
-    assert generator._resident.base.vae.use_slicing
-    assert generator._resident.base.vae.use_tiling
+    resident = generator._models.images
+    assert resident is not None
+    assert resident.base.vae.use_slicing
+    assert resident.base.vae.use_tiling
 
 
 def test_out_of_memory_errors_are_told_apart() -> None:

@@ -1,7 +1,8 @@
 """The Generator protocol and the plain values that cross into a generator backend.
 
-Nothing here imports torch or diffusers: the backend modules do, and only they
-(``daemon.generators.diffusers_backend`` and ``daemon.generators.tiny``).
+Nothing here imports torch or diffusers: the backend modules do, and only they, on first use
+(``diffusers_backend`` with ``loading``, ``residents``, ``mesh`` and ``tween``, and ``tiny``).
+``subdivision`` (tween frame times and seeds) and ``cubes`` are plain arithmetic.
 """
 
 from __future__ import annotations
@@ -94,10 +95,11 @@ class MeshRequest:
 class TweenRequest:
     """One tween sequence between two images, subdivided ``depth`` times.
 
-    Frame times are ``k / 2**depth`` (``subdivision.tween_times``). ``times_needed`` lists the frames the caller still
-    needs (0 and 1, the endpoints themselves, are never generated); ``existing`` holds frames
-    already made, used as neighbours instead of being made again. A time in both is made
-    again. Frames that a needed one is derived from are made too when they do not exist.
+    Frame times are ``k / 2**depth`` (``subdivision.tween_times``). ``times_needed`` lists the
+    frames the caller still needs (0 and 1, the endpoints themselves, are never generated);
+    ``existing`` holds frames already made, used as neighbours instead of being made again.
+    A time in both is made again. Frames that a needed one is derived from are made too when
+    they do not exist, and reported like the others.
     """
 
     model: ModelSource

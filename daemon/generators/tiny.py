@@ -4,7 +4,12 @@
 CLIP text encoder and tokenizer, DDIM scheduler) at the sizes diffusers' own tests use. It
 serves text2image, img2img and inpaint through the ordinary ``from_pretrained`` path, and
 ``DIR/lora.safetensors`` is a random LoRA for it (for ``[loras]``). Their pictures are noise.
-``DIR/mesh`` is reserved for a tiny Shap-E model.
+
+``DIR/mesh`` is a tiny Shap-E image-to-3D pipeline (prior, CLIP image encoder, Heun scheduler,
+renderer) that really yields a mesh: a random renderer has empty marching-cubes tables and a
+surface function that never crosses zero, so the tables are filled (``cubes``) and the
+renderer's own weights are set so that its surface function is a blob about the origin,
+deformed a little by the image and the seed.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 TINY_SD_SUBDIR = "sd"
-TINY_MESH_SUBDIR = "mesh"  # reserved for the tiny Shap-E model
+TINY_MESH_SUBDIR = "mesh"  # the tiny Shap-E image-to-3D model
 TINY_LORA_FILE = "lora.safetensors"  # a LoRA for the sd model, for [loras]
 
 _VOCAB_SIZE = 1000
@@ -191,14 +196,7 @@ def _write_sd(folder: Path, lora_file: Path) -> None:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    bars = importlib.import_module("transformers.utils.logging")
-    was_showing = bars.is_progress_bar_enabled()
-    bars.disable_progress_bar()  # a bar per 300 kB file is noise
-    try:
-        pipe.save_pretrained(str(folder), safe_serialization=True)
-    finally:
-        if was_showing:
-            bars.enable_progress_bar()
+    _save_quietly(pipe, folder)
     _write_lora(unet, lora_file, diffusers)
 
 
@@ -223,13 +221,182 @@ def _write_lora(unet: Any, lora_file: Path, diffusers: Any) -> None:
     )
 
 
-def write_tiny_models(target: Path) -> dict[str, Path]:
-    """Write the tiny offline models under ``target``; return model kind → folder (``sd``).
+# The tiny renderer: an MLP of width 8 whose first four weight matrices come from the latent
+# (32 vectors of 32 values). Unit 0 of every layer carries SCALE * (cos x + cos y + cos z),
+# kept in the range where SiLU is the identity; the last layer puts the surface at LEVEL,
+# a blob of radius about 0.8 in Shap-E's [-1, 1] box.
+_MESH_WIDTH = 8
+_MESH_LATENT = 32
+_MESH_SCALE = 10.0
+_MESH_LEVEL = 2.7
+# Positional-encoding channels of the renderer's 93 inputs that vary slowly: the position and
+# sin/cos at the two lowest frequencies. Only these shape the blob, so that it stays smooth.
+_SMOOTH_CHANNELS = [*range(0, 9), *range(48, 54)]
+_COS_CHANNELS = [48, 49, 50]  # cos x, cos y, cos z
 
+
+def _shape_renderer(renderer: Any) -> None:
+    """Fill the marching-cubes tables and set the weights that make a smooth closed surface."""
+    import torch
+
+    from daemon.generators.cubes import case_tables
+
+    cases, masks = case_tables()
+    width = _MESH_WIDTH
+    smooth = torch.zeros(93, dtype=torch.bool)
+    smooth[_SMOOTH_CHANNELS] = True
+    with torch.no_grad():
+        renderer.mesh_decoder.cases.copy_(torch.tensor(cases))
+        renderer.mesh_decoder.masks.copy_(torch.tensor(masks))
+        shapes = renderer.config.param_shapes
+        for layer, (name, (rows, cols)) in enumerate(
+            zip(renderer.config.param_names, shapes, strict=True)
+        ):
+            projection = renderer.params_proj.projections[name.replace(".", "__")]
+            # A projected weight is LayerNorm(latent part) * gain + bias: the bias is the
+            # fixed design, the gain how much the image and seed bend it.
+            weight = torch.randn(rows, cols) * 0.5
+            gain = torch.full((cols,), 0.05)
+            if layer == 0:
+                weight[:, ~smooth] = 0
+                gain = torch.where(smooth, 0.4, 0.0)
+                weight[0] = 0
+                weight[0, _COS_CHANNELS] = _MESH_SCALE
+            else:
+                weight[:, 0] = 0
+                weight[0] = 0
+                weight[0, 0] = 1
+                gain[0] = 0  # unit 0 is large: any gain on it would swamp the shape
+            projection.proj.bias.copy_(weight.reshape(-1))
+            projection.norm.weight.copy_(gain)
+            projection.norm.bias.zero_()
+        mlp = renderer.mlp.mlp
+        for linear in mlp:
+            linear.bias.zero_()
+        for linear in (mlp[4], mlp[5]):  # the renderer's own hidden layers pass unit 0 on
+            linear.weight.copy_(torch.randn_like(linear.weight))
+            linear.weight[:, 0] = 0
+            linear.weight[0] = 0
+            linear.weight[0, 0] = 1
+        last = mlp[-1]
+        last.weight[:, 0] = 0
+        last.weight[0] = 0
+        last.weight[0, 0] = 1  # output 0 is the signed distance, positive inside
+        last.bias[0] = -_MESH_SCALE * _MESH_LEVEL
+        last.weight[3:6, 1:] = torch.randn(3, width - 1) * 2  # outputs 3-5: vertex colours
+
+
+def _write_mesh(folder: Path) -> None:
+    """Write the tiny Shap-E image-to-3D pipeline folder (safetensors only)."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    diffusers: Any = importlib.import_module("diffusers")
+    shap_e: Any = importlib.import_module("diffusers.pipelines.shap_e")
+    transformers_logging: Any = importlib.import_module("transformers.utils.logging")
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        prior = diffusers.PriorTransformer(
+            num_attention_heads=2,
+            attention_head_dim=16,
+            embedding_dim=_MESH_LATENT,
+            num_embeddings=4 * _MESH_WIDTH,
+            embedding_proj_dim=32,
+            time_embed_dim=128,
+            num_layers=1,
+            clip_embed_dim=2 * _MESH_LATENT,
+            additional_embeddings=0,
+            time_embed_act_fn="gelu",
+            norm_in_type="layer",
+            embedding_proj_norm_type="layer",
+            encoder_hid_proj_type=None,
+            added_emb_type=None,
+        )
+        torch.manual_seed(0)
+        image_encoder = CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=32,
+                image_size=32,
+                patch_size=4,
+                projection_dim=32,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_channels=3,
+                num_hidden_layers=2,
+            )
+        )
+        torch.manual_seed(0)
+        renderer = shap_e.ShapERenderer(
+            param_shapes=((_MESH_WIDTH, 93), *[(_MESH_WIDTH, _MESH_WIDTH)] * 3),
+            d_latent=_MESH_LATENT,
+            d_hidden=_MESH_WIDTH,
+            n_output=12,
+            background=(255.0, 255.0, 255.0),
+        )
+        _shape_renderer(renderer)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # a note that torchvision is not installed
+    try:
+        image_processor = CLIPImageProcessor(
+            size={"shortest_edge": 32},
+            crop_size={"height": 32, "width": 32},
+            do_center_crop=True,
+            do_normalize=True,
+            do_resize=True,
+            image_mean=[0.48145466, 0.4578275, 0.40821073],
+            image_std=[0.26862954, 0.26130258, 0.27577711],
+            resample=3,
+        )
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    # The scheduler of openai/shap-e-img2img.
+    scheduler = diffusers.HeunDiscreteScheduler(
+        beta_schedule="exp",
+        num_train_timesteps=1024,
+        prediction_type="sample",
+        use_karras_sigmas=True,
+        clip_sample=True,
+        clip_sample_range=1.0,
+    )
+    pipe = diffusers.ShapEImg2ImgPipeline(
+        prior=prior,
+        image_encoder=image_encoder,
+        image_processor=image_processor,
+        scheduler=scheduler,
+        shap_e_renderer=renderer,
+    )
+    _save_quietly(pipe, folder)
+    # Without torchvision, transformers builds a CLIPImageProcessorPil and the index says so;
+    # name the class the real model names, so the folder is the same on every machine.
+    index_file = folder / "model_index.json"
+    index = json.loads(index_file.read_text(encoding="utf-8"))
+    index["image_processor"] = ["transformers", "CLIPImageProcessor"]
+    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _save_quietly(pipe: Any, folder: Path) -> None:
+    """Save ``pipe`` as safetensors without a progress bar per (tiny) file."""
+    bars = importlib.import_module("transformers.utils.logging")
+    was_showing = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
+    try:
+        pipe.save_pretrained(str(folder), safe_serialization=True)
+    finally:
+        if was_showing:
+            bars.enable_progress_bar()
+
+
+def write_tiny_models(target: Path) -> dict[str, Path]:
+    """Write the tiny offline models under ``target``; return model kind → folder.
+
+    The kinds are ``sd`` (for ``[models] default``) and ``mesh`` (for ``[models] mesh``).
     ``target / TINY_LORA_FILE``, a LoRA for the ``sd`` model, is written too; it is not in the
     returned mapping, whose entries are pipelines for ``config.toml [models]``.
     """
     target.mkdir(parents=True, exist_ok=True)
     sd = target / TINY_SD_SUBDIR
     _write_sd(sd, target / TINY_LORA_FILE)
-    return {TINY_SD_SUBDIR: sd}
+    mesh = target / TINY_MESH_SUBDIR
+    _write_mesh(mesh)
+    return {TINY_SD_SUBDIR: sd, TINY_MESH_SUBDIR: mesh}
