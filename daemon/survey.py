@@ -78,6 +78,10 @@ def survey(settings: Settings, journal: Journal, candidate: Candidate) -> Survey
         return SurveyEntry(candidate, Verdict.done, journal.get(job.id))
     if not changed and job.state in (JobState.failed, JobState.quarantined):
         return SurveyEntry(candidate, Verdict.failed, job, job.error or "")
+    if not changed and job.state is JobState.done:
+        journal.requeue(job.id)  # an output was deleted or damaged: resume the job
+        log.info("job.requeued", input=candidate.rel, reason="outputs missing")
+        return SurveyEntry(candidate, Verdict.queued, journal.get(job.id))
     if changed:
         log.info("job.queued", input=candidate.rel, inbox=inbox)
     return SurveyEntry(candidate, Verdict.queued if changed else Verdict.pending, job)
