@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -300,3 +301,20 @@ def fingerprint(config_fp: str, deps: Sequence[Dependency]) -> str:
 def config_fingerprint(values: Mapping[str, Any]) -> str:
     """Hash of the settings that shape job parameters (defaults, presets, models, loras…)."""
     return sha256_text(canonical_json({"generator": GENERATOR_VERSION, **values}))
+
+
+@functools.lru_cache(maxsize=32)
+def sampler_name(model: ModelSource) -> str:
+    """The scheduler class of a diffusers folder (``DDIMScheduler``…), for the A1111 text.
+
+    Read from ``scheduler/scheduler_config.json`` without importing diffusers; hub ids and
+    single files report ``default``.
+    """
+    if model.kind != "folder":
+        return "default"
+    try:
+        with open(Path(model.ref) / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
+            name = json.load(f).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return "default"
+    return name if isinstance(name, str) and name else "default"

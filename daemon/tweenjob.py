@@ -19,6 +19,7 @@ from daemon.outputs import (
     sha256_file,
     write_png,
 )
+from daemon.plan import sampler_name
 from daemon.sequences import SEQUENCES_DIR
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ def _parameters(plan: Plan, seed: int, width: int, height: int, t: float) -> str
         prompt=str(plan.params.get("prompt", "")),
         negative_prompt=str(plan.params.get("negative_prompt", "")),
         steps=int(plan.params["steps"]),
-        sampler="default",
+        sampler=sampler_name(plan.model),
         guidance=float(plan.params["guidance"]),
         seed=seed,
         width=width,
