@@ -42,6 +42,15 @@ def read_prompt_text(path: Path, display: str, max_bytes: int = 1_000_000) -> st
         if data.startswith(bom):
             encoding, skip = name, len(bom)
             break
+    # NUL is valid UTF-8, so UTF-16 without a BOM would otherwise pass as text full of NULs.
+    nul = data.find(b"\0", skip) if encoding == "utf-8" else -1
+    if nul >= 0:
+        raise InputError(
+            display,
+            f"not UTF-8 text (byte 0x00 at offset {nul}; UTF-16 needs a byte-order mark)",
+            rule="UTF-8 text, or UTF-16 with a byte-order mark",
+            value=nul,
+        )
     try:
         text = data[skip:].decode(encoding)
     except UnicodeDecodeError as exc:

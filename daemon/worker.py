@@ -28,6 +28,7 @@ from daemon.images import load_input_image, load_mask
 from daemon.intake import candidate_for, read_small_table
 from daemon.journal import Job, Journal
 from daemon.manifest import job_is_done, read_manifest, remove_obsolete_outputs, write_manifest
+from daemon.outdirs import escaping_output, foreign_output
 from daemon.outputs import (
     OutputFile,
     a1111_parameters,
@@ -36,7 +37,7 @@ from daemon.outputs import (
     sha256_file,
     write_png,
 )
-from daemon.plan import Plan, PlannedOutput
+from daemon.plan import Plan, PlannedOutput, sampler_name
 from daemon.prepare import DependencyMissing, Prepared, prepare
 
 log = structlog.get_logger("dropforge.worker")
@@ -165,6 +166,16 @@ class Worker:
         self.journal.update_identity(
             job.id, prepared.fingerprint, prepared.job_key, str(prepared.out_dir)
         )
+        escape = escaping_output(prepared)
+        if escape is not None:  # before any write, a failed manifest's too
+            self.journal.mark_waiting(job.id, escape)
+            bound.warning("job.waiting", error=escape)
+            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, escape)
+        clash = foreign_output(prepared)
+        if clash is not None:  # no manifest: it would replace the other input's
+            self.journal.mark_failed(job.id, clash)
+            bound.warning("job.failed", error=clash)
+            return JobResult(job.inbox, job.input, Outcome.failed, 0.0, clash)
         plan = prepared.plan
         if plan is None:
             assert prepared.error is not None
@@ -450,7 +461,7 @@ class Worker:
             prompt=out.prompt,
             negative_prompt=out.negative_prompt,
             steps=out.steps,
-            sampler="default",
+            sampler=sampler_name(plan.model),
             guidance=out.guidance,
             seed=out.seed,
             width=int(plan.params["width"]),
