@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,13 @@ from daemon.generators import GenerationEvents, Generator, ImageRequest, ImageSp
 from daemon.images import load_input_image, load_mask
 from daemon.intake import candidate_for, read_small_table
 from daemon.journal import Job, Journal
-from daemon.manifest import job_is_done, read_manifest, remove_obsolete_outputs, write_manifest
+from daemon.manifest import (
+    installed_versions,
+    job_is_done,
+    read_manifest,
+    remove_obsolete_outputs,
+    write_manifest,
+)
 from daemon.outdirs import escaping_output, foreign_output
 from daemon.outputs import (
     OutputFile,
@@ -77,17 +82,6 @@ class Progress:
     on_start: Callable[[Job, int], None] = field(default=lambda job, total: None)
     on_image: Callable[[Job, int, int], None] = field(default=lambda job, done, total: None)
     on_step: Callable[[Job, int, int], None] = field(default=lambda job, done, total: None)
-
-
-def versions() -> dict[str, str]:
-    """Package versions recorded in manifests, read without importing them."""
-    found: dict[str, str] = {}
-    for name in ("dropforge", "diffusers", "torch"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "unknown"
-    return found
 
 
 class Worker:
@@ -280,7 +274,7 @@ class Worker:
                 "finished_at": _iso(finished),
                 "seconds": round(finished - started, 3),
             },
-            "versions": versions(),
+            "versions": installed_versions(),
             "device": self._generator.device_name() if self._generator else "none",
             "warnings": [],
         }
