@@ -230,11 +230,8 @@ def _print_dry_run(settings: Settings) -> int:
         plan = item.plan
         where = display_path(plan.out_dir, settings)
         print(f"  task {plan.task}, model {plan.model.alias} -> {where}")
-        for out in plan.outputs:
-            prompt = json.dumps(out.prompt, ensure_ascii=False)
-            print(f"  {out.file}  seed {out.seed}  prompt {prompt}")
-        if plan.wants_contact_sheet:
-            print("  contact.png")
+        for line in plan.describe_outputs():
+            print(f"  {line}")
     print(f"{len(prepared)} inputs, {failed} with errors (dry run: nothing generated)")
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -280,7 +277,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     """`dropforge tiny-model DIR`."""
-    from daemon.generators.tiny import write_tiny_models
+    from daemon.generators.tiny import TINY_LORA_FILE, write_tiny_models
 
     written = write_tiny_models(args.dir)
     for name, path in written.items():
@@ -290,6 +287,10 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     for name, path in written.items():
         alias = "default" if name == "sd" else name
         print(f'{alias} = "{path}"')
+    lora = args.dir / TINY_LORA_FILE
+    if lora.is_file():
+        print("[loras]")
+        print(f'tiny = "{lora}"')
     return EXIT_OK
 
 

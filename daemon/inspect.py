@@ -84,12 +84,7 @@ def check_path(settings: Settings, path: Path) -> CheckResult:
     for key in sorted(plan.params):
         lines.append(f"  {key} = {json.dumps(plan.params[key], ensure_ascii=False)}")
     lines.append(f"Outputs in {display_path(plan.out_dir, settings)}:")
-    for out in plan.outputs:
-        lines.append(
-            f"  {out.file}  seed {out.seed}  prompt {json.dumps(out.prompt, ensure_ascii=False)}"
-        )
-    if plan.wants_contact_sheet:
-        lines.append("  contact.png")
+    lines += [f"  {line}" for line in plan.describe_outputs()]
     lines.append("  manifest.json")
     return CheckResult(True, "\n".join(lines) + "\n")
 

@@ -91,6 +91,24 @@ class Plan:
         return self.rel
 
     @property
+    def output_count(self) -> int:
+        """How many files the job makes (tween frames included)."""
+        return len(self.outputs) + sum(len(s.frames) for s in self.sequences)
+
+    def describe_outputs(self) -> list[str]:
+        """One line per planned file, for `check` and `once --dry-run`."""
+        lines = [
+            f"{o.file}  seed {o.seed}  prompt {json.dumps(o.prompt, ensure_ascii=False)}"
+            for o in self.outputs
+        ]
+        if self.wants_contact_sheet:
+            lines.append("contact.png")
+        for seq in self.sequences:
+            frames = " ".join(f.file for f in seq.frames)
+            lines.append(f"sequences/{seq.out_dir.name}/  {frames}  preview.gif")
+        return lines
+
+    @property
     def wants_contact_sheet(self) -> bool:
         """A contact sheet is made for batches of two or more images."""
         return self.task in IMAGE_TASKS and len(self.outputs) > 1

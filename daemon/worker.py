@@ -201,7 +201,7 @@ class Worker:
         self.journal.mark_done(job.id, seconds=seconds)
         self._move_after(prepared, "_done")
         bound.info("job.done", seconds=round(seconds, 3), generated=generated, kept=kept)
-        message = f"{len(plan.outputs)} outputs" + (f", {kept} kept" if kept else "")
+        message = f"{plan.output_count} outputs" + (f", {kept} kept" if kept else "")
         if notes:
             message += f"; {len(notes)} warning(s)"
         return JobResult(
