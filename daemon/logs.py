@@ -10,6 +10,8 @@ from typing import Any, TextIO
 
 import structlog
 
+_INSTALLED: list[logging.Handler] = []  # handlers this module added to the root logger
+
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
@@ -51,10 +53,10 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_dropforge", False):
-            root.removeHandler(handler)
-            handler.close()
+    while _INSTALLED:  # a second configure_logging replaces, never stacks, our handlers
+        handler = _INSTALLED.pop()
+        root.removeHandler(handler)
+        handler.close()
     console = logging.StreamHandler(stream)
     console.setLevel(level)
     console.setFormatter(
@@ -67,7 +69,7 @@ def configure_logging(
             foreign_pre_chain=_SHARED,
         )
     )
-    console._dropforge = True  # type: ignore[attr-defined]
+    _INSTALLED.append(console)
     root.addHandler(console)
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,7 @@ def configure_logging(
                 foreign_pre_chain=_SHARED,
             )
         )
-        to_file._dropforge = True  # type: ignore[attr-defined]
+        _INSTALLED.append(to_file)
         root.addHandler(to_file)
     root.setLevel(min(level, logging.INFO) if logfile else level)
     # Libraries that chat at INFO (diffusers, httpx) stay quiet unless something is wrong.

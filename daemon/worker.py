@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from PIL import Image
@@ -22,7 +22,13 @@ from daemon.errors import (
     Interrupted,
     TransientError,
 )
-from daemon.generators import GenerationEvents, Generator, ImageRequest, ImageSpec
+from daemon.generators import (
+    GenerationEvents,
+    Generator,
+    ImageRequest,
+    ImageSpec,
+    ImageTask,
+)
 from daemon.images import load_input_image, load_mask
 from daemon.intake import candidate_for, read_small_table
 from daemon.journal import Job, Journal
@@ -364,7 +370,7 @@ class Worker:
                 plan.lora if plan.lora is None or scale is None else replace(plan.lora, scale=scale)
             )
             request = ImageRequest(
-                task=plan.task,  # type: ignore[arg-type]
+                task=cast(ImageTask, plan.task),
                 model=plan.model,
                 width=int(plan.params["width"]),
                 height=int(plan.params["height"]),
