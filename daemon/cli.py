@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from daemon.config import Settings, load_config
+from daemon.config import Settings, display_path, load_config
 from daemon.errors import DropforgeError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -217,7 +217,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def _print_dry_run(settings: Settings) -> int:
-    from daemon.runner import display_path, dry_run
+    from daemon.runner import dry_run
 
     prepared = dry_run(settings)
     failed = 0

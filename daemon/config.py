@@ -343,3 +343,11 @@ def _check_inbox_layout(where: str, inbox: InboxConfig, state_dir: Path) -> None
             f"{where}: state_dir {state_dir} must not lie inside the inbox "
             "(keep the journal on local disk, out of synced folders)"
         )
+
+
+def display_path(path: str | Path, settings: Settings) -> str:
+    """A path relative to the config folder when it lies below it."""
+    try:
+        return str(Path(path).relative_to(settings.base_dir))
+    except ValueError:
+        return str(path)

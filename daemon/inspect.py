@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from daemon.config import InboxConfig, Settings
+from daemon.config import InboxConfig, Settings, display_path
 from daemon.errors import ConfigError, DropforgeError
 from daemon.intake import FileKind, candidate_for, classify
 from daemon.journal import JobState, Journal
 from daemon.prepare import prepare
-from daemon.runner import display_path
 
 
 def locate(settings: Settings, path: Path) -> tuple[InboxConfig, str]:

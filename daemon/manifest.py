@@ -7,11 +7,11 @@ exist with their recorded sizes, is finished work: that is the daemon's skip che
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
 from enum import Enum
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -79,6 +79,15 @@ def installed_versions() -> dict[str, str]:
 
     Read from package metadata, so torch is never imported for it.
     """
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    # Once per process: the modules in memory keep their version even if pip upgrades them,
+    # and reading metadata costs milliseconds per job. Imported here: slow, and not for `check`.
+    from importlib import metadata
+
     versions: dict[str, str] = {}
     for name in ("dropforge", "diffusers", "torch"):
         try:
@@ -112,7 +121,10 @@ def manifest_is_done(out_dir: Path, job_key: str) -> bool:
     True when the manifest is ``done`` with this job key and every listed output exists
     with its recorded size. Contents are not hashed: this runs for every file on a rescan.
     """
-    manifest = read_manifest(out_dir)
+    return _is_done(out_dir, read_manifest(out_dir), job_key)
+
+
+def _is_done(out_dir: Path, manifest: Mapping[str, Any] | None, job_key: str) -> bool:
     if manifest is None or manifest.get("schema") != SCHEMA:
         return False
     if manifest.get("status") != ManifestStatus.done.value or manifest.get("job_key") != job_key:
@@ -193,10 +205,10 @@ def _listed_path(out_dir: Path, entry: object) -> Path | None:
 
 def job_is_done(out_dir: Path, job_key: str) -> bool:
     """``manifest_is_done`` for any job; a tween job's sequences must all be done too."""
-    if not manifest_is_done(out_dir, job_key):
+    manifest = read_manifest(out_dir)  # once: this runs for every input of a rescan
+    if manifest is None or not _is_done(out_dir, manifest, job_key):
         return False
-    manifest = read_manifest(out_dir)
-    for entry in (manifest or {}).get("sequences") or ():
+    for entry in manifest.get("sequences") or ():
         folder = entry.get("folder") if isinstance(entry, dict) else None
         key = entry.get("job_key") if isinstance(entry, dict) else None
         if not isinstance(folder, str):

@@ -7,7 +7,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -164,11 +163,3 @@ def dry_run(settings: Settings) -> list[Prepared]:
     with Journal(settings.journal_path) as journal:
         candidates, _ = scan_all(settings, journal)
         return [prepare(settings, journal, c) for c in candidates if c.path.stat().st_size > 0]
-
-
-def display_path(path: str | Path, settings: Settings) -> str:
-    """A path relative to the config folder when it lies below it."""
-    try:
-        return str(Path(path).relative_to(settings.base_dir))
-    except ValueError:
-        return str(path)
