@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from daemon.errors import ConfigError, DropforgeError
 
@@ -55,6 +55,12 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_claim ON jobs (state, id);
 CREATE INDEX jobs_state_updated ON jobs (state, updated_at);
 """
+
+# What a done job's output folder looked like when it was last found complete (see
+# output_stamp): a rescan that finds the same stamp need not read the manifest again.
+_OUTPUT_STAMPS = """CREATE TABLE IF NOT EXISTS output_stamps (
+    out_dir TEXT PRIMARY KEY, job_key TEXT NOT NULL, stamp TEXT NOT NULL
+)"""
 
 # The columns a requeue resets; kept in one place so every path back to `queued` agrees.
 _REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_before = NULL,
@@ -121,9 +127,46 @@ class Job:
         return cls(**values)
 
 
+class JobDigest(NamedTuple):
+    """The columns of a job row a rescan compares, without building a Job."""
+
+    id: int
+    fingerprint: str
+    deps: str  # JSON list, parsed only when needed
+    force: bool
+    state: str
+    out_dir: str
+    job_key: str
+
+
 def backoff(waits: int) -> float:
     """Seconds before a job sent to ``waiting`` for the (waits+1)-th time is retried."""
     return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(waits, 32)))
+
+
+def folder_stamp(folder: Path) -> str | None:
+    """The inode and modification time of a folder: any file added, removed or renamed in it
+    (every output and manifest is written by a rename) changes it. None when it is gone."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return f"{st.st_ino}:{st.st_mtime_ns}"
+
+
+def _store_stamp(db: sqlite3.Connection, out_dir: str, job_key: str, stamp: str | None) -> None:
+    if stamp is None:
+        db.execute("DELETE FROM output_stamps WHERE out_dir = ?", (out_dir,))
+    else:
+        db.execute(
+            "INSERT OR REPLACE INTO output_stamps (out_dir, job_key, stamp) VALUES (?, ?, ?)",
+            (out_dir, job_key, stamp),
+        )
+
+
+def stat_key(st: os.stat_result) -> tuple[int, int, str]:
+    """What the stat cache compares: size, mtime in nanoseconds and inode (as text)."""
+    return _stat_key(st)
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, int, str]:
@@ -169,6 +212,8 @@ class Journal:
                     f"{self.path}: journal schema {version} is not the one this dropforge "
                     f"uses ({SCHEMA_VERSION}); move the file aside to start a fresh journal"
                 )
+            # Added without a version bump: older journals gain it, older code ignores it.
+            db.execute(_OUTPUT_STAMPS)
 
     def close(self) -> None:
         """Close the connection; the journal cannot be used afterwards."""
@@ -207,6 +252,46 @@ class Journal:
             (str(path), *_stat_key(st)),
         )
         return str(rows[0]["sha256"]) if rows else None
+
+    def cached_hashes(self) -> dict[str, tuple[int, int, str, str]]:
+        """The whole stat cache: path → (size, mtime_ns, inode, sha256), for a bulk rescan."""
+        rows = self._query("SELECT path, size, mtime_ns, inode, sha256 FROM files")
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+    def job_digests(self, inbox: str) -> dict[str, JobDigest]:
+        """input → the compared columns of its job, for every job of one inbox."""
+        rows = self._query(
+            "SELECT input, id, fingerprint, deps, force, state, out_dir, job_key FROM jobs"
+            " WHERE inbox = ?",
+            (inbox,),
+        )
+        return {r[0]: JobDigest(r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in rows}
+
+    def output_stamps(self) -> dict[str, tuple[str, str]]:
+        """Every recorded output folder stamp: out_dir → (job_key, stamp)."""
+        rows = self._query("SELECT out_dir, job_key, stamp FROM output_stamps")
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def touch_files(self, paths: Iterable[str]) -> None:
+        """Mark cached files as seen now, in one transaction (what keeps them from pruning)."""
+        now = self.clock()
+        with self._tx() as db:
+            db.executemany("UPDATE files SET seen_at = ? WHERE path = ?", ((now, p) for p in paths))
+
+    # --- output folder stamps ----------------------------------------------------------
+
+    def output_stamp(self, out_dir: str, job_key: str) -> str | None:
+        """The stamp recorded when ``out_dir`` last held the complete outputs of ``job_key``."""
+        rows = self._query(
+            "SELECT stamp FROM output_stamps WHERE out_dir = ? AND job_key = ?", (out_dir, job_key)
+        )
+        return str(rows[0]["stamp"]) if rows else None
+
+    def set_output_stamps(self, stamps: Iterable[tuple[str, str, str | None]]) -> None:
+        """Record (out_dir, job_key, stamp) triples in one transaction; a None stamp forgets."""
+        with self._tx() as db:
+            for out_dir, job_key, stamp in stamps:
+                _store_stamp(db, out_dir, job_key, stamp)
 
     def hash_file(self, path: Path, *, _after_read: Callable[[], None] | None = None) -> str:
         """Return the sha256 of a file, reading it only when its stat is not cached.
@@ -413,6 +498,12 @@ class Journal:
     def _finish(self, job_id: int, state: str, error: str | None, seconds: float | None) -> None:
         now = self.clock()
         with self._tx() as db:
+            if state == "done":
+                row = db.execute("SELECT out_dir, job_key FROM jobs WHERE id = ?", (job_id,))
+                found = row.fetchone()
+                if found is not None:
+                    out_dir = found["out_dir"]
+                    _store_stamp(db, out_dir, found["job_key"], folder_stamp(Path(out_dir)))
             # A forced regeneration is spent once it has ended one way or the other.
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, seconds = ?, finished_at = ?,"
@@ -580,4 +671,5 @@ class Journal:
                 "DELETE FROM jobs WHERE state = 'done' AND updated_at < ?", (cutoff,)
             ).rowcount
             files = db.execute("DELETE FROM files WHERE seen_at < ?", (cutoff,)).rowcount
+            db.execute("DELETE FROM output_stamps WHERE out_dir NOT IN (SELECT out_dir FROM jobs)")
         return int(jobs + files)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from daemon import params as params_mod
 from daemon.config import Settings
@@ -25,6 +26,14 @@ from daemon.plan import (
 )
 from daemon.scenes import apply_template, read_prompt_text, split_scenes
 from daemon.sequences import Endpoint, build_tween_plan, pair_endpoints, split_endpoint_name
+
+
+class Hasher(Protocol):
+    """What hashes a dependency: the journal, or a survey pass in front of it."""
+
+    def hash_file(self, path: Path) -> str:
+        """The sha256 of ``path`` (raises FileNotFoundError when it is gone)."""
+        ...
 
 
 class DependencyMissing(DropforgeError):
@@ -66,6 +75,9 @@ def settings_fingerprint(settings: Settings, default_task: str) -> str:
 
 def relative(candidate: Candidate, path: Path) -> str:
     """A path inside the candidate's inbox as a POSIX string."""
+    root, text = str(candidate.inbox.path), str(path)
+    if text.startswith(root) and text[len(root) : len(root) + 1] == os.sep:  # the common case
+        return text[len(root) + 1 :].replace(os.sep, "/")
     return PurePosixPath(path.relative_to(candidate.inbox.path)).as_posix()
 
 
@@ -80,7 +92,7 @@ def base_dependencies(candidate: Candidate) -> list[Path]:
 
 
 def hash_dependencies(
-    journal: Journal, candidate: Candidate, paths: Iterable[Path]
+    journal: Hasher, candidate: Candidate, paths: Iterable[Path]
 ) -> tuple[Dependency, ...]:
     """Hash each file through the journal's stat cache (no read when unchanged)."""
     deps: list[Dependency] = []
@@ -98,13 +110,24 @@ def hash_dependencies(
 
 
 def quick_fingerprint(
-    settings: Settings, journal: Journal, candidate: Candidate, known: Iterable[str]
+    settings: Settings,
+    journal: Hasher,
+    candidate: Candidate,
+    known: Iterable[str],
+    *,
+    settings_fp: str | None = None,
 ) -> str:
-    """Fingerprint from the stat cache alone, using the dependency list of the last plan."""
+    """Fingerprint from the stat cache alone, using the dependency list of the last plan.
+
+    ``settings_fp`` is ``settings_fingerprint`` for the candidate's inbox, when the caller
+    computed it once for many candidates.
+    """
     paths = base_dependencies(candidate)
     paths += [candidate.inbox.path / rel for rel in known]
     deps = hash_dependencies(journal, candidate, paths)
-    return fingerprint(settings_fingerprint(settings, candidate.inbox.default_task), deps)
+    if settings_fp is None:
+        settings_fp = settings_fingerprint(settings, candidate.inbox.default_task)
+    return fingerprint(settings_fp, deps)
 
 
 def prepare(settings: Settings, journal: Journal, candidate: Candidate) -> Prepared:

@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -17,7 +18,7 @@ from daemon.intake import Candidate, read_small_table, scan_inbox
 from daemon.journal import JobState, Journal
 from daemon.outputs import remove_stale_temporaries
 from daemon.prepare import Prepared, prepare
-from daemon.survey import SurveyEntry, Verdict, survey
+from daemon.survey import SurveyEntry, Verdict, survey_all
 from daemon.worker import JobResult, Outcome, Progress, Worker
 
 log = structlog.get_logger("dropforge.runner")
@@ -75,12 +76,19 @@ def table_reader(journal: Journal) -> Callable[[str], dict[str, Any] | None]:
 
 
 def recover(settings: Settings, journal: Journal) -> None:
-    """Requeue jobs of a dead process and remove temporaries it left behind."""
+    """Requeue jobs of a dead process and remove temporaries it left behind.
+
+    Outputs are only written by running jobs, so a crash leaves temporaries only in the
+    output folders of the jobs it left running: those are searched, not the whole output
+    tree (a restart over thousands of finished folders stays cheap).
+    """
+    running = {job.id: job.out_dir for job in journal.running()}
     requeued, quarantined = journal.recover(settings.max_attempts, alive=owner_alive)
+    still_running = {job.id for job in journal.running()}
     removed = 0
-    for inbox in settings.inboxes:
-        if inbox.output.exists():
-            removed += len(remove_stale_temporaries(inbox.output))
+    for out_dir in sorted({d for i, d in running.items() if i not in still_running}):
+        if os.path.isdir(out_dir):
+            removed += len(remove_stale_temporaries(Path(out_dir)))
     if requeued or quarantined or removed:
         log.info(
             "journal.recovered", requeued=requeued, quarantined=quarantined, temporaries=removed
@@ -119,7 +127,7 @@ def run_once(
         recover(settings, journal)
         candidates, report.refused = scan_all(settings, journal)
         report.found = len(candidates)
-        entries = [survey(settings, journal, c) for c in candidates]
+        entries = survey_all(settings, journal, candidates)
         _tally(report, entries)
         journal.retry(states=[JobState.waiting])  # an explicit run retries waiting jobs now
         pending = journal.counts()[JobState.queued]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -11,10 +13,16 @@ import structlog
 
 from daemon.config import Settings
 from daemon.errors import DropforgeError
-from daemon.intake import Candidate
-from daemon.journal import Job, JobState, Journal
+from daemon.intake import DEFAULTS_NAME, Candidate
+from daemon.journal import Job, JobDigest, JobState, Journal, folder_stamp, stat_key
 from daemon.manifest import job_is_done
-from daemon.prepare import base_dependencies, prepare, quick_fingerprint, relative
+from daemon.prepare import (
+    base_dependencies,
+    prepare,
+    quick_fingerprint,
+    relative,
+    settings_fingerprint,
+)
 
 log = structlog.get_logger("dropforge.survey")
 
@@ -39,22 +47,136 @@ class SurveyEntry:
     message: str = ""
 
 
-def survey(settings: Settings, journal: Journal, candidate: Candidate) -> SurveyEntry:
+# Passes over at least this many candidates read the journal's tables in bulk.
+BULK_FROM = 64
+
+
+@dataclass
+class SurveyPass:
+    """One survey of many candidates (a scan or rescan), cheaper per candidate than ``survey``.
+
+    Each inbox's settings fingerprint is computed once, each ``_defaults.toml`` stat'ed once,
+    the stat cache is read without a write per file (the seen marks and output stamps go in
+    one transaction at ``close``). With ``bulk``, the jobs, the stat cache and the output
+    stamps are read in one query each, so an unchanged done input costs a few stats and
+    dictionary look-ups. Use it as a context manager.
+    """
+
+    settings: Settings
+    journal: Journal
+    bulk: bool = False
+    _settings_fp: dict[str, str] = field(default_factory=dict)
+    _shared_stats: dict[Path, os.stat_result] = field(default_factory=dict)
+    _seen: list[str] = field(default_factory=list)
+    _stamps: list[tuple[str, str, str | None]] = field(default_factory=list)
+    _jobs: dict[str, dict[str, JobDigest]] = field(default_factory=dict)
+    _hashes: dict[str, tuple[int, int, str, str]] | None = None
+    _known_stamps: dict[str, tuple[str, str]] | None = None
+
+    def __enter__(self) -> SurveyPass:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def survey(self, candidate: Candidate) -> SurveyEntry:
+        """``survey`` one candidate within this pass."""
+        return survey(self.settings, self.journal, candidate, within=self)
+
+    def settings_fp(self, default_task: str) -> str:
+        """``settings_fingerprint`` of an inbox's default task, computed once per pass."""
+        found = self._settings_fp.get(default_task)
+        if found is None:
+            found = self._settings_fp[default_task] = settings_fingerprint(
+                self.settings, default_task
+            )
+        return found
+
+    def hash_file(self, path: Path) -> str:
+        """The journal's ``hash_file``, with the stat-cache hit path read-only."""
+        if path.name == DEFAULTS_NAME:  # shared by every input below it
+            st = self._shared_stats.get(path)
+            if st is None:
+                st = self._shared_stats[path] = os.stat(path)
+        else:
+            st = os.stat(path)
+        key = str(path)
+        if self.bulk:
+            if self._hashes is None:
+                self._hashes = self.journal.cached_hashes()
+            cached = self._hashes.get(key)
+            sha = cached[3] if cached is not None and cached[:3] == stat_key(st) else None
+        else:
+            sha = self.journal.cached_hash(path, st)
+        if sha is None:
+            return self.journal.hash_file(path)
+        self._seen.append(key)
+        return sha
+
+    def digest(self, inbox: str, rel: str) -> JobDigest | None:
+        """The compared columns of an input's job (bulk passes only)."""
+        jobs = self._jobs.get(inbox)
+        if jobs is None:
+            jobs = self._jobs[inbox] = self.journal.job_digests(inbox)
+        return jobs.get(rel)
+
+    def stamp_matches(self, out_dir: str, job_key: str, stamp: str | None) -> bool:
+        """Whether ``stamp`` is the one recorded for ``out_dir`` holding ``job_key``'s outputs."""
+        if stamp is None:
+            return False
+        if not self.bulk:
+            return self.journal.output_stamp(out_dir, job_key) == stamp
+        if self._known_stamps is None:
+            self._known_stamps = self.journal.output_stamps()
+        return self._known_stamps.get(out_dir) == (job_key, stamp)
+
+    def note_stamp(self, out_dir: str, job_key: str, stamp: str | None) -> None:
+        """Record an output folder's stamp at ``close``."""
+        self._stamps.append((out_dir, job_key, stamp))
+
+    def close(self) -> None:
+        """Write the seen marks and output stamps gathered during the pass."""
+        if self._seen:
+            self.journal.touch_files(self._seen)
+            self._seen.clear()
+        if self._stamps:
+            self.journal.set_output_stamps(self._stamps)
+            self._stamps.clear()
+
+
+def survey(
+    settings: Settings,
+    journal: Journal,
+    candidate: Candidate,
+    *,
+    within: SurveyPass | None = None,
+) -> SurveyEntry:
     """Compare a candidate with the journal and queue it when there is work to do.
 
     An unchanged input is recognised from the stat cache alone, so a rescan of
-    thousands of finished inputs opens none of them.
+    thousands of finished inputs opens none of them; while its output folder keeps the
+    stamp it had when the outputs were last found complete, not even the manifest is read.
     """
     inbox = str(candidate.inbox.path)
     try:
         if candidate.path.stat().st_size == 0:
             return SurveyEntry(candidate, Verdict.deferred, message="empty file, still arriving")
+        if within is not None and within.bulk and candidate.kind.value != "job":
+            done = _done_by_digest(settings, within, candidate)
+            if done is not None:
+                return done
         row = journal.get_job(inbox, candidate.rel)
         # Job files are re-planned every time: endpoints may arrive after them.
         if row is not None and row.fingerprint and candidate.kind.value != "job":
-            fp = quick_fingerprint(settings, journal, candidate, row.deps)
+            if within is None:
+                fp = quick_fingerprint(settings, journal, candidate, row.deps)
+            else:
+                task = candidate.inbox.default_task
+                fp = quick_fingerprint(
+                    settings, within, candidate, row.deps, settings_fp=within.settings_fp(task)
+                )
             if fp == row.fingerprint and not row.force:
-                return _unchanged(journal, candidate, row)
+                return _unchanged(journal, candidate, row, within)
         prepared = prepare(settings, journal, candidate)
     except FileNotFoundError:
         return SurveyEntry(candidate, Verdict.deferred, message="vanished during the scan")
@@ -87,9 +209,11 @@ def survey(settings: Settings, journal: Journal, candidate: Candidate) -> Survey
     return SurveyEntry(candidate, Verdict.queued if changed else Verdict.pending, job)
 
 
-def _unchanged(journal: Journal, candidate: Candidate, row: Job) -> SurveyEntry:
+def _unchanged(
+    journal: Journal, candidate: Candidate, row: Job, within: SurveyPass | None
+) -> SurveyEntry:
     if row.state is JobState.done:
-        if job_is_done(Path(row.out_dir), row.job_key):
+        if _outputs_intact(journal, row, within):
             return SurveyEntry(candidate, Verdict.done, row)
         journal.requeue(row.id)  # an output was deleted or damaged: resume the job
         log.info("job.requeued", input=candidate.rel, reason="outputs missing")
@@ -99,8 +223,52 @@ def _unchanged(journal: Journal, candidate: Candidate, row: Job) -> SurveyEntry:
     return SurveyEntry(candidate, Verdict.pending, row)
 
 
+def _done_by_digest(
+    settings: Settings, within: SurveyPass, candidate: Candidate
+) -> SurveyEntry | None:
+    """The bulk fast path: an unchanged done input whose output folder kept its stamp."""
+    digest = within.digest(str(candidate.inbox.path), candidate.rel)
+    if digest is None or digest.state != JobState.done.value or digest.force:
+        return None
+    if not digest.fingerprint:
+        return None
+    task = candidate.inbox.default_task
+    fp = quick_fingerprint(
+        settings,
+        within,
+        candidate,
+        json.loads(digest.deps),
+        settings_fp=within.settings_fp(task),
+    )
+    if fp != digest.fingerprint:
+        return None
+    if not within.stamp_matches(digest.out_dir, digest.job_key, folder_stamp(Path(digest.out_dir))):
+        return None  # the slow path reads the manifest and records the new stamp
+    return SurveyEntry(candidate, Verdict.done)
+
+
+def _outputs_intact(journal: Journal, row: Job, within: SurveyPass | None) -> bool:
+    """A done job's outputs are all there: its folder's stamp is unchanged, or the manifest
+    and the files it lists say so (then the new stamp is recorded)."""
+    stamp = folder_stamp(Path(row.out_dir))
+    if within is not None:
+        if within.stamp_matches(row.out_dir, row.job_key, stamp):
+            return True
+    elif stamp is not None and journal.output_stamp(row.out_dir, row.job_key) == stamp:
+        return True
+    if not job_is_done(Path(row.out_dir), row.job_key):
+        return False
+    if within is not None:
+        within.note_stamp(row.out_dir, row.job_key, stamp)
+    else:
+        journal.set_output_stamps([(row.out_dir, row.job_key, stamp)])
+    return True
+
+
 def survey_all(
     settings: Settings, journal: Journal, candidates: Iterable[Candidate]
 ) -> list[SurveyEntry]:
-    """Survey many candidates in order."""
-    return [survey(settings, journal, c) for c in candidates]
+    """Survey many candidates in order, in one ``SurveyPass``."""
+    candidates = list(candidates)
+    with SurveyPass(settings, journal, bulk=len(candidates) >= BULK_FROM) as survey_pass:
+        return [survey_pass.survey(c) for c in candidates]

@@ -10,6 +10,7 @@ import pytest
 from daemon.generators import ModelSource
 from daemon.generators.diffusers_backend import DiffusersGenerator
 from daemon.generators.tiny import TINY_MESH_SUBDIR, TINY_SD_SUBDIR, write_tiny_models
+from tests.helpers import TEST_DEVICE
 
 # Tests never reach the network: with this set, huggingface_hub fails at once instead of
 # waiting on timeouts. It is read once, when huggingface_hub is first imported: later than
@@ -39,9 +40,11 @@ def tiny_mesh(tiny_models: Path) -> ModelSource:
 
 @pytest.fixture(scope="session")
 def generator() -> DiffusersGenerator:
-    """Return one CPU generator shared by the session, so the tiny model is loaded once.
+    """Return one generator shared by the session, so the tiny model is loaded once.
+
+    It runs on the CPU unless ``DROPFORGE_TEST_DEVICE`` names another device.
 
     One thread: torch's thread count is process-wide, and pinning it keeps pixel equality
     between runs independent of what other tests did.
     """
-    return DiffusersGenerator(device="cpu", threads=1)
+    return DiffusersGenerator(device=TEST_DEVICE, threads=1)

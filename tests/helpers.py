@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+# The device the end-to-end tests generate on: cpu here and in CI; DROPFORGE_TEST_DEVICE=cuda
+# runs them through the CUDA path (fp16) on a machine with a GPU.
+TEST_DEVICE = os.environ.get("DROPFORGE_TEST_DEVICE", "cpu")
 
 
 def write_config(
@@ -31,7 +36,7 @@ def write_config(
             f"""\
             [daemon]
             state_dir = "state"
-            device = "cpu"
+            device = "{TEST_DEVICE}"
             min_free_mb = 0
             {extra_daemon}
 
