@@ -77,8 +77,9 @@ def is_ignored_name(name: str) -> bool:
 
 
 def is_ignored_dir(name: str) -> bool:
-    """True for hidden folders, ``~*`` and ``_*`` (``_done``, ``_failed``)."""
-    return name.startswith((".", "~", "_"))
+    """True for hidden folders, ``~*``, ``_*`` (``_done``, ``_failed``), and folders named
+    like a temporary or a conflict copy: Safari downloads into a ``NAME.download`` folder."""
+    return name.startswith("_") or is_ignored_name(name)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,22 @@ def parts_of(inbox: InboxConfig, path: Path, *, read_table: TableReader | None =
     return Parts(frozenset(files), tuple(rules))
 
 
+@dataclass(frozen=True)
+class InboxRoots:
+    """An inbox's folder as configured and as a real path, and the folders scans skip."""
+
+    root: str
+    real_root: str
+    skip: frozenset[str]
+
+
+def inbox_roots(inbox: InboxConfig, excluded_roots: Iterable[Path] = ()) -> InboxRoots:
+    """Resolve an inbox's roots: a realpath per folder, so look-ups of many paths share one."""
+    root = os.fspath(inbox.path)
+    real_root = os.path.realpath(root)
+    return InboxRoots(root, real_root, _excluded(inbox, excluded_roots, root, real_root))
+
+
 def candidate_for(
     inbox: InboxConfig,
     path: Path,
@@ -193,14 +210,16 @@ def candidate_for(
     parts: Parts = NO_PARTS,
     excluded_roots: Iterable[Path] = (),
     read_table: TableReader | None = None,
+    roots: InboxRoots | None = None,
 ) -> Candidate | None:
     """Classify one path as scan_inbox would; None when ignored, refused or a part.
 
     Masks named by sidecars and tween endpoints named by job files elsewhere are only
-    known from a scan: pass the last ``ScanResult.parts`` to agree with it.
+    known from a scan: pass the last ``ScanResult.parts`` to agree with it. ``roots``
+    (from ``inbox_roots``) replaces ``excluded_roots`` for callers that look up many paths.
     """
-    root = os.fspath(inbox.path)
-    real_root = os.path.realpath(root)
+    roots = roots or inbox_roots(inbox, excluded_roots)
+    root, real_root = roots.root, roots.real_root
     absolute = os.path.abspath(path)
     base = next((b for b in (root, real_root) if _inside(b, absolute) and absolute != b), None)
     if base is None:
@@ -211,12 +230,22 @@ def candidate_for(
     kind = classify(name)
     if kind not in INPUT_KINDS:
         return None
-    chain = _descend(root, real_root, dirs, _excluded(inbox, excluded_roots, root, real_root))
+    chain = _descend(root, real_root, dirs, roots.skip)
     if chain is None:
         return None
     dir_path = os.path.join(root, *dirs)
-    target = _usable(real_root, os.path.join(dir_path, name))
-    if target is None:
+    # As in a scan: only a symlink has a target of its own. A regular file lies at
+    # real_dir/name already (_descend refused symlinked folders), so it costs one lstat.
+    target: str | None = None
+    try:
+        info = os.lstat(os.path.join(dir_path, name))
+    except OSError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        target = _usable(real_root, os.path.join(dir_path, name))
+        if target is None:
+            return None
+    elif not stat.S_ISREG(info.st_mode):
         return None
     task, defaults_mask = inbox.default_task, None
     read_table = read_table or read_small_table

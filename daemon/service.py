@@ -319,4 +319,7 @@ class Service:
             line = f"running {job.input} ({row.progress_done}/{row.progress_total}{note}); " + line
         if loop is not None and loop.paused:
             line = f"paused: {loop.paused}; " + line
+        missing = self.watcher.missing_inboxes() if self.watcher is not None else []
+        if missing:  # restarting would not bring a share back: a warning, not unhealthy
+            line = f"inbox missing: {', '.join(missing)} (waiting for it to return); " + line
         return line

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -165,6 +166,22 @@ def observer_alive(observer: BaseObserver) -> bool:
     return observer.is_alive() and all(e.is_alive() for e in observer.emitters)
 
 
+# (device, inode, is a mount point): a share unmounted or mounted again changes it, and an
+# observer keeps watching the folder it started on, so it must be started afresh.
+FolderIdentity = tuple[int, int, bool]
+
+
+def folder_identity(path: str) -> FolderIdentity | None:
+    """The identity of the folder at ``path``; None when there is no folder there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    return st.st_dev, st.st_ino, os.path.ismount(path)
+
+
 @dataclass
 class _Watch:
     root: str
@@ -172,7 +189,8 @@ class _Watch:
     poll: bool  # configured: poll = true
     observer: BaseObserver | None = None
     polling: bool = False  # configured, or fallen back to
-    missing_logged: bool = False
+    missing_logged: bool = False  # the folder is gone (or its share unmounted): warned once
+    identity: FolderIdentity | None = None  # of the folder the observer watches
 
 
 class Observers:
@@ -212,23 +230,61 @@ class Observers:
                 observer.join(max(0.0, deadline - time.monotonic()))
 
     def ensure(self) -> bool:
-        """Replace dead observers with polling ones, start missing ones; True if any started."""
+        """Follow the inbox folders: stop watching vanished ones (a warning), start observers
+        on folders that appeared, came back or were replaced (a share mounted again), and
+        replace dead observers with polling ones; True if any observer started."""
         started = False
         with self._lock:
             if self._stopped:
                 return False
             for index, watch in enumerate(self._watches):
+                identity = folder_identity(watch.root)
+                gone = identity is None or (
+                    watch.identity is not None and watch.identity[2] and not identity[2]
+                )
+                if gone:
+                    self._lose(watch, identity)
+                    continue
                 observer = watch.observer
-                if observer is not None and observer_alive(observer):
+                same = identity == watch.identity
+                if observer is not None and observer_alive(observer) and same:
                     continue
                 if observer is not None:
-                    log.warning("watch.observer_died", inbox=watch.root, polling=watch.polling)
+                    if same:
+                        log.warning("watch.observer_died", inbox=watch.root, polling=watch.polling)
+                        watch.polling = True  # the usual cause: an inotify limit on a new folder
+                    else:
+                        log.warning(
+                            "inbox.replaced",
+                            inbox=watch.root,
+                            message=f"{watch.root} is another folder now (a share mounted "
+                            "again?): watching it afresh and rescanning",
+                        )
                     observer.stop()
                     watch.observer = None
-                    watch.polling = True  # the usual cause: an inotify limit on a new folder
                 self._start(index, watch)
                 started = started or watch.observer is not None
         return started
+
+    def _lose(self, watch: _Watch, identity: FolderIdentity | None) -> None:
+        """The inbox vanished or its share was unmounted: stop its observer, warn once."""
+        if watch.observer is not None:
+            watch.observer.stop()
+            watch.observer = None
+        if not watch.missing_logged:
+            why = "is missing" if identity is None else "is no longer mounted"
+            log.warning(
+                "inbox.missing",
+                inbox=watch.root,
+                message=f"{watch.root} {why}: its files wait until it returns; no job fails "
+                "and no output is touched",
+            )
+            watch.missing_logged = True
+
+    def missing(self) -> list[str]:
+        """Inbox folders that are gone or unmounted (a warning: nothing fails meanwhile)."""
+        with self._lock:
+            return [w.root for w in self._watches if w.missing_logged]
 
     def problems(self) -> list[str]:
         """Observers that have stopped."""
@@ -253,11 +309,14 @@ class Observers:
         return watch.poll or watch.polling
 
     def _start(self, index: int, watch: _Watch) -> None:
-        if not os.path.isdir(watch.root):
-            if not watch.missing_logged:
-                log.warning("inbox.missing", inbox=watch.root)
-                watch.missing_logged = True
+        identity = folder_identity(watch.root)
+        if identity is None:
+            self._lose(watch, None)
             return
+        if watch.missing_logged:
+            log.info("inbox.returned", inbox=watch.root)
+            watch.missing_logged = False
+        watch.identity = identity
         handler = InboxEventHandler(index, self._sink)
         if not (watch.poll or watch.polling):
             try:

@@ -8,6 +8,7 @@ which inputs a sidecar, mask or _defaults.toml concerns, and surveys them.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -25,9 +26,11 @@ from daemon.intake import (
     NO_PARTS,
     Candidate,
     FileKind,
+    InboxRoots,
     Parts,
     candidate_for,
     classify,
+    inbox_roots,
     is_ignored_dir,
     is_ignored_name,
     parts_of,
@@ -64,6 +67,24 @@ class _Inbox:
 
 _STOP = object()
 _RESCAN = object()
+
+# watchdog tells of an inotify queue overflow only in a log line from this logger.
+OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
+
+
+class _OverflowListener(logging.Filter):
+    """Hears watchdog's "queue overflowed" warning: lost events mean files nobody saw arrive,
+    which would otherwise wait for the next periodic rescan (``rescan_interval``)."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_overflow = on_overflow
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Call back on an overflow record; let every record through."""
+        if "overflow" in str(record.msg).lower():
+            self._on_overflow()
+        return True
 
 
 class Watcher:
@@ -104,22 +125,26 @@ class Watcher:
         ]
         self._roots = [i.output for i in settings.inboxes] + [settings.state_dir]
         self._excluded = tuple(str(p) for p in self._roots)
+        self._batch_roots: dict[int, InboxRoots] = {}  # inbox index → roots, for one batch
         self._reader = table_reader(journal)
         self._rescans: dict[int, str | None] = {}
         self._recheck: dict[tuple[int, str], str] = {}
         self._next_recheck = 0.0
         self._thread = threading.Thread(target=self._loop, name="dropforge-intake", daemon=True)
+        self._overflow = _OverflowListener(self._events_lost)
 
     # --- life cycle -------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the observers, then the intake thread (which begins with a full scan)."""
+        logging.getLogger(OVERFLOW_LOGGER).addFilter(self._overflow)
         self._observers.start()
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the observers and the intake thread, waiting at most ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
+        logging.getLogger(OVERFLOW_LOGGER).removeFilter(self._overflow)
         self._observers.stop(timeout)
         self._queue.put(_STOP)
         if self._thread.is_alive():
@@ -128,6 +153,14 @@ class Watcher:
     def request_rescan(self) -> None:
         """Ask the intake thread for a full rescan of every inbox (catches missed events)."""
         self._queue.put(_RESCAN)
+
+    def _events_lost(self) -> None:
+        log.warning(
+            "watch.overflow",
+            message="file events were lost (the kernel's event queue overflowed, e.g. when "
+            "thousands of files arrive at once): rescanning the inboxes",
+        )
+        self.request_rescan()
 
     def ensure_observers(self) -> None:
         """Replace dead observers (on polling), start those of inboxes that appeared."""
@@ -140,6 +173,10 @@ class Watcher:
         if self._thread.ident is not None and not self._thread.is_alive():
             found.insert(0, "the intake thread has stopped")
         return found
+
+    def missing_inboxes(self) -> list[str]:
+        """Inbox folders that are gone or unmounted: shown in the status, not a health problem."""
+        return self._observers.missing()
 
     def observer_modes(self) -> dict[str, str]:
         """Inbox → ``native``, ``polling`` or ``none`` (folder missing)."""
@@ -173,9 +210,14 @@ class Watcher:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            # A file written once brings created, modified and closed events: one look each.
+            seen: set[object] = set()
             for item in batch:
                 if item is _STOP:
                     return
+                if item in seen:
+                    continue
+                seen.add(item)
                 self._guarded(self._handle, item)
             self._guarded(self._after_batch)
 
@@ -235,6 +277,7 @@ class Watcher:
 
     def _after_batch(self) -> None:
         # Each input is looked at once per batch, however many of its files settled.
+        self._batch_roots.clear()  # resolved afresh per batch: folders may be replaced
         todo: dict[str, tuple[_Inbox, float | None]] = {}
         for settled in self._tracker.pop_settled():
             self._guarded(self._settled, settled, todo)
@@ -305,12 +348,11 @@ class Watcher:
         """
         if not os.path.isfile(path):
             return
+        roots = self._batch_roots.get(state.index)
+        if roots is None:
+            roots = self._batch_roots[state.index] = inbox_roots(state.inbox, self._roots)
         candidate = candidate_for(
-            state.inbox,
-            Path(path),
-            parts=state.parts,
-            excluded_roots=self._roots,
-            read_table=self._reader,
+            state.inbox, Path(path), parts=state.parts, read_table=self._reader, roots=roots
         )
         if candidate is None:
             if self._wanted(state, path) and classify(os.path.basename(path)) is FileKind.image:

@@ -129,7 +129,14 @@ def start_service(
     service = Service(settings, lambda: fake, on_result=results.append, **options)
     thread = threading.Thread(target=service.run, kwargs={"handle_signals": False}, daemon=True)
     thread.start()
+    # The scheduler starts just after the watcher, whose first scan can finish before it.
     wait_until(
-        lambda: service.watcher is not None and service.watcher.ready.is_set(), 30, "first scan"
+        lambda: (
+            service.watcher is not None
+            and service.watcher.ready.is_set()
+            and service.scheduler is not None
+        ),
+        30,
+        "first scan",
     )
     return RunningService(service, fake, results, thread)
