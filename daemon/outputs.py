@@ -43,15 +43,19 @@ class OutputFile:
 # -- atomic writes ----------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(
+    path: Path, write: Callable[[IO[bytes]], None], *, sync_folder: bool = True
+) -> None:
     """Stream a file into place atomically: ``write`` fills a hidden temporary beside ``path``.
 
     Readers (and sync tools) see either the old file or the whole new one, never a part.
     On any error the temporary is removed and the error re-raised; running out of space
-    raises DiskFull.
+    raises DiskFull. The file's data is always synced; ``sync_folder=False`` leaves the
+    folder's fsync (what makes the rename survive a power loss) to a later write in the same
+    folder, as the worker does for a job's images: its manifest's write syncs them all.
     """
     try:
-        _write_and_replace(path, write)
+        _write_and_replace(path, write, sync_folder)
     except OSError as err:
         if err.errno == errno.ENOSPC:
             raise DiskFull(f"no space left writing {path}") from err
@@ -60,16 +64,18 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, sync_folder: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (temporary, fsync, os.replace, folder fsync)."""
 
     def write(handle: IO[bytes]) -> None:
         handle.write(data)
 
-    atomic_write(path, write)
+    atomic_write(path, write, sync_folder=sync_folder)
 
 
-def _write_and_replace(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def _write_and_replace(
+    path: Path, write: Callable[[IO[bytes]], None], sync_folder: bool = True
+) -> None:
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{path.name}{TEMP_MARKER}{secrets.token_hex(4)}"
@@ -86,7 +92,8 @@ def _write_and_replace(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    _fsync_folder(folder)
+    if sync_folder:
+        _fsync_folder(folder)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -161,11 +168,16 @@ def encode_png(image: Image.Image, parameters: str, dropforge: Mapping[str, Any]
 
 
 def write_png(
-    path: Path, image: Image.Image, parameters: str, dropforge: Mapping[str, Any]
+    path: Path,
+    image: Image.Image,
+    parameters: str,
+    dropforge: Mapping[str, Any],
+    *,
+    sync_folder: bool = True,
 ) -> OutputFile:
     """Encode and atomically write a PNG with its metadata; return what the manifest records."""
     data = encode_png(image, parameters, dropforge)
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, sync_folder=sync_folder)
     return OutputFile(file=path.name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
 
 
@@ -287,8 +299,24 @@ _ELLIPSIS = "…"
 _Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
 
 
+CONTACT_THUMB = 256  # the largest side of an image on a contact sheet
+
+
+def contact_thumbnail(image: Image.Image, thumb: int = CONTACT_THUMB) -> Image.Image:
+    """A copy of ``image`` shrunk as ``contact_sheet`` would shrink it (never enlarged).
+
+    The worker keeps these of the images it writes, so the sheet need not read them back.
+    """
+    small = image.convert("RGB")  # a copy, even when the image is RGB already
+    small.thumbnail((thumb, thumb), Image.Resampling.LANCZOS)
+    return small
+
+
 def contact_sheet(
-    items: Sequence[tuple[Image.Image, str]], *, thumb: int = 256, columns: int | None = None
+    items: Sequence[tuple[Image.Image, str]],
+    *,
+    thumb: int = CONTACT_THUMB,
+    columns: int | None = None,
 ) -> Image.Image:
     """Lay images out in a near-square grid with a label under each (e.g. ``seed 100``).
 

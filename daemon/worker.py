@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -44,6 +44,7 @@ from daemon.outputs import (
     OutputFile,
     a1111_parameters,
     contact_sheet,
+    contact_thumbnail,
     read_dropforge_chunk,
     sha256_file,
     write_png,
@@ -190,6 +191,12 @@ class Worker:
         try:
             generated, kept, notes = self._generate(job, prepared, plan, force, started)
         except InputError as exc:
+            if not candidate.path.is_file():
+                # Gone since it was planned (deleted, or its share unmounted): not a bad
+                # input. No failed manifest; a rescan queues it again if it comes back.
+                self.journal.delete(job.id)
+                bound.info("job.vanished", error=str(exc))
+                return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
             return self._fail(job, prepared, str(exc), started, bound)
         except Interrupted:
             self.journal.mark_queued(job.id)
@@ -340,6 +347,8 @@ class Worker:
         total = len(plan.outputs)
         self.journal.set_progress(job.id, kept, total, "")
 
+        thumbs: dict[int, Image.Image] = {}
+
         def on_image(index: int, image: Image.Image) -> None:
             out = plan.outputs[index]
             done[index] = write_png(
@@ -347,7 +356,12 @@ class Worker:
                 image,
                 self._parameters_text(plan, out),
                 {"job_key": plan.job_key, "index": out.index, "seed": out.seed, **out.varied},
+                sync_folder=False,  # the manifest's write syncs the folder, after every image
             )
+            if plan.wants_contact_sheet:
+                thumbs[index] = contact_thumbnail(image)
+            # One line per image written: how the crash tests count generations.
+            log.info("output.written", job_id=job.id, input=job.input, file=out.file)
             self.journal.set_progress(job.id, len(done), total, out.file)
             self.progress.on_image(job, len(done), total)
 
@@ -383,7 +397,7 @@ class Worker:
             self.generator.generate_images(request, events)
             if self.stop.is_set():
                 raise Interrupted("stop requested")
-        self._finish(prepared, plan, done, notes, started)
+        self._finish(prepared, plan, done, notes, started, thumbs)
         return len(missing), kept, notes
 
     def _reusable(self, plan: Plan) -> dict[int, OutputFile]:
@@ -403,6 +417,7 @@ class Worker:
         done: dict[int, OutputFile],
         notes: list[str],
         started: float,
+        thumbs: Mapping[int, Image.Image],
     ) -> None:
         files: list[dict[str, Any]] = []
         for out in plan.outputs:
@@ -423,8 +438,11 @@ class Worker:
         if plan.wants_contact_sheet:
             items = []
             for out in plan.outputs:
-                with Image.open(plan.out_dir / out.file) as im:
-                    items.append((im.convert("RGB"), f"seed {out.seed}"))
+                if out.index in thumbs:  # made in this run: shrunk when it was written
+                    items.append((thumbs[out.index], f"seed {out.seed}"))
+                    continue
+                with Image.open(plan.out_dir / out.file) as im:  # kept from an earlier run
+                    items.append((contact_thumbnail(im), f"seed {out.seed}"))
             sheet = contact_sheet(items)
             contact = write_png(
                 plan.out_dir / CONTACT_NAME,
@@ -432,6 +450,7 @@ class Worker:
                 f"contact sheet of {plan.rel}",
                 {"job_key": plan.job_key, "index": -1},
             )
+            log.info("output.written", input=plan.rel, file=CONTACT_NAME, role="contact")
             files.append(
                 {
                     "file": contact.file,
