@@ -89,7 +89,9 @@ def check_path(settings: Settings, path: Path) -> CheckResult:
 
 
 def collect_status(settings: Settings, *, now: float) -> dict[str, Any]:
-    """Queue counts, running jobs with progress, waiting jobs and recent failures."""
+    """Queue counts, running jobs with progress, waiting jobs, recent failures, and the
+    inbox folders that are missing (an unmounted share: their files wait until it returns)."""
+    missing = [display_path(i.path, settings) for i in settings.inboxes if not i.path.is_dir()]
     if not settings.journal_path.exists():
         return {
             "journal": str(settings.journal_path),
@@ -97,6 +99,7 @@ def collect_status(settings: Settings, *, now: float) -> dict[str, Any]:
             "running": [],
             "waiting": [],
             "failures": [],
+            "missing_inboxes": missing,
         }
     with Journal(settings.journal_path) as journal:
         counts = journal.counts()
@@ -131,6 +134,7 @@ def collect_status(settings: Settings, *, now: float) -> dict[str, Any]:
         "running": running,
         "waiting": waiting,
         "failures": failures,
+        "missing_inboxes": missing,
     }
 
 
@@ -138,6 +142,8 @@ def format_status(status: dict[str, Any]) -> str:
     """Human-readable status."""
     counts = status["counts"]
     lines = ["Jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items())]
+    for folder in status["missing_inboxes"]:
+        lines.append(f"Inbox missing: {folder} (unmounted or removed; its files wait for it)")
     for r in status["running"]:
         progress = f"image {r['images_done']}/{r['images_total']}"
         note = f", {r['note']}" if r["note"] else ""

@@ -195,3 +195,16 @@ def test_fast_commands_do_not_import_torch(tmp_path: Path) -> None:
         [sys.executable, "-m", "daemon", "--help"], capture_output=True, text=True, timeout=60
     )
     assert helped.returncode == 0 and "once" in helped.stdout
+
+
+def test_status_names_a_missing_inbox(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An inbox folder that is gone (an unmounted share) is named by status, text and JSON."""
+    config = write_config(tmp_path, "./models/sd")
+    (tmp_path / "inbox").rmdir()
+    assert main(["status", "-c", str(config)]) == 0
+    assert "Inbox missing: inbox (unmounted or removed; its files wait for it)" in (
+        capsys.readouterr().out
+    )
+    (tmp_path / "inbox").mkdir()
+    assert main(["status", "--json", "-c", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["missing_inboxes"] == []
