@@ -476,6 +476,8 @@ def bench_rescan(args: argparse.Namespace, scratch: Path) -> None:
         for _ in range(max(1, args.runs // 2)):
             process.append(timed([*DROPFORGE, "once", "-c", str(config)], thread_env(None)))
         print(f"{count}: {files} files walked; once process {median(process):.3f} s")
+        print(f"  restart runs (s): {', '.join(f'{x:.3f}' for x in ours)}")
+        print(f"  bare walk runs (s): {', '.join(f'{x:.4f}' for x in walk)}")
         results.append((count, median(walk), median(ours), median(process)))
     print()
     row(["inputs", "bare walk (s)", "restart scan (s)", "ratio", "per input (µs)", "`once` (s)"])
