@@ -11,7 +11,7 @@ from pathlib import Path
 
 from daemon.config import load_config
 from daemon.journal import Journal, folder_stamp
-from daemon.runner import run_once
+from daemon.runner import OnceReport, run_once
 from daemon.survey import BULK_FROM
 from tests.fakes import SolidGenerator
 from tests.helpers import write_config
@@ -28,8 +28,8 @@ def _inbox(tmp_path: Path) -> Path:
     return config
 
 
-def _processed(report: object) -> list[str]:
-    return sorted(r.rel for r in report.results)  # type: ignore[attr-defined]
+def _processed(report: OnceReport) -> list[str]:
+    return sorted(r.rel for r in report.results)
 
 
 def test_bulk_rescan_skips_unchanged_and_finds_each_change(tmp_path: Path) -> None:
