@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from daemon.generators import ModelSource
 from daemon.generators.diffusers_backend import DiffusersGenerator
 from daemon.generators.tiny import TINY_MESH_SUBDIR, TINY_SD_SUBDIR, write_tiny_models
+from tests.fakes import Launch, launch_services
 from tests.helpers import TEST_DEVICE
 
 # Tests never reach the network: with this set, huggingface_hub fails at once instead of
@@ -48,3 +50,10 @@ def generator() -> DiffusersGenerator:
     between runs independent of what other tests did.
     """
     return DiffusersGenerator(device=TEST_DEVICE, threads=1)
+
+
+@pytest.fixture
+def launch() -> Iterator[Launch]:
+    """Start watch-mode services on a fake generator (``launch(config, **options)``); every one
+    is stopped after the test."""
+    yield from launch_services()

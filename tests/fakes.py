@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,9 @@ class RunningService:
         assert not self.thread.is_alive(), "the service did not stop"
 
 
+Launch = Callable[..., RunningService]
+
+
 def start_service(
     config: Path, generator: SolidGenerator | None = None, **options: Any
 ) -> RunningService:
@@ -140,3 +143,20 @@ def start_service(
         "first scan",
     )
     return RunningService(service, fake, results, thread)
+
+
+def launch_services() -> Iterator[Launch]:
+    """The body of the ``launch`` fixture: start services, stop every one after the test."""
+    started: list[RunningService] = []
+
+    def go(config: Path, **options: Any) -> RunningService:
+        running = start_service(config, **options)
+        started.append(running)
+        return running
+
+    yield go
+    for running in started:
+        gate = getattr(running.generator, "gate", None)
+        if gate is not None:  # a test that held its job mid-way lets it go
+            gate.set()
+        running.stop()

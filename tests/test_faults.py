@@ -32,7 +32,7 @@ from daemon.journal import JobState, Journal
 from daemon.outputs import TEMP_MARKER
 from daemon.runner import run_once
 from daemon.worker import Outcome, Progress
-from tests.fakes import RunningService, SolidGenerator, start_service, wait_until
+from tests.fakes import Launch, RunningService, SolidGenerator, wait_until
 from tests.helpers import manifest, noise_image, snapshot, write_config
 
 MODEL = "./models/none"
@@ -64,21 +64,6 @@ class NoiseGenerator(SolidGenerator):
             size = (request.width, request.height)
             data = random.Random(spec.seed).randbytes(size[0] * size[1] * 3)
             events.on_image(spec.index, Image.frombytes("RGB", size, data))
-
-
-@pytest.fixture
-def services() -> Iterator[Callable[..., RunningService]]:
-    """Start services on a fake generator; stop every one of them after the test."""
-    started: list[RunningService] = []
-
-    def go(config: Path, **options: Any) -> RunningService:
-        running = start_service(config, **options)
-        started.append(running)
-        return running
-
-    yield go
-    for running in started:
-        running.stop()
 
 
 @pytest.fixture
@@ -147,7 +132,7 @@ def assert_outputs_intact(out_dir: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("fault", ["small filesystem", "ENOSPC at fsync"])
 def test_disk_full_during_a_write_leaves_no_partial_file_and_the_job_waits(
     tmp_path: Path,
-    services: Callable[..., RunningService],
+    launch: Launch,
     mounts: Callable[[Path, str], None],
     monkeypatch: pytest.MonkeyPatch,
     fault: str,
@@ -173,7 +158,7 @@ def test_disk_full_during_a_write_leaves_no_partial_file_and_the_job_waits(
     (inbox / "a.toml").write_text("count = 2\nseed = 1\n", encoding="utf-8")
     (inbox / "a.txt").write_text("a lighthouse\n", encoding="utf-8")
     clock = Clock()
-    running = services(config, generator=NoiseGenerator(), clock=clock, retry_tick=0.05)
+    running = launch(config, generator=NoiseGenerator(), clock=clock, retry_tick=0.05)
     wait_until(lambda: in_state(running, "a.txt", JobState.waiting), message="the job waiting")
     out_dir = outbox / "a"
     job = job_of(running, "a.txt")
@@ -200,7 +185,7 @@ def test_disk_full_during_a_write_leaves_no_partial_file_and_the_job_waits(
 @pytest.mark.parametrize("fault", ["small filesystem", "low free-space reading"])
 def test_min_free_mb_holds_every_job_until_space_is_freed(
     tmp_path: Path,
-    services: Callable[..., RunningService],
+    launch: Launch,
     mounts: Callable[[Path, str], None],
     monkeypatch: pytest.MonkeyPatch,
     fault: str,
@@ -229,7 +214,7 @@ def test_min_free_mb_holds_every_job_until_space_is_freed(
         (tmp_path / "inbox" / name).write_text(f"a picture of {name}\n", encoding="utf-8")
     clock = Clock()
     generator = SolidGenerator()
-    running = services(config, generator=generator, clock=clock, retry_tick=0.05)
+    running = launch(config, generator=generator, clock=clock, retry_tick=0.05)
     wait_until(
         lambda: all(in_state(running, n, JobState.waiting) for n in names), message="3 waiting"
     )
@@ -438,7 +423,7 @@ def a_looked_at(logs: list[dict[str, Any]]) -> bool:
 @pytest.mark.parametrize("how", ["removed", "unmounted"])
 def test_vanished_inbox_is_a_warning_and_recovers(
     tmp_path: Path,
-    services: Callable[..., RunningService],
+    launch: Launch,
     mounts: Callable[[Path, str], None],
     how: str,
 ) -> None:
@@ -449,7 +434,7 @@ def test_vanished_inbox_is_a_warning_and_recovers(
     if how == "unmounted":
         mounts(inbox, "1m")
     (inbox / "a.txt").write_text("a lighthouse\n", encoding="utf-8")
-    running = services(config)
+    running = launch(config)
     wait_until(lambda: in_state(running, "a.txt", JobState.done), message="a done")
     outbox = tmp_path / "outbox"
     before = snapshot(outbox)

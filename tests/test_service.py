@@ -31,32 +31,12 @@ from daemon.notify import Notifier
 from daemon.service import Service
 from daemon.worker import JobResult, Outcome
 from daemon.workloop import ActiveHours
-from tests.fakes import RunningService, SolidGenerator, start_service, wait_until
+from tests.fakes import Launch, SolidGenerator, wait_until
 from tests.helpers import snapshot, write_config
 
 MODEL = "./models/none"
 FAST = "settle_seconds = 0.3\nrescan_interval = 3600"
 ROOT = Path(__file__).resolve().parent.parent
-
-Launch = Callable[..., RunningService]
-
-
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    """Start services on the fake generator; stop every one of them after the test."""
-    started: list[RunningService] = []
-
-    def go(config: Path, **options: Any) -> RunningService:
-        running = start_service(config, **options)
-        started.append(running)
-        return running
-
-    yield go
-    for running in started:
-        generator = running.generator
-        if generator.gate is not None:
-            generator.gate.set()
-        running.stop()
 
 
 @pytest.fixture

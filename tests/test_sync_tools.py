@@ -15,9 +15,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
@@ -26,7 +24,7 @@ from structlog.testing import capture_logs
 from daemon.generators import ImageRequest
 from daemon.journal import JobState, Journal
 from daemon.worker import Outcome
-from tests.fakes import RunningService, start_service, wait_until
+from tests.fakes import Launch, RunningService, wait_until
 from tests.helpers import manifest, write_config
 
 # The fake generator ignores the model; it only has to be a valid alias.
@@ -34,8 +32,6 @@ MODEL = "./models/none"
 SETTLE = 0.5
 # rsync --inplace at 1000 KB/s writes 256 KiB about every 0.26 s: settling must outlast that.
 SLOW_SETTLE = 1.5
-
-Launch = Callable[..., RunningService]
 
 needs_rsync = pytest.mark.skipif(
     shutil.which("rsync") is None,
@@ -45,21 +41,6 @@ needs_unison = pytest.mark.skipif(
     shutil.which("unison") is None,
     reason="unison is not installed (apt-get install unison; .ci/run installs it)",
 )
-
-
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    """Start services on the fake generator; stop every one of them after the test."""
-    started: list[RunningService] = []
-
-    def go(config: Path, **options: Any) -> RunningService:
-        running = start_service(config, **options)
-        started.append(running)
-        return running
-
-    yield go
-    for running in started:
-        running.stop()
 
 
 def config_for(tmp_path: Path, settle: float = SETTLE) -> Path:

@@ -8,9 +8,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -22,29 +20,12 @@ from watchdog.observers.polling import PollingObserver
 from daemon.journal import JobState, Journal
 from daemon.settle import InboxEventHandler, SettleState, SettleTracker
 from daemon.worker import Outcome
-from tests.fakes import RunningService, start_service, wait_until
+from tests.fakes import Launch, wait_until
 from tests.helpers import manifest, noise_image, write_config
 
 # The fake generator ignores the model; it only has to be a valid alias.
 MODEL = "./models/none"
 FAST = "settle_seconds = 0.4\nrescan_interval = 3600"
-
-Launch = Callable[..., RunningService]
-
-
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    """Start services on the fake generator; stop every one of them after the test."""
-    started: list[RunningService] = []
-
-    def go(config: Path, **options: Any) -> RunningService:
-        running = start_service(config, **options)
-        started.append(running)
-        return running
-
-    yield go
-    for running in started:
-        running.stop()
 
 
 class FakeClock:
