@@ -61,6 +61,13 @@ CREATE INDEX jobs_state_updated ON jobs (state, updated_at);
 _OUTPUT_STAMPS = """CREATE TABLE IF NOT EXISTS output_stamps (
     out_dir TEXT PRIMARY KEY, job_key TEXT NOT NULL, stamp TEXT NOT NULL
 )"""
+# For a done input last found complete: a digest of the stats of the files its job depends on,
+# the settings, the job's fingerprint and its output folder's stamp (see survey.SurveyPass).
+# A rescan that computes the same digest knows the input is still done without hashing.
+_VERIFIED_INPUTS = """CREATE TABLE IF NOT EXISTS verified_inputs (
+    inbox TEXT NOT NULL, input TEXT NOT NULL, signature TEXT NOT NULL,
+    PRIMARY KEY (inbox, input)
+)"""
 
 # The columns a requeue resets; kept in one place so every path back to `queued` agrees.
 _REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_before = NULL,
@@ -144,7 +151,7 @@ def backoff(waits: int) -> float:
     return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(waits, 32)))
 
 
-def folder_stamp(folder: Path) -> str | None:
+def folder_stamp(folder: str | Path) -> str | None:
     """The inode and modification time of a folder: any file added, removed or renamed in it
     (every output and manifest is written by a rename) changes it. None when it is gone."""
     try:
@@ -214,6 +221,7 @@ class Journal:
                 )
             # Added without a version bump: older journals gain it, older code ignores it.
             db.execute(_OUTPUT_STAMPS)
+            db.execute(_VERIFIED_INPUTS)
 
     def close(self) -> None:
         """Close the connection; the journal cannot be used afterwards."""
@@ -266,6 +274,19 @@ class Journal:
             (inbox,),
         )
         return {r[0]: JobDigest(r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in rows}
+
+    def verified_signatures(self, inbox: str) -> dict[str, str]:
+        """input → the signature recorded when it was last verified done, for one inbox."""
+        rows = self._query("SELECT input, signature FROM verified_inputs WHERE inbox = ?", (inbox,))
+        return {r[0]: r[1] for r in rows}
+
+    def set_verified_signatures(self, rows: Iterable[tuple[str, str, str]]) -> None:
+        """Record (inbox, input, signature) triples in one transaction."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO verified_inputs (inbox, input, signature) VALUES (?, ?, ?)",
+                rows,
+            )
 
     def output_stamps(self) -> dict[str, tuple[str, str]]:
         """Every recorded output folder stamp: out_dir → (job_key, stamp)."""
@@ -503,7 +524,7 @@ class Journal:
                 found = row.fetchone()
                 if found is not None:
                     out_dir = found["out_dir"]
-                    _store_stamp(db, out_dir, found["job_key"], folder_stamp(Path(out_dir)))
+                    _store_stamp(db, out_dir, found["job_key"], folder_stamp(out_dir))
             # A forced regeneration is spent once it has ended one way or the other.
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, seconds = ?, finished_at = ?,"
@@ -672,4 +693,8 @@ class Journal:
             ).rowcount
             files = db.execute("DELETE FROM files WHERE seen_at < ?", (cutoff,)).rowcount
             db.execute("DELETE FROM output_stamps WHERE out_dir NOT IN (SELECT out_dir FROM jobs)")
+            db.execute(
+                "DELETE FROM verified_inputs WHERE NOT EXISTS (SELECT 1 FROM jobs"
+                " WHERE jobs.inbox = verified_inputs.inbox AND jobs.input = verified_inputs.input)"
+            )
         return int(jobs + files)

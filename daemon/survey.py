@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -13,7 +14,7 @@ import structlog
 
 from daemon.config import Settings
 from daemon.errors import DropforgeError
-from daemon.intake import DEFAULTS_NAME, Candidate
+from daemon.intake import DEFAULTS_NAME, Candidate, FileKind
 from daemon.journal import Job, JobDigest, JobState, Journal, folder_stamp, stat_key
 from daemon.manifest import job_is_done
 from daemon.prepare import (
@@ -72,6 +73,10 @@ class SurveyPass:
     _jobs: dict[str, dict[str, JobDigest]] = field(default_factory=dict)
     _hashes: dict[str, tuple[int, int, str, str]] | None = None
     _known_stamps: dict[str, tuple[str, str]] | None = None
+    _signatures: dict[str, dict[str, str]] = field(default_factory=dict)
+    _new_signatures: list[tuple[str, str, str]] = field(default_factory=list)
+    _keys: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # of one candidate
+    current: tuple[Path, os.stat_result] | None = None  # the candidate being surveyed
 
     def __enter__(self) -> SurveyPass:
         return self
@@ -92,14 +97,26 @@ class SurveyPass:
             )
         return found
 
+    def stat(self, path: Path) -> os.stat_result:
+        """``os.stat``, taken once per pass for a ``_defaults.toml`` (shared by many inputs)
+        and once per candidate for the candidate's own file."""
+        current = self.current
+        if current is not None and (current[0] is path or current[0] == path):
+            return current[1]
+        if path.name != DEFAULTS_NAME:
+            return os.stat(path)
+        st = self._shared_stats.get(path)
+        if st is None:
+            st = self._shared_stats[path] = os.stat(path)
+        return st
+
     def hash_file(self, path: Path) -> str:
-        """The journal's ``hash_file``, with the stat-cache hit path read-only."""
-        if path.name == DEFAULTS_NAME:  # shared by every input below it
-            st = self._shared_stats.get(path)
-            if st is None:
-                st = self._shared_stats[path] = os.stat(path)
-        else:
-            st = os.stat(path)
+        """The journal's ``hash_file``, with the stat-cache hit path read-only.
+
+        The stats behind the hashes given out are kept (``_keys``) until the next candidate,
+        so that a signature records exactly the file versions that were verified.
+        """
+        st = self.stat(path)
         key = str(path)
         if self.bulk:
             if self._hashes is None:
@@ -109,9 +126,21 @@ class SurveyPass:
         else:
             sha = self.journal.cached_hash(path, st)
         if sha is None:
-            return self.journal.hash_file(path)
+            return self.journal.hash_file(path)  # read: no signature from this candidate
         self._seen.append(key)
+        self._keys[key] = stat_key(st)
         return sha
+
+    def signature(self, inbox: str, rel: str) -> str | None:
+        """The signature recorded when ``rel`` was last verified done (bulk passes only)."""
+        known = self._signatures.get(inbox)
+        if known is None:
+            known = self._signatures[inbox] = self.journal.verified_signatures(inbox)
+        return known.get(rel)
+
+    def note_signature(self, inbox: str, rel: str, signature: str) -> None:
+        """Record a verified input's signature at ``close``."""
+        self._new_signatures.append((inbox, rel, signature))
 
     def digest(self, inbox: str, rel: str) -> JobDigest | None:
         """The compared columns of an input's job (bulk passes only)."""
@@ -142,6 +171,9 @@ class SurveyPass:
         if self._stamps:
             self.journal.set_output_stamps(self._stamps)
             self._stamps.clear()
+        if self._new_signatures:
+            self.journal.set_verified_signatures(self._new_signatures)
+            self._new_signatures.clear()
 
 
 def survey(
@@ -159,9 +191,12 @@ def survey(
     """
     inbox = str(candidate.inbox.path)
     try:
-        if candidate.path.stat().st_size == 0:
+        st = os.stat(candidate.path)
+        if st.st_size == 0:
             return SurveyEntry(candidate, Verdict.deferred, message="empty file, still arriving")
-        if within is not None and within.bulk and candidate.kind.value != "job":
+        if within is not None:
+            within.current = (candidate.path, st)  # stat'ed once for this candidate
+        if within is not None and within.bulk and candidate.kind is not FileKind.job:
             done = _done_by_digest(settings, within, candidate)
             if done is not None:
                 return done
@@ -223,34 +258,62 @@ def _unchanged(
     return SurveyEntry(candidate, Verdict.pending, row)
 
 
+_DONE = JobState.done.value
+
+
 def _done_by_digest(
     settings: Settings, within: SurveyPass, candidate: Candidate
 ) -> SurveyEntry | None:
-    """The bulk fast path: an unchanged done input whose output folder kept its stamp."""
-    digest = within.digest(str(candidate.inbox.path), candidate.rel)
-    if digest is None or digest.state != JobState.done.value or digest.force:
+    """The bulk fast paths for an unchanged done input whose output folder kept its stamp.
+
+    Fastest: the stats of the files its job depends on, the settings, the job's fingerprint
+    and the folder's stamp give the signature recorded when it was last verified. Otherwise
+    the fingerprint is recomputed from the stat cache; when it and the stamp still match, the
+    input is done and its signature is recorded for the next pass.
+    """
+    inbox = str(candidate.inbox.path)
+    digest = within.digest(inbox, candidate.rel)
+    if digest is None or digest.state != _DONE or digest.force or not digest.fingerprint:
         return None
-    if not digest.fingerprint:
+    settings_fp = within.settings_fp(candidate.inbox.default_task)
+    known: list[str] = json.loads(digest.deps) if digest.deps != "[]" else []
+    paths = base_dependencies(candidate) + [candidate.inbox.path / rel for rel in known]
+    stamp = folder_stamp(digest.out_dir)
+    if stamp is None:
         return None
-    task = candidate.inbox.default_task
-    fp = quick_fingerprint(
-        settings,
-        within,
-        candidate,
-        json.loads(digest.deps),
-        settings_fp=within.settings_fp(task),
-    )
+    recorded = within.signature(inbox, candidate.rel)
+    if recorded is not None:
+        try:
+            keys = [stat_key(within.stat(p)) for p in paths]
+        except OSError:
+            return None  # a dependency vanished: the slow path says what to do
+        if recorded == _signature(settings_fp, digest.fingerprint, stamp, keys):
+            return SurveyEntry(candidate, Verdict.done)
+    within._keys.clear()
+    fp = quick_fingerprint(settings, within, candidate, known, settings_fp=settings_fp)
     if fp != digest.fingerprint:
         return None
-    if not within.stamp_matches(digest.out_dir, digest.job_key, folder_stamp(Path(digest.out_dir))):
+    if not within.stamp_matches(digest.out_dir, digest.job_key, stamp):
         return None  # the slow path reads the manifest and records the new stamp
+    verified = [within._keys.get(str(p)) for p in paths]
+    if all(k is not None for k in verified):
+        signature = _signature(settings_fp, digest.fingerprint, stamp, verified)
+        within.note_signature(inbox, candidate.rel, signature)
     return SurveyEntry(candidate, Verdict.done)
+
+
+def _signature(
+    settings_fp: str, fingerprint: str, stamp: str, keys: Iterable[tuple[int, int, str] | None]
+) -> str:
+    """A digest of what a done input's verification rested on."""
+    parts = [settings_fp, fingerprint, stamp, *(f"{k[0]}:{k[1]}:{k[2]}" for k in keys if k)]
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
 
 
 def _outputs_intact(journal: Journal, row: Job, within: SurveyPass | None) -> bool:
     """A done job's outputs are all there: its folder's stamp is unchanged, or the manifest
     and the files it lists say so (then the new stamp is recorded)."""
-    stamp = folder_stamp(Path(row.out_dir))
+    stamp = folder_stamp(row.out_dir)
     if within is not None:
         if within.stamp_matches(row.out_dir, row.job_key, stamp):
             return True

@@ -48,6 +48,10 @@ def test_bulk_rescan_skips_unchanged_and_finds_each_change(tmp_path: Path) -> No
 
     again = run_once(settings, SolidGenerator)
     assert again.results == [] and again.skipped == COUNT
+    # That pass verified every input and recorded its signature: the next one only stats.
+    with Journal(settings.journal_path) as journal:
+        signatures = journal.verified_signatures(str(tmp_path / "inbox"))
+    assert len(signatures) == COUNT
 
     inbox = tmp_path / "inbox"
     deleted = next((outbox / "p003").glob("p003-*.png"))
