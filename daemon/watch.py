@@ -39,7 +39,7 @@ from daemon.intake import (
 from daemon.journal import JobState, Journal
 from daemon.runner import table_reader
 from daemon.settle import Observers, Settled, SettleState, SettleTracker, native_observer
-from daemon.survey import Verdict, survey
+from daemon.survey import BULK_FROM, SurveyPass, Verdict, survey
 
 log = structlog.get_logger("dropforge.watch")
 
@@ -372,8 +372,13 @@ class Watcher:
             )
         self._survey(state, candidate)
 
-    def _survey(self, state: _Inbox, candidate: Candidate) -> Verdict:
-        entry = survey(self.settings, self.journal, candidate)
+    def _survey(
+        self, state: _Inbox, candidate: Candidate, within: SurveyPass | None = None
+    ) -> Verdict:
+        if within is not None:
+            entry = within.survey(candidate)
+        else:
+            entry = survey(self.settings, self.journal, candidate)
         if entry.verdict is Verdict.queued:
             self._on_queued()
         elif entry.verdict is Verdict.deferred and candidate.path.is_file():
@@ -398,20 +403,22 @@ class Watcher:
         recent_before = self._wall_clock() - settle
         counts = dict.fromkeys(Verdict, 0)
         settling = 0
-        for candidate in result.candidates:
-            if prefix and not candidate.rel.startswith(prefix):
-                continue
-            files = _files_of(candidate)
-            if any(self._tracker.pending(str(p)) for p in files):
-                settling += 1
-                continue
-            recent = [p for p in files if _mtime(p) > recent_before]
-            if recent:
-                settling += 1
-                for path in recent:
-                    self._track(state, str(path))
-                continue
-            counts[self._survey(state, candidate)] += 1
+        bulk = len(result.candidates) >= BULK_FROM
+        with SurveyPass(self.settings, self.journal, bulk=bulk) as survey_pass:
+            for candidate in result.candidates:
+                if prefix and not candidate.rel.startswith(prefix):
+                    continue
+                files = _files_of(candidate)
+                if any(self._tracker.pending(str(p)) for p in files):
+                    settling += 1
+                    continue
+                recent = [p for p in files if _mtime(p) > recent_before]
+                if recent:
+                    settling += 1
+                    for path in recent:
+                        self._track(state, str(path))
+                    continue
+                counts[self._survey(state, candidate, survey_pass)] += 1
         log.info(
             "scan.finished",
             inbox=state.root,
