@@ -57,10 +57,11 @@ class SurveyPass:
     """One survey of many candidates (a scan or rescan), cheaper per candidate than ``survey``.
 
     Each inbox's settings fingerprint is computed once, each ``_defaults.toml`` stat'ed once,
-    the stat cache is read without a write per file (the seen marks and output stamps go in
-    one transaction at ``close``). With ``bulk``, the jobs, the stat cache and the output
-    stamps are read in one query each, so an unchanged done input costs a few stats and
-    dictionary look-ups. Use it as a context manager.
+    the stat cache is read without a write per file (the seen marks, output stamps and
+    signatures go in one transaction at ``close``). With ``bulk``, the jobs, the stat cache,
+    the output stamps and the signatures of verified inputs are read in one query each, so an
+    unchanged done input costs two stats and dictionary look-ups (see ``_done_by_digest``).
+    Use it as a context manager.
     """
 
     settings: Settings
@@ -130,6 +131,14 @@ class SurveyPass:
         self._seen.append(key)
         self._keys[key] = stat_key(st)
         return sha
+
+    def hashed_keys(self, paths: Iterable[Path]) -> list[tuple[int, int, str] | None]:
+        """The stats behind the hashes given out for ``paths`` since ``forget_hashed``."""
+        return [self._keys.get(str(p)) for p in paths]
+
+    def forget_hashed(self) -> None:
+        """Start a new candidate: forget the stats behind earlier hashes."""
+        self._keys.clear()
 
     def signature(self, inbox: str, rel: str) -> str | None:
         """The signature recorded when ``rel`` was last verified done (bulk passes only)."""
@@ -289,13 +298,13 @@ def _done_by_digest(
             return None  # a dependency vanished: the slow path says what to do
         if recorded == _signature(settings_fp, digest.fingerprint, stamp, keys):
             return SurveyEntry(candidate, Verdict.done)
-    within._keys.clear()
+    within.forget_hashed()
     fp = quick_fingerprint(settings, within, candidate, known, settings_fp=settings_fp)
     if fp != digest.fingerprint:
         return None
     if not within.stamp_matches(digest.out_dir, digest.job_key, stamp):
         return None  # the slow path reads the manifest and records the new stamp
-    verified = [within._keys.get(str(p)) for p in paths]
+    verified = within.hashed_keys(paths)
     if all(k is not None for k in verified):
         signature = _signature(settings_fp, digest.fingerprint, stamp, verified)
         within.note_signature(inbox, candidate.rel, signature)
