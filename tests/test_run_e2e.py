@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,23 +16,12 @@ from daemon.cli import main
 from daemon.journal import JobState, Journal
 from tests.fakes import wait_until
 from tests.helpers import manifest, noise_image, write_config
+from tests.soak.crash_harness import start_daemon
 
 pytestmark = pytest.mark.slow
 
 STOP_TIMEOUT = 20
 RUNNING = re.compile(r"Running: big\.png \(image \d+/20, step \d+/\d+, [\d.]+ s so far\)")
-
-
-def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    """Start `dropforge run -c config` with its (JSON) log lines going to ``log``."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-    with open(log, "ab") as stderr:
-        return subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "-c", str(config)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
@@ -74,7 +61,7 @@ def test_sigterm_mid_job_then_restart_finishes_without_redoing_outputs(
     out_dir = tmp_path / "outbox" / "big"
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
 
-    proc = start(config, first_log)
+    proc = start_daemon(config, first_log)
     try:
         shown: list[str] = []
 
@@ -103,7 +90,7 @@ def test_sigterm_mid_job_then_restart_finishes_without_redoing_outputs(
     assert names.index("service.ready") < names.index("service.stopping")
     assert {"job.interrupted", "service.stopped"} <= set(names)
 
-    proc = start(config, second_log)
+    proc = start_daemon(config, second_log)
     try:
         wait_until(
             lambda: (out_dir / "manifest.json").exists(), timeout=180, message="the manifest"
