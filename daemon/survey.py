@@ -238,7 +238,8 @@ def survey(
         deps=extra,
     )
     plan = prepared.plan
-    if plan is not None and not plan.force and job_is_done(plan.out_dir, plan.job_key):
+    forced = plan is not None and (plan.force or job.force)  # `dropforge retry --force`
+    if plan is not None and not forced and job_is_done(plan.out_dir, plan.job_key):
         # The journal forgot (state dir wiped) but the outputs are complete.
         journal.mark_done(job.id, seconds=0.0)
         return SurveyEntry(candidate, Verdict.done, journal.get(job.id))

@@ -85,3 +85,18 @@ def test_bulk_rescan_after_a_lost_journal_trusts_complete_outputs(tmp_path: Path
     assert again.results == [] and again.skipped == COUNT
     third = run_once(settings, SolidGenerator)
     assert third.results == [] and third.skipped == COUNT
+
+
+def test_retry_force_regenerates_a_done_input_whose_outputs_are_complete(tmp_path: Path) -> None:
+    """`dropforge retry --force` then a run: the forced job is made again, not taken as done."""
+    settings = load_config(_inbox(tmp_path))
+    assert len(run_once(settings, SolidGenerator).results) == COUNT
+    png = next((tmp_path / "outbox" / "p010").glob("p010-*.png"))
+    before = png.stat().st_ino
+    with Journal(settings.journal_path) as journal:
+        assert journal.retry(inputs=[(str(tmp_path / "inbox"), "p010.txt")], force=True) == 1
+    again = run_once(settings, SolidGenerator)
+    assert _processed(again) == ["p010.txt"] and again.skipped == COUNT - 1
+    assert png.stat().st_ino != before  # written anew
+    with Journal(settings.journal_path) as journal:
+        assert not journal.get_job(str(tmp_path / "inbox"), "p010.txt").force  # spent
