@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import stat
 import sys
@@ -9,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PureWindowsPath
-from typing import Any
+from typing import Any, Protocol
 
 from daemon.config import InboxConfig
 from daemon.errors import InputError
@@ -143,6 +146,8 @@ class ScanResult:
     candidates: list[Candidate]
     rejected: list[tuple[Path, str]]
     parts: Parts = NO_PARTS
+    unchanged: int = 0  # inputs in folders a ``Shortcut`` vouched for (all done)
+    folders: tuple[ListedFolder, ...] = ()  # with a ``Shortcut``: the folders classified
 
 
 def confine(inbox_root: Path, rel: str, *, base: Path, display: str, key: str) -> Path:
@@ -265,41 +270,122 @@ def candidate_for(
     return _candidate(inbox, view, name, kind, target, parts)
 
 
+class Shortcut(Protocol):
+    """Lets a scan skip folders that are unchanged since all their inputs were found done
+    (``survey.FolderMarks``): their files are listed and stat'ed, but not classified."""
+
+    def recorded(self, prefix: str, listing: str) -> FolderParts | None:
+        """The parts the folder named when it was marked, if it was marked with ``listing``."""
+
+    def unchanged(self, prefix: str, near: str) -> int | None:
+        """The number of inputs in the folder if its mark still holds; else None."""
+
+
+@dataclass(frozen=True)
+class FolderParts:
+    """What one folder's sidecars, job files and _defaults.toml mask name as parts."""
+
+    files: tuple[str, ...] = ()
+    rules: tuple[EndpointRule, ...] = ()
+
+    def to_json(self) -> str:
+        """A compact text form (for the journal)."""
+        rules = [
+            [r.folder, sorted(r.exprs), None if r.poses is None else sorted(r.poses)]
+            for r in self.rules
+        ]
+        return json.dumps([list(self.files), rules], separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> FolderParts:
+        """The inverse of ``to_json``."""
+        files, rules = json.loads(text)
+        return cls(
+            tuple(files),
+            tuple(
+                EndpointRule(f, frozenset(e), None if p is None else frozenset(p))
+                for f, e, p in rules
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ListedFolder:
+    """A folder a scan classified, with what a mark of it would record (``Shortcut``)."""
+
+    prefix: str
+    listing: str | None  # None: never marked (it holds a symlink, or a file vanished)
+    near: str
+    parts: FolderParts
+    inputs: tuple[str, ...]  # the rel of every candidate in it
+
+
+@dataclass
+class _Walked:
+    """One folder met by ``scan_inbox``'s walk."""
+
+    view: _Folder
+    entries: list[os.DirEntry[str]]
+    listing_sig: str | None
+    parts: FolderParts
+    listing: _Listing | None  # None until classified (a marked folder may never be)
+
+
 def scan_inbox(
     inbox: InboxConfig,
     *,
     excluded_roots: Iterable[Path] = (),
     read_table: TableReader | None = None,
+    shortcut: Shortcut | None = None,
 ) -> ScanResult:
     """Walk an inbox and return its inputs sorted by ``rel``, the refusals and the parts.
 
     Reads nothing but directory listings and the small TOML files that name masks,
     endpoints and folder tasks (through ``read_table``, which may answer from a cache);
-    directory symlinks are never followed.
+    directory symlinks are never followed. With a ``shortcut``, each folder's files are
+    stat'ed too, and a folder it vouches for is counted in ``unchanged`` instead of
+    being classified; the others are described in ``folders``.
     """
     read_table = read_table or read_small_table
     root = os.fspath(inbox.path)
     real_root = os.path.realpath(root)
     skip = _excluded(inbox, excluded_roots, root, real_root)
     rejected: list[tuple[Path, str]] = []
-    part_files: set[str] = set()
-    rules: list[EndpointRule] = []
-    folders: list[tuple[_Folder, _Listing]] = []
-    stack: list[tuple[str, str, str, tuple[Path, ...], str, str | None]] = [
-        (root, real_root, "", (), inbox.default_task, None)
+    walked: list[_Walked] = []
+    stack: list[tuple[str, str, str, tuple[Path, ...], str, str | None, str | None]] = [
+        (root, real_root, "", (), inbox.default_task, None, "")
     ]
     while stack:
-        dir_path, real_dir, prefix, chain, task, defaults_mask = stack.pop()
-        listing = _list_folder(inbox, dir_path, real_dir, prefix, real_root, skip, rejected)
-        if listing is None:
+        dir_path, real_dir, prefix, chain, task, defaults_mask, context = stack.pop()
+        try:
+            entries = _read_folder(dir_path)
+        except OSError as exc:
+            where = prefix.rstrip("/") or "."
+            rejected.append((Path(dir_path), f"{where}: cannot read this folder ({exc.strerror})"))
             continue
-        if listing.kinds.get(DEFAULTS_NAME) is FileKind.defaults:
+        listing_sig, recorded = None, None
+        if shortcut is not None and context is not None:
+            listing_sig = _listing_signature(entries, f"{real_dir}\0{context}")
+            if listing_sig is not None:
+                recorded = shortcut.recorded(prefix, listing_sig)
+        listing = None
+        if recorded is None:
+            listing = _list_folder(inbox, entries, real_dir, prefix, real_root, skip, rejected)
+            subdirs, has_defaults = (
+                listing.subdirs,
+                listing.kinds.get(DEFAULTS_NAME) is FileKind.defaults,
+            )
+        else:  # a marked folder holds no symlink: names tell everything the walk needs
+            subdirs, has_defaults = _subdirs(inbox, entries, real_dir, skip)
+        if has_defaults:
             defaults = os.path.join(dir_path, DEFAULTS_NAME)
             chain = (*chain, Path(defaults))
             task, defaults_mask = _apply_defaults(read_table(defaults), task, defaults_mask)
-        for sub in listing.subdirs:
+            if context is not None:
+                context = _chain_context(context, defaults)
+        for sub in subdirs:
             sub_paths = (os.path.join(dir_path, sub), os.path.join(real_dir, sub))
-            stack.append((*sub_paths, prefix + sub + "/", chain, task, defaults_mask))
+            stack.append((*sub_paths, prefix + sub + "/", chain, task, defaults_mask, context))
         view = _Folder(
             folder=Path(dir_path),
             real_dir=real_dir,
@@ -307,31 +393,136 @@ def scan_inbox(
             chain=chain,
             tween=task == "tween",
             defaults_mask=_resolve_inside(real_root, defaults_mask, real_dir),
-            has=listing.kinds.__contains__,
-            has_masks=FileKind.mask in listing.kinds.values(),
+            has=lambda name: False,
+            has_masks=False,
         )
-        if view.defaults_mask is not None:
-            part_files.add(view.defaults_mask)
-        for name, kind in listing.kinds.items():
-            if kind in (FileKind.sidecar, FileKind.job):
-                table = read_table(os.path.join(dir_path, name))
-                if table is not None:
-                    files, found_rules = _named_parts(table, kind, real_root, real_dir)
-                    part_files.update(files)
-                    rules.extend(found_rules)
-        folders.append((view, listing))
+        if listing is not None:
+            view = _classifying(view, listing)
+            recorded = _folder_parts(view, listing, read_table, real_root)
+        assert recorded is not None
+        walked.append(_Walked(view, entries, listing_sig, recorded, listing))
 
+    part_files = {f for w in walked for f in w.parts.files}
+    rules = [r for w in walked for r in w.parts.rules]
     parts = Parts(frozenset(part_files), tuple(rules))
+    near = _near_signatures(part_files, rules)
     candidates: list[Candidate] = []
-    for view, listing in folders:
-        for name, kind in listing.kinds.items():
-            if kind in INPUT_KINDS:
-                found = _candidate(inbox, view, name, kind, listing.targets.get(name), parts)
-                if found is not None:
-                    candidates.append(found)
+    listed: list[ListedFolder] = []
+    unchanged = 0
+    for w in walked:
+        here = near.get(w.view.real_dir, "")
+        if w.listing is None:
+            assert shortcut is not None
+            count = shortcut.unchanged(w.view.prefix, here)
+            if count is not None:
+                unchanged += count
+                continue
+            w.listing = _list_folder(
+                inbox, w.entries, w.view.real_dir, w.view.prefix, real_root, skip, rejected
+            )
+            w.view = _classifying(w.view, w.listing)
+        found = [
+            c
+            for name, kind in w.listing.kinds.items()
+            if kind in INPUT_KINDS
+            and (c := _candidate(inbox, w.view, name, kind, w.listing.targets.get(name), parts))
+        ]
+        candidates += found
+        if shortcut is not None:
+            rels = tuple(c.rel for c in found)
+            listed.append(ListedFolder(w.view.prefix, w.listing_sig, here, w.parts, rels))
     candidates.sort(key=lambda c: c.rel)
     rejected.sort(key=lambda r: r[1])
-    return ScanResult(candidates, rejected, parts)
+    return ScanResult(candidates, rejected, parts, unchanged, tuple(listed))
+
+
+def _read_folder(dir_path: str) -> list[os.DirEntry[str]]:
+    with os.scandir(dir_path) as entries:
+        return list(entries)
+
+
+def _listing_signature(entries: list[os.DirEntry[str]], context: str) -> str | None:
+    """A digest of a folder's files (names, sizes, mtimes, inodes) and ``context``; None when
+    it cannot vouch for the folder (a symlink, whose target may change unseen, or a file
+    that vanished while listed)."""
+    keys: list[str] = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            continue  # a folder has a listing of its own
+        if entry.is_symlink():
+            return None
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return None
+        keys.append(f"{entry.name}/{st.st_size}/{st.st_mtime_ns}/{st.st_ino}")
+    keys.sort()
+    keys.append(context)
+    return hashlib.blake2b("\0".join(keys).encode(), digest_size=16).hexdigest()
+
+
+def _chain_context(context: str, defaults: str) -> str | None:
+    """The context below a folder with a _defaults.toml: its stats join the chain's."""
+    try:
+        st = os.stat(defaults)
+    except OSError:
+        return None
+    return f"{context}\0{defaults}/{st.st_size}/{st.st_mtime_ns}/{st.st_ino}"
+
+
+def _subdirs(
+    inbox: InboxConfig, entries: list[os.DirEntry[str]], real_dir: str, skip: frozenset[str]
+) -> tuple[list[str], bool]:
+    """The folders to walk into and whether a _defaults.toml is here (no symlinks among
+    ``entries``)."""
+    subdirs = [
+        e.name
+        for e in entries
+        if e.is_dir(follow_symlinks=False)
+        and inbox.recursive
+        and not is_ignored_dir(e.name)
+        and os.path.join(real_dir, e.name) not in skip
+    ]
+    has_defaults = any(
+        e.name == DEFAULTS_NAME and e.is_file(follow_symlinks=False) for e in entries
+    )
+    return subdirs, has_defaults
+
+
+def _classifying(view: _Folder, listing: _Listing) -> _Folder:
+    return dataclasses.replace(
+        view, has=listing.kinds.__contains__, has_masks=FileKind.mask in listing.kinds.values()
+    )
+
+
+def _folder_parts(
+    view: _Folder, listing: _Listing, read_table: TableReader, real_root: str
+) -> FolderParts:
+    """The parts a folder's sidecars, job files and _defaults.toml mask name."""
+    files: list[str] = [] if view.defaults_mask is None else [view.defaults_mask]
+    rules: list[EndpointRule] = []
+    for name, kind in listing.kinds.items():
+        if kind in (FileKind.sidecar, FileKind.job):
+            table = read_table(os.path.join(view.folder, name))
+            if table is not None:
+                found_files, found_rules = _named_parts(table, kind, real_root, view.real_dir)
+                files += found_files
+                rules += found_rules
+    return FolderParts(tuple(files), tuple(rules))
+
+
+def _near_signatures(files: Iterable[str], rules: Iterable[EndpointRule]) -> dict[str, str]:
+    """For each real folder some part lies in: a digest of the parts named in it."""
+    named: dict[str, list[str]] = {}
+    for f in files:
+        named.setdefault(os.path.dirname(f), []).append("f" + f)
+    for r in rules:
+        poses = "*" if r.poses is None else "\0".join(sorted(r.poses))
+        named.setdefault(r.folder, []).append(f"r{chr(0).join(sorted(r.exprs))}\1{poses}")
+    return {
+        folder: hashlib.blake2b("\2".join(sorted(items)).encode(), digest_size=16).hexdigest()
+        for folder, items in named.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -345,46 +536,41 @@ class _Listing:
 
 def _list_folder(
     inbox: InboxConfig,
-    dir_path: str,
+    entries: list[os.DirEntry[str]],
     real_dir: str,
     prefix: str,
     real_root: str,
     skip: frozenset[str],
     rejected: list[tuple[Path, str]],
-) -> _Listing | None:
-    """One os.scandir pass; refusals go to ``rejected``. Costs no stat per regular file."""
+) -> _Listing:
+    """Classify one folder's entries; refusals go to ``rejected``. Costs no stat per regular
+    file."""
     listing = _Listing({}, {}, [])
-    try:
-        with os.scandir(dir_path) as entries:
-            for entry in entries:
-                name = entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    real_sub = os.path.join(real_dir, name)
-                    if inbox.recursive and not is_ignored_dir(name) and real_sub not in skip:
-                        listing.subdirs.append(name)
-                    continue
-                if entry.is_symlink():
-                    target = os.path.realpath(entry.path)
-                    if target in skip or os.path.join(real_dir, name) in skip:
-                        continue
-                    if os.path.isdir(target):
-                        wanted = inbox.recursive and not is_ignored_dir(name)
-                    else:
-                        wanted = not is_ignored_name(name) and classify(name) is not FileKind.other
-                    if wanted and not _inside(real_root, target):
-                        rejected.append((Path(entry.path), f"{prefix}{name}: {REFUSED_SYMLINK}"))
-                    if not wanted or not _inside(real_root, target) or not os.path.isfile(target):
-                        continue  # folders are never followed; broken links are not files
-                    listing.targets[name] = target
-                elif not entry.is_file(follow_symlinks=False) or is_ignored_name(name):
-                    continue
-                kind = classify(name)
-                if kind is not FileKind.other:
-                    listing.kinds[name] = kind
-    except OSError as exc:
-        where = prefix.rstrip("/") or "."
-        rejected.append((Path(dir_path), f"{where}: cannot read this folder ({exc.strerror})"))
-        return None
+    for entry in entries:
+        name = entry.name
+        if entry.is_dir(follow_symlinks=False):
+            real_sub = os.path.join(real_dir, name)
+            if inbox.recursive and not is_ignored_dir(name) and real_sub not in skip:
+                listing.subdirs.append(name)
+            continue
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if target in skip or os.path.join(real_dir, name) in skip:
+                continue
+            if os.path.isdir(target):
+                wanted = inbox.recursive and not is_ignored_dir(name)
+            else:
+                wanted = not is_ignored_name(name) and classify(name) is not FileKind.other
+            if wanted and not _inside(real_root, target):
+                rejected.append((Path(entry.path), f"{prefix}{name}: {REFUSED_SYMLINK}"))
+            if not wanted or not _inside(real_root, target) or not os.path.isfile(target):
+                continue  # folders are never followed; broken links are not files
+            listing.targets[name] = target
+        elif not entry.is_file(follow_symlinks=False) or is_ignored_name(name):
+            continue
+        kind = classify(name)
+        if kind is not FileKind.other:
+            listing.kinds[name] = kind
     return listing
 
 

@@ -69,6 +69,33 @@ _VERIFIED_INPUTS = """CREATE TABLE IF NOT EXISTS verified_inputs (
     PRIMARY KEY (inbox, input)
 )"""
 
+# An inbox folder whose inputs were all found done, as it looked then (see survey.FolderMarks):
+# ``listing`` digests its files' names and stats, the _defaults.toml chain above it and the
+# settings; ``near`` the parts other files name in it; ``watch`` lists the output folders and
+# outside dependencies of its inputs, NUL-separated, and ``watched`` digests their stats;
+# ``parts`` is what its own sidecars and job files name (JSON). A rescan that finds all of
+# these unchanged skips the folder's inputs without classifying or surveying them.
+_FOLDER_MARKS = """CREATE TABLE IF NOT EXISTS folder_marks (
+    inbox TEXT NOT NULL, folder TEXT NOT NULL, listing TEXT NOT NULL, near TEXT NOT NULL,
+    watch TEXT NOT NULL, watched TEXT NOT NULL, parts TEXT NOT NULL, inputs INTEGER NOT NULL,
+    PRIMARY KEY (inbox, folder)
+)"""
+# Any change to a job forgets the mark of the folder its input lies in (``folder`` is ""
+# or "a/b/"; the input lies directly in it). Triggers, so that no write path can miss it.
+_IN_FOLDER = (
+    "inbox = {row}.inbox AND substr({row}.input, 1, length(folder)) = folder"
+    " AND instr(substr({row}.input, length(folder) + 1), '/') = 0"
+)
+_FOLDER_MARK_TRIGGERS = [
+    f"""CREATE TRIGGER IF NOT EXISTS folder_marks_{event.split()[0].lower()} AFTER {event} ON jobs
+    BEGIN DELETE FROM folder_marks WHERE {_IN_FOLDER.format(row=row)}; END"""
+    for event, row in (
+        ("INSERT", "NEW"),
+        ("DELETE", "OLD"),
+        ("UPDATE OF inbox, input, state, fingerprint, job_key, out_dir, force, deps", "OLD"),
+    )
+]
+
 # The columns a requeue resets; kept in one place so every path back to `queued` agrees.
 _REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_before = NULL,
     lease_owner = NULL, lease_expires = NULL, progress_done = 0, progress_total = 0,
@@ -132,6 +159,18 @@ class Job:
         values["force"] = bool(values["force"])
         values["deps"] = tuple(json.loads(values["deps"]))
         return cls(**values)
+
+
+class FolderMark(NamedTuple):
+    """One row of ``folder_marks`` (see there), without its inbox."""
+
+    folder: str
+    listing: str
+    near: str
+    watch: str
+    watched: str
+    parts: str
+    inputs: int
 
 
 class JobDigest(NamedTuple):
@@ -222,6 +261,9 @@ class Journal:
             # Added without a version bump: older journals gain it, older code ignores it.
             db.execute(_OUTPUT_STAMPS)
             db.execute(_VERIFIED_INPUTS)
+            db.execute(_FOLDER_MARKS)
+            for trigger in _FOLDER_MARK_TRIGGERS:
+                db.execute(trigger)
 
     def close(self) -> None:
         """Close the connection; the journal cannot be used afterwards."""
@@ -298,6 +340,37 @@ class Journal:
         now = self.clock()
         with self._tx() as db:
             db.executemany("UPDATE files SET seen_at = ? WHERE path = ?", ((now, p) for p in paths))
+
+    # --- folder marks ------------------------------------------------------------------
+
+    def folder_marks(self, inbox: str) -> dict[str, FolderMark]:
+        """folder → its mark, for every marked folder of one inbox."""
+        rows = self._query(
+            "SELECT folder, listing, near, watch, watched, parts, inputs FROM folder_marks"
+            " WHERE inbox = ?",
+            (inbox,),
+        )
+        return {r[0]: FolderMark(*r) for r in rows}
+
+    def set_folder_marks(self, marks: Iterable[tuple[str, FolderMark, dict[str, str]]]) -> None:
+        """Record (inbox, mark, input → fingerprint) in one transaction, each mark only if
+        every job of its folder is still done with the fingerprint that was verified (a job
+        that changed since, e.g. retried by another process, keeps its folder unmarked)."""
+        with self._tx() as db:
+            for inbox, mark, fingerprints in marks:
+                rows = db.execute(
+                    "SELECT input, state, fingerprint FROM jobs WHERE inbox = ?"
+                    " AND substr(input, 1, length(?)) = ?",
+                    (inbox, mark.folder, mark.folder),
+                ).fetchall()
+                here = {r[0]: (r[1], r[2]) for r in rows}
+                if any(here.get(rel) != ("done", fp) for rel, fp in fingerprints.items()):
+                    continue
+                db.execute(
+                    "INSERT OR REPLACE INTO folder_marks (inbox, folder, listing, near, watch,"
+                    " watched, parts, inputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (inbox, *mark),
+                )
 
     # --- output folder stamps ----------------------------------------------------------
 

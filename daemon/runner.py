@@ -14,11 +14,11 @@ import structlog
 
 from daemon.config import Settings
 from daemon.generators import Generator
-from daemon.intake import Candidate, read_small_table, scan_inbox
+from daemon.intake import Candidate, ListedFolder, read_small_table, scan_inbox
 from daemon.journal import JobState, Journal
 from daemon.outputs import remove_stale_temporaries
 from daemon.prepare import Prepared, prepare
-from daemon.survey import SurveyEntry, Verdict, survey_all
+from daemon.survey import BULK_FROM, FolderMarks, SurveyEntry, SurveyPass, Verdict
 from daemon.worker import JobResult, Outcome, Progress, Worker
 
 log = structlog.get_logger("dropforge.runner")
@@ -95,20 +95,35 @@ def recover(settings: Settings, journal: Journal) -> None:
         )
 
 
-def scan_all(settings: Settings, journal: Journal) -> tuple[list[Candidate], list[tuple[str, str]]]:
-    """Scan every inbox; return the candidates and the refused files with reasons."""
-    candidates: list[Candidate] = []
-    refused: list[tuple[str, str]] = []
+@dataclass
+class Scan:
+    """What scanning every inbox found."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    unchanged: int = 0  # done inputs in folders skipped as unchanged (folder marks)
+    listed: list[tuple[FolderMarks, tuple[ListedFolder, ...]]] = field(default_factory=list)
+
+
+def scan_all(settings: Settings, journal: Journal, survey_pass: SurveyPass | None = None) -> Scan:
+    """Scan every inbox; with a ``survey_pass``, folders marked unchanged are skipped."""
+    scan = Scan()
     roots = [i.output for i in settings.inboxes] + [settings.state_dir]
     for inbox in settings.inboxes:
         if not inbox.path.is_dir():
             log.warning("inbox.missing", inbox=str(inbox.path))
-            refused.append((str(inbox.path), "inbox folder does not exist"))
+            scan.refused.append((str(inbox.path), "inbox folder does not exist"))
             continue
-        result = scan_inbox(inbox, excluded_roots=roots, read_table=table_reader(journal))
-        candidates += result.candidates
-        refused += [(str(p), why) for p, why in result.rejected]
-    return candidates, refused
+        marks = survey_pass.folder_marks(inbox) if survey_pass is not None else None
+        result = scan_inbox(
+            inbox, excluded_roots=roots, read_table=table_reader(journal), shortcut=marks
+        )
+        scan.candidates += result.candidates
+        scan.refused += [(str(p), why) for p, why in result.rejected]
+        scan.unchanged += result.unchanged
+        if marks is not None:
+            scan.listed.append((marks, result.folders))
+    return scan
 
 
 def run_once(
@@ -125,9 +140,15 @@ def run_once(
     report = OnceReport([str(i.path) for i in settings.inboxes], preset)
     with Journal(settings.journal_path, clock=clock) as journal:
         recover(settings, journal)
-        candidates, report.refused = scan_all(settings, journal)
-        report.found = len(candidates)
-        entries = survey_all(settings, journal, candidates)
+        with SurveyPass(settings, journal) as survey_pass:
+            scan = scan_all(settings, journal, survey_pass)
+            survey_pass.bulk = len(scan.candidates) >= BULK_FROM
+            entries = [survey_pass.survey(c) for c in scan.candidates]
+            for marks, folders in scan.listed:
+                survey_pass.mark(marks, folders)
+        report.refused = scan.refused
+        report.found = len(scan.candidates) + scan.unchanged
+        report.skipped += scan.unchanged
         _tally(report, entries)
         journal.retry(states=[JobState.waiting])  # an explicit run retries waiting jobs now
         pending = journal.counts()[JobState.queued]
@@ -169,5 +190,5 @@ def _tally(report: OnceReport, entries: list[SurveyEntry]) -> None:
 def dry_run(settings: Settings) -> list[Prepared]:
     """Plan every input without queueing anything or loading a model."""
     with Journal(settings.journal_path) as journal:
-        candidates, _ = scan_all(settings, journal)
+        candidates = scan_all(settings, journal).candidates
         return [prepare(settings, journal, c) for c in candidates if c.path.stat().st_size > 0]

@@ -12,10 +12,18 @@ from pathlib import Path
 
 import structlog
 
-from daemon.config import Settings
+from daemon.config import InboxConfig, Settings
 from daemon.errors import DropforgeError
-from daemon.intake import DEFAULTS_NAME, Candidate, FileKind
-from daemon.journal import Job, JobDigest, JobState, Journal, folder_stamp, stat_key
+from daemon.intake import DEFAULTS_NAME, Candidate, FileKind, FolderParts, ListedFolder
+from daemon.journal import (
+    FolderMark,
+    Job,
+    JobDigest,
+    JobState,
+    Journal,
+    folder_stamp,
+    stat_key,
+)
 from daemon.manifest import job_is_done
 from daemon.prepare import (
     base_dependencies,
@@ -50,6 +58,73 @@ class SurveyEntry:
 
 # Passes over at least this many candidates read the journal's tables in bulk.
 BULK_FROM = 64
+# Part of every folder mark's listing: a new version forgets marks of an older way.
+MARKS_VERSION = "1"
+_NO_PARTS = FolderParts().to_json()
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def watched_digest(watch: str) -> str | None:
+    """A digest of the stats of a mark's watched paths (``d`` an output folder's stamp, ``f``
+    a file's stat key); None when one is gone."""
+    keys: list[str] = []
+    for item in watch.split("\0") if watch else ():
+        try:
+            st = os.stat(item[1:])
+        except OSError:
+            return None
+        if item[0] == "d":
+            keys.append(f"{st.st_ino}:{st.st_mtime_ns}")
+        else:
+            keys.append(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
+    return _digest("\0".join(keys))
+
+
+@dataclass
+class FolderMarks:
+    """The folder marks of one inbox, as a scan's ``intake.Shortcut``.
+
+    A folder is marked when a survey found every input in it done (``SurveyPass.mark``). A
+    later scan skips it while its files and their stats, the _defaults.toml chain above it,
+    the settings, the parts other files name in it, and the stamps of its inputs' output
+    folders and the stats of their outside dependencies are all as they were; any change to
+    one of its jobs in the journal forgets the mark (triggers, see ``journal``).
+    """
+
+    journal: Journal
+    inbox: InboxConfig
+    settings_fp: str
+    _marks: dict[str, FolderMark] | None = None
+    _salt: str = ""
+
+    def __post_init__(self) -> None:
+        self._salt = f"{MARKS_VERSION}\0{self.settings_fp}\0{self.inbox!r}\0"
+
+    def listing(self, listing: str) -> str:
+        """What a mark records for a scan's listing signature (the settings joined in)."""
+        return _digest(self._salt + listing)
+
+    def _get(self, prefix: str) -> FolderMark | None:
+        if self._marks is None:
+            self._marks = self.journal.folder_marks(str(self.inbox.path))
+        return self._marks.get(prefix)
+
+    def recorded(self, prefix: str, listing: str) -> FolderParts | None:
+        """The parts the folder named when it was marked, if it was marked with ``listing``."""
+        mark = self._get(prefix)
+        if mark is None or mark.listing != self.listing(listing):
+            return None
+        return FolderParts() if mark.parts == _NO_PARTS else FolderParts.from_json(mark.parts)
+
+    def unchanged(self, prefix: str, near: str) -> int | None:
+        """The number of inputs in the folder if its mark still holds; else None."""
+        mark = self._get(prefix)
+        if mark is None or mark.near != near or watched_digest(mark.watch) != mark.watched:
+            return None
+        return mark.inputs
 
 
 @dataclass
@@ -77,6 +152,11 @@ class SurveyPass:
     _signatures: dict[str, dict[str, str]] = field(default_factory=dict)
     _new_signatures: list[tuple[str, str, str]] = field(default_factory=list)
     _keys: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # of one candidate
+    # (inbox, rel) → (fingerprint, watch items with their keys) of inputs verified done
+    _verified: dict[tuple[str, str], tuple[str, list[tuple[str, str]]]] = field(
+        default_factory=dict
+    )
+    _new_marks: list[tuple[str, FolderMark, dict[str, str]]] = field(default_factory=list)
     current: tuple[Path, os.stat_result] | None = None  # the candidate being surveyed
 
     def __enter__(self) -> SurveyPass:
@@ -88,6 +168,10 @@ class SurveyPass:
     def survey(self, candidate: Candidate) -> SurveyEntry:
         """``survey`` one candidate within this pass."""
         return survey(self.settings, self.journal, candidate, within=self)
+
+    def folder_marks(self, inbox: InboxConfig) -> FolderMarks:
+        """The folder marks of one inbox, to pass to its scan as the shortcut."""
+        return FolderMarks(self.journal, inbox, self.settings_fp(inbox.default_task))
 
     def settings_fp(self, default_task: str) -> str:
         """``settings_fingerprint`` of an inbox's default task, computed once per pass."""
@@ -172,8 +256,59 @@ class SurveyPass:
         """Record an output folder's stamp at ``close``."""
         self._stamps.append((out_dir, job_key, stamp))
 
+    def note_verified(
+        self,
+        candidate: Candidate,
+        fingerprint: str,
+        out_dir: str,
+        stamp: str | None,
+        extras: Iterable[Path],
+        keys: Iterable[tuple[int, int, str] | None],
+    ) -> None:
+        """A candidate was found done: remember what that rested on beyond its own folder
+        (its output folder's stamp, the stats of its dependencies elsewhere) for ``mark``."""
+        items = [("d" + out_dir, stamp)]
+        items += [
+            ("f" + str(p), k and f"{k[0]}:{k[1]}:{k[2]}") for p, k in zip(extras, keys, strict=True)
+        ]
+        if all(key is not None for _item, key in items):
+            verified = [(item, str(key)) for item, key in items]
+            self._verified[(str(candidate.inbox.path), candidate.rel)] = (fingerprint, verified)
+
+    def mark(self, marks: FolderMarks, folders: Iterable[ListedFolder]) -> None:
+        """Mark (at ``close``) each listed folder whose inputs this pass all found done."""
+        inbox = str(marks.inbox.path)
+        for folder in folders:
+            if folder.listing is None:
+                continue
+            watch: dict[str, str] = {}
+            fingerprints: dict[str, str] = {}
+            for rel in folder.inputs:
+                found = self._verified.get((inbox, rel))
+                if found is None:
+                    break
+                fingerprints[rel] = found[0]
+                for item, key in found[1]:
+                    if watch.setdefault(item, key) != key:
+                        break  # seen twice, changed in between: not this time
+                else:
+                    continue
+                break
+            else:
+                items = sorted(watch)
+                mark = FolderMark(
+                    folder=folder.prefix,
+                    listing=marks.listing(folder.listing),
+                    near=folder.near,
+                    watch="\0".join(items),
+                    watched=_digest("\0".join(watch[i] for i in items)),
+                    parts=folder.parts.to_json(),
+                    inputs=len(folder.inputs),
+                )
+                self._new_marks.append((inbox, mark, fingerprints))
+
     def close(self) -> None:
-        """Write the seen marks and output stamps gathered during the pass."""
+        """Write the seen marks, output stamps, signatures and folder marks gathered."""
         if self._seen:
             self.journal.touch_files(self._seen)
             self._seen.clear()
@@ -183,6 +318,9 @@ class SurveyPass:
         if self._new_signatures:
             self.journal.set_verified_signatures(self._new_signatures)
             self._new_signatures.clear()
+        if self._new_marks:
+            self.journal.set_folder_marks(self._new_marks)
+            self._new_marks.clear()
 
 
 def survey(
@@ -205,6 +343,7 @@ def survey(
             return SurveyEntry(candidate, Verdict.deferred, message="empty file, still arriving")
         if within is not None:
             within.current = (candidate.path, st)  # stat'ed once for this candidate
+            within.forget_hashed()
         if within is not None and within.bulk and candidate.kind is not FileKind.job:
             done = _done_by_digest(settings, within, candidate)
             if done is not None:
@@ -258,7 +397,12 @@ def _unchanged(
     journal: Journal, candidate: Candidate, row: Job, within: SurveyPass | None
 ) -> SurveyEntry:
     if row.state is JobState.done:
-        if _outputs_intact(journal, row, within):
+        intact, stamp = _outputs_intact(journal, row, within)
+        if intact:
+            if within is not None:
+                extras = [candidate.inbox.path / rel for rel in row.deps]
+                keys = within.hashed_keys(extras)
+                within.note_verified(candidate, row.fingerprint, row.out_dir, stamp, extras, keys)
             return SurveyEntry(candidate, Verdict.done, row)
         journal.requeue(row.id)  # an output was deleted or damaged: resume the job
         log.info("job.requeued", input=candidate.rel, reason="outputs missing")
@@ -287,7 +431,9 @@ def _done_by_digest(
         return None
     settings_fp = within.settings_fp(candidate.inbox.default_task)
     known: list[str] = json.loads(digest.deps) if digest.deps != "[]" else []
-    paths = base_dependencies(candidate) + [candidate.inbox.path / rel for rel in known]
+    base = base_dependencies(candidate)
+    extras = [candidate.inbox.path / rel for rel in known]
+    paths = base + extras
     stamp = folder_stamp(digest.out_dir)
     if stamp is None:
         return None
@@ -298,6 +444,10 @@ def _done_by_digest(
         except OSError:
             return None  # a dependency vanished: the slow path says what to do
         if recorded == _signature(settings_fp, digest.fingerprint, stamp, keys):
+            extra_keys = keys[len(base) :]
+            within.note_verified(
+                candidate, digest.fingerprint, digest.out_dir, stamp, extras, extra_keys
+            )
             return SurveyEntry(candidate, Verdict.done)
     within.forget_hashed()
     fp = quick_fingerprint(settings, within, candidate, known, settings_fp=settings_fp)
@@ -309,6 +459,8 @@ def _done_by_digest(
     if all(k is not None for k in verified):
         signature = _signature(settings_fp, digest.fingerprint, stamp, verified)
         within.note_signature(inbox, candidate.rel, signature)
+    hashed = verified[len(base) :]
+    within.note_verified(candidate, digest.fingerprint, digest.out_dir, stamp, extras, hashed)
     return SurveyEntry(candidate, Verdict.done)
 
 
@@ -320,28 +472,22 @@ def _signature(
     return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
 
 
-def _outputs_intact(journal: Journal, row: Job, within: SurveyPass | None) -> bool:
-    """A done job's outputs are all there: its folder's stamp is unchanged, or the manifest
-    and the files it lists say so (then the new stamp is recorded)."""
+def _outputs_intact(
+    journal: Journal, row: Job, within: SurveyPass | None
+) -> tuple[bool, str | None]:
+    """Whether a done job's outputs are all there (and its folder's stamp, taken first): the
+    stamp is unchanged, or the manifest and the files it lists say so (then the new stamp
+    is recorded)."""
     stamp = folder_stamp(row.out_dir)
     if within is not None:
         if within.stamp_matches(row.out_dir, row.job_key, stamp):
-            return True
+            return True, stamp
     elif stamp is not None and journal.output_stamp(row.out_dir, row.job_key) == stamp:
-        return True
+        return True, stamp
     if not job_is_done(Path(row.out_dir), row.job_key):
-        return False
+        return False, stamp
     if within is not None:
         within.note_stamp(row.out_dir, row.job_key, stamp)
     else:
         journal.set_output_stamps([(row.out_dir, row.job_key, stamp)])
-    return True
-
-
-def survey_all(
-    settings: Settings, journal: Journal, candidates: Iterable[Candidate]
-) -> list[SurveyEntry]:
-    """Survey many candidates in order, in one ``SurveyPass``."""
-    candidates = list(candidates)
-    with SurveyPass(settings, journal, bulk=len(candidates) >= BULK_FROM) as survey_pass:
-        return [survey_pass.survey(c) for c in candidates]
+    return True, stamp

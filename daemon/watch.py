@@ -393,7 +393,11 @@ class Watcher:
         started = self._clock()
         if not os.path.isdir(state.root):
             return  # the observers said so; a later rescan looks again
-        result = scan_inbox(state.inbox, excluded_roots=self._roots, read_table=self._reader)
+        survey_pass = SurveyPass(self.settings, self.journal)
+        marks = survey_pass.folder_marks(state.inbox)
+        result = scan_inbox(
+            state.inbox, excluded_roots=self._roots, read_table=self._reader, shortcut=marks
+        )
         state.parts = result.parts
         for _path, why in result.rejected:
             if why not in state.refused:
@@ -403,8 +407,8 @@ class Watcher:
         recent_before = self._wall_clock() - settle
         counts = dict.fromkeys(Verdict, 0)
         settling = 0
-        bulk = len(result.candidates) >= BULK_FROM
-        with SurveyPass(self.settings, self.journal, bulk=bulk) as survey_pass:
+        survey_pass.bulk = len(result.candidates) >= BULK_FROM
+        with survey_pass:
             for candidate in result.candidates:
                 if prefix and not candidate.rel.startswith(prefix):
                     continue
@@ -419,13 +423,14 @@ class Watcher:
                         self._track(state, str(path))
                     continue
                 counts[self._survey(state, candidate, survey_pass)] += 1
+            survey_pass.mark(marks, result.folders)
         log.info(
             "scan.finished",
             inbox=state.root,
             folder=prefix or ".",
-            found=len(result.candidates),
+            found=len(result.candidates) + result.unchanged,
             queued=counts[Verdict.queued],
-            done=counts[Verdict.done],
+            done=counts[Verdict.done] + result.unchanged,
             settling=settling,
             refused=len(result.rejected),
             seconds=round(self._clock() - started, 3),
