@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PureWindowsPath
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from daemon.config import InboxConfig
 from daemon.errors import InputError
@@ -363,10 +364,11 @@ def scan_inbox(
             where = prefix.rstrip("/") or "."
             rejected.append((Path(dir_path), f"{where}: cannot read this folder ({exc.strerror})"))
             continue
-        listing_sig, recorded = None, None
+        listing_sig, recorded, stated = None, None, None
         if shortcut is not None and context is not None:
-            listing_sig = _listing_signature(entries, f"{real_dir}\0{context}")
-            if listing_sig is not None:
+            stated = _stat_folder(entries, f"{real_dir}\0{context}")
+            if stated is not None:
+                listing_sig = stated.signature
                 recorded = shortcut.recorded(prefix, listing_sig)
         listing = None
         if recorded is None:
@@ -376,7 +378,15 @@ def scan_inbox(
                 listing.kinds.get(DEFAULTS_NAME) is FileKind.defaults,
             )
         else:  # a marked folder holds no symlink: names tell everything the walk needs
-            subdirs, has_defaults = _subdirs(inbox, entries, real_dir, skip)
+            assert stated is not None
+            subdirs = [
+                name
+                for name in stated.dirs
+                if inbox.recursive
+                and not is_ignored_dir(name)
+                and os.path.join(real_dir, name) not in skip
+            ]
+            has_defaults = stated.has_defaults
         if has_defaults:
             defaults = os.path.join(dir_path, DEFAULTS_NAME)
             chain = (*chain, Path(defaults))
@@ -441,14 +451,24 @@ def _read_folder(dir_path: str) -> list[os.DirEntry[str]]:
         return list(entries)
 
 
-def _listing_signature(entries: list[os.DirEntry[str]], context: str) -> str | None:
-    """A digest of a folder's files (names, sizes, mtimes, inodes) and ``context``; None when
-    it cannot vouch for the folder (a symlink, whose target may change unseen, or a file
-    that vanished while listed)."""
+class _Stated(NamedTuple):
+    """A folder's files digested with the context (``_stat_folder``), and its folders."""
+
+    signature: str
+    dirs: list[str]
+    has_defaults: bool  # a regular file _defaults.toml is here
+
+
+def _stat_folder(entries: list[os.DirEntry[str]], context: str) -> _Stated | None:
+    """Digest a folder's files (names, sizes, mtimes, inodes) and ``context``; None when that
+    cannot vouch for the folder (a symlink, whose target may change unseen, or a file that
+    vanished while listed)."""
     keys: list[str] = []
+    dirs: list[str] = []
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
-            continue  # a folder has a listing of its own
+            dirs.append(entry.name)  # a folder has a digest of its own
+            continue
         if entry.is_symlink():
             return None
         try:
@@ -457,8 +477,11 @@ def _listing_signature(entries: list[os.DirEntry[str]], context: str) -> str | N
             return None
         keys.append(f"{entry.name}/{st.st_size}/{st.st_mtime_ns}/{st.st_ino}")
     keys.sort()
+    at = bisect.bisect_left(keys, DEFAULTS_NAME + "/")
+    has_defaults = at < len(keys) and keys[at].startswith(DEFAULTS_NAME + "/")
     keys.append(context)
-    return hashlib.blake2b("\0".join(keys).encode(), digest_size=16).hexdigest()
+    signature = hashlib.blake2b("\0".join(keys).encode(), digest_size=16).hexdigest()
+    return _Stated(signature, dirs, has_defaults)
 
 
 def _chain_context(context: str, defaults: str) -> str | None:
@@ -468,25 +491,6 @@ def _chain_context(context: str, defaults: str) -> str | None:
     except OSError:
         return None
     return f"{context}\0{defaults}/{st.st_size}/{st.st_mtime_ns}/{st.st_ino}"
-
-
-def _subdirs(
-    inbox: InboxConfig, entries: list[os.DirEntry[str]], real_dir: str, skip: frozenset[str]
-) -> tuple[list[str], bool]:
-    """The folders to walk into and whether a _defaults.toml is here (no symlinks among
-    ``entries``)."""
-    subdirs = [
-        e.name
-        for e in entries
-        if e.is_dir(follow_symlinks=False)
-        and inbox.recursive
-        and not is_ignored_dir(e.name)
-        and os.path.join(real_dir, e.name) not in skip
-    ]
-    has_defaults = any(
-        e.name == DEFAULTS_NAME and e.is_file(follow_symlinks=False) for e in entries
-    )
-    return subdirs, has_defaults
 
 
 def _classifying(view: _Folder, listing: _Listing) -> _Folder:

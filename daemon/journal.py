@@ -82,10 +82,8 @@ _FOLDER_MARKS = """CREATE TABLE IF NOT EXISTS folder_marks (
 )"""
 # Any change to a job forgets the mark of the folder its input lies in (``folder`` is ""
 # or "a/b/"; the input lies directly in it). Triggers, so that no write path can miss it.
-_IN_FOLDER = (
-    "inbox = {row}.inbox AND substr({row}.input, 1, length(folder)) = folder"
-    " AND instr(substr({row}.input, length(folder) + 1), '/') = 0"
-)
+# rtrim(X, replace(X, '/', '')) strips everything after the last "/": the input's folder.
+_IN_FOLDER = "inbox = {row}.inbox AND folder = rtrim({row}.input, replace({row}.input, '/', ''))"
 _FOLDER_MARK_TRIGGERS = [
     f"""CREATE TRIGGER IF NOT EXISTS folder_marks_{event.split()[0].lower()} AFTER {event} ON jobs
     BEGIN DELETE FROM folder_marks WHERE {_IN_FOLDER.format(row=row)}; END"""
@@ -358,11 +356,18 @@ class Journal:
         that changed since, e.g. retried by another process, keeps its folder unmarked)."""
         with self._tx() as db:
             for inbox, mark, fingerprints in marks:
-                rows = db.execute(
-                    "SELECT input, state, fingerprint FROM jobs WHERE inbox = ?"
-                    " AND substr(input, 1, length(?)) = ?",
-                    (inbox, mark.folder, mark.folder),
-                ).fetchall()
+                if mark.folder:  # "a/b/": every input from "a/b/" up to "a/b0" (after "/")
+                    rows = db.execute(
+                        "SELECT input, state, fingerprint FROM jobs WHERE inbox = ?"
+                        " AND input >= ? AND input < ?",
+                        (inbox, mark.folder, mark.folder[:-1] + "0"),
+                    ).fetchall()
+                else:
+                    rows = db.execute(
+                        "SELECT input, state, fingerprint FROM jobs WHERE inbox = ?"
+                        " AND instr(input, '/') = 0",
+                        (inbox,),
+                    ).fetchall()
                 here = {r[0]: (r[1], r[2]) for r in rows}
                 if any(here.get(rel) != ("done", fp) for rel, fp in fingerprints.items()):
                     continue

@@ -71,15 +71,16 @@ def watched_digest(watch: str) -> str | None:
     """A digest of the stats of a mark's watched paths (``d`` an output folder's stamp, ``f``
     a file's stat key); None when one is gone."""
     keys: list[str] = []
-    for item in watch.split("\0") if watch else ():
-        try:
-            st = os.stat(item[1:])
-        except OSError:
-            return None
-        if item[0] == "d":
-            keys.append(f"{st.st_ino}:{st.st_mtime_ns}")
-        else:
-            keys.append(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
+    append, stat = keys.append, os.stat
+    try:
+        for item in watch.split("\0") if watch else ():
+            st = stat(item[1:])
+            if item[0] == "d":
+                append(f"{st.st_ino}:{st.st_mtime_ns}")
+            else:
+                append(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
+    except OSError:
+        return None
     return _digest("\0".join(keys))
 
 
