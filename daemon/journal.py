@@ -94,6 +94,16 @@ _FOLDER_MARK_TRIGGERS = [
     )
 ]
 
+_ADDED = [_OUTPUT_STAMPS, _VERIFIED_INPUTS, _FOLDER_MARKS, *_FOLDER_MARK_TRIGGERS]
+_ADDED_NAMES = {
+    "output_stamps",
+    "verified_inputs",
+    "folder_marks",
+    "folder_marks_insert",
+    "folder_marks_delete",
+    "folder_marks_update",
+}
+
 # The columns a requeue resets; kept in one place so every path back to `queued` agrees.
 _REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_before = NULL,
     lease_owner = NULL, lease_expires = NULL, progress_done = 0, progress_total = 0,
@@ -245,6 +255,8 @@ class Journal:
         # NORMAL in WAL mode survives process kills; a power loss may drop the newest
         # commits, which only means some work is redone.
         self._db.execute("PRAGMA synchronous = NORMAL")
+        if self._complete():
+            return  # the common case: no write transaction to open a journal
         with self._tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -256,12 +268,16 @@ class Journal:
                     f"{self.path}: journal schema {version} is not the one this dropforge "
                     f"uses ({SCHEMA_VERSION}); move the file aside to start a fresh journal"
                 )
-            # Added without a version bump: older journals gain it, older code ignores it.
-            db.execute(_OUTPUT_STAMPS)
-            db.execute(_VERIFIED_INPUTS)
-            db.execute(_FOLDER_MARKS)
-            for trigger in _FOLDER_MARK_TRIGGERS:
-                db.execute(trigger)
+            # Added without a version bump: older journals gain them, older code ignores them.
+            for statement in _ADDED:
+                db.execute(statement)
+
+    def _complete(self) -> bool:
+        """Whether the journal has this schema version and everything added since."""
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            return False
+        names = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        return names >= _ADDED_NAMES
 
     def close(self) -> None:
         """Close the connection; the journal cannot be used afterwards."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from daemon import journal as journal_module
 from daemon.errors import ConfigError
 from daemon.journal import FileChangedError, Job, JobState, Journal
 
@@ -601,3 +602,21 @@ def test_prune_old_done_jobs_and_cache_rows(journal: Journal, clock: Clock, tmp_
     assert [j.input for j in journal.jobs()] == ["old-queued.png", "new.png"]
     assert journal.cached_hash(stale, stale.stat()) is None
     assert journal.cached_hash(seen, seen.stat()) == sha(b"t")
+
+
+def test_an_older_journal_gains_the_tables_and_triggers_added_since(tmp_path: Path) -> None:
+    """Opening checks for every added table and trigger, and creates the missing ones."""
+    path = tmp_path / "journal.sqlite3"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.executescript(
+        "DROP TRIGGER folder_marks_update; DROP TABLE folder_marks; DROP TABLE output_stamps;"
+    )
+    db.close()
+    with Journal(path) as journal:
+        names = {r[0] for r in journal._query("SELECT name FROM sqlite_master")}
+    assert {"folder_marks", "folder_marks_update", "output_stamps"} <= names
+    for statement in journal_module._ADDED:  # each names what it creates in _ADDED_NAMES
+        created = statement.split("IF NOT EXISTS", 1)[1].split()[0]
+        assert created in journal_module._ADDED_NAMES
+    assert len(journal_module._ADDED) == len(journal_module._ADDED_NAMES)
