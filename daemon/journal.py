@@ -720,6 +720,11 @@ class Journal:
         }
         return {s: int(found.get(s.value, 0)) for s in JobState}
 
+    def count(self, state: JobState) -> int:
+        """Number of jobs in one state (an index range, however big the journal)."""
+        rows = self._query("SELECT count(*) FROM jobs WHERE state = ?", (JobState(state).value,))
+        return int(rows[0][0])
+
     def jobs(self, states: Iterable[JobState] | None = None, limit: int = 100) -> list[Job]:
         """Jobs in arrival order, optionally only those in the given states."""
         if states is None:

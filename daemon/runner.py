@@ -83,6 +83,8 @@ def recover(settings: Settings, journal: Journal) -> None:
     tree (a restart over thousands of finished folders stays cheap).
     """
     running = {job.id: job.out_dir for job in journal.running()}
+    if not running:
+        return
     requeued, quarantined = journal.recover(settings.max_attempts, alive=owner_alive)
     still_running = {job.id for job in journal.running()}
     removed = 0
@@ -151,7 +153,7 @@ def run_once(
         report.skipped += scan.unchanged
         _tally(report, entries)
         journal.retry(states=[JobState.waiting])  # an explicit run retries waiting jobs now
-        pending = journal.counts()[JobState.queued]
+        pending = journal.count(JobState.queued)
         if on_planned is not None:
             on_planned(pending)
         worker = Worker(
