@@ -326,7 +326,6 @@ class _Walked:
     """One folder met by ``scan_inbox``'s walk."""
 
     view: _Folder
-    entries: list[os.DirEntry[str]]
     listing_sig: str | None
     parts: FolderParts
     listing: _Listing | None  # None until classified (a marked folder may never be)
@@ -361,8 +360,7 @@ def scan_inbox(
         try:
             entries = _read_folder(dir_path)
         except OSError as exc:
-            where = prefix.rstrip("/") or "."
-            rejected.append((Path(dir_path), f"{where}: cannot read this folder ({exc.strerror})"))
+            rejected.append(_unreadable(Path(dir_path), prefix, exc))
             continue
         listing_sig, recorded, stated = None, None, None
         if shortcut is not None and context is not None:
@@ -410,7 +408,7 @@ def scan_inbox(
             view = _classifying(view, listing)
             recorded = _folder_parts(view, listing, read_table, real_root)
         assert recorded is not None
-        walked.append(_Walked(view, entries, listing_sig, recorded, listing))
+        walked.append(_Walked(view, listing_sig, recorded, listing))
 
     part_files = {f for w in walked for f in w.parts.files}
     rules = [r for w in walked for r in w.parts.rules]
@@ -427,8 +425,14 @@ def scan_inbox(
             if count is not None:
                 unchanged += count
                 continue
+            # Parts elsewhere name files in it now: list it again (the walk kept no entries).
+            try:
+                entries = _read_folder(os.fspath(w.view.folder))
+            except OSError as exc:
+                rejected.append(_unreadable(w.view.folder, w.view.prefix, exc))
+                continue
             w.listing = _list_folder(
-                inbox, w.entries, w.view.real_dir, w.view.prefix, real_root, skip, rejected
+                inbox, entries, w.view.real_dir, w.view.prefix, real_root, skip, rejected
             )
             w.view = _classifying(w.view, w.listing)
         found = [
@@ -444,6 +448,11 @@ def scan_inbox(
     candidates.sort(key=lambda c: c.rel)
     rejected.sort(key=lambda r: r[1])
     return ScanResult(candidates, rejected, parts, unchanged, tuple(listed))
+
+
+def _unreadable(folder: Path, prefix: str, exc: OSError) -> tuple[Path, str]:
+    where = prefix.rstrip("/") or "."
+    return folder, f"{where}: cannot read this folder ({exc.strerror})"
 
 
 def _read_folder(dir_path: str) -> list[os.DirEntry[str]]:
