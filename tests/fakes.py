@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from structlog.testing import capture_logs
 
 from daemon.config import load_config
 from daemon.errors import Interrupted, TransientError
@@ -109,6 +110,14 @@ class RunningService:
     def outcomes(self) -> list[tuple[str, Outcome]]:
         """(input, outcome) of every job run so far, in order."""
         return [(r.rel, r.outcome) for r in list(self.results)]
+
+    def rescan(self) -> dict[str, Any]:
+        """Ask the watcher for a full rescan; return its ``scan.finished`` log event."""
+        assert self.service.watcher is not None
+        with capture_logs() as logs:
+            self.service.watcher.request_rescan()
+            wait_until(lambda: any(e["event"] == "scan.finished" for e in logs), message="rescan")
+        return next(e for e in logs if e["event"] == "scan.finished")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop gracefully and wait for run() to return."""

@@ -309,10 +309,8 @@ def test_watch_mode_scans_skip_marked_folders_and_mark_them_again(
     _edit_prompt(settings)
     wait_until(lambda: running.results, message="the edited prompt")
     assert "a/" not in _marks(settings)
-    with capture_logs() as logs:
-        assert running.service.watcher is not None
-        running.service.watcher.request_rescan()
-        wait_until(lambda: any(e["event"] == "scan.finished" for e in logs), message="rescan")
+    scan = running.rescan()
+    assert (scan["found"], scan["done"], scan["queued"]) == (INPUTS, INPUTS, 0)
     running.stop()
     assert running.outcomes() == [("a/p006.txt", Outcome.done)]
     assert set(_marks(settings)) == {"", "a/", "b/", "b/masks/"}

@@ -273,14 +273,10 @@ def test_temporaries_and_junk_names_are_never_taken(tmp_path: Path, launch: Laun
         path.write_bytes(data)
     (tmp_path / "inbox" / "ok.png").write_bytes(data)
     wait_until(lambda: running.results, message="ok.png")
-    with capture_logs() as logs:
-        assert running.service.watcher is not None
-        running.service.watcher.request_rescan()
-        wait_until(lambda: any(e["event"] == "scan.finished" for e in logs), message="rescan")
+    scan = running.rescan()
     running.stop()
     assert running.outcomes() == [("ok.png", Outcome.done)]
     assert jobs_of(config) == {"ok.png": JobState.done}
-    scan = next(e for e in logs if e["event"] == "scan.finished")
     assert (scan["found"], scan["queued"], scan["done"]) == (1, 0, 1)
 
 
