@@ -425,7 +425,8 @@ def scan_inbox(
             if count is not None:
                 unchanged += count
                 continue
-            # Parts elsewhere name files in it now: list it again (the walk kept no entries).
+            # Its mark no longer holds (an output folder or outside file changed, or parts
+            # named in it did): classify it, listed again (the walk kept no entries).
             try:
                 entries = _read_folder(os.fspath(w.view.folder))
             except OSError as exc:

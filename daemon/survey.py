@@ -280,33 +280,38 @@ class SurveyPass:
         """Mark (at ``close``) each listed folder whose inputs this pass all found done."""
         inbox = str(marks.inbox.path)
         for folder in folders:
-            if folder.listing is None:
-                continue
-            watch: dict[str, str] = {}
-            fingerprints: dict[str, str] = {}
-            for rel in folder.inputs:
-                found = self._verified.get((inbox, rel))
-                if found is None:
-                    break
-                fingerprints[rel] = found[0]
-                for item, key in found[1]:
-                    if watch.setdefault(item, key) != key:
-                        break  # seen twice, changed in between: not this time
-                else:
-                    continue
-                break
-            else:
-                items = sorted(watch)
-                mark = FolderMark(
-                    folder=folder.prefix,
-                    listing=marks.listing(folder.listing),
-                    near=folder.near,
-                    watch="\0".join(items),
-                    watched=_digest("\0".join(watch[i] for i in items)),
-                    parts=folder.parts.to_json(),
-                    inputs=len(folder.inputs),
-                )
-                self._new_marks.append((inbox, mark, fingerprints))
+            found = self._folder_mark(inbox, marks, folder)
+            if found is not None:
+                self._new_marks.append((inbox, *found))
+
+    def _folder_mark(
+        self, inbox: str, marks: FolderMarks, folder: ListedFolder
+    ) -> tuple[FolderMark, dict[str, str]] | None:
+        """A folder's mark and its inputs' verified fingerprints; None unless this pass found
+        every input in it done."""
+        if folder.listing is None:
+            return None
+        watch: dict[str, str] = {}
+        fingerprints: dict[str, str] = {}
+        for rel in folder.inputs:
+            found = self._verified.get((inbox, rel))
+            if found is None:
+                return None
+            fingerprints[rel] = found[0]
+            for item, key in found[1]:
+                if watch.setdefault(item, key) != key:
+                    return None  # one path verified twice, changed in between
+        items = sorted(watch)
+        mark = FolderMark(
+            folder=folder.prefix,
+            listing=marks.listing(folder.listing),
+            near=folder.near,
+            watch="\0".join(items),
+            watched=_digest("\0".join(watch[i] for i in items)),
+            parts=folder.parts.to_json(),
+            inputs=len(folder.inputs),
+        )
+        return mark, fingerprints
 
     def close(self) -> None:
         """Write the seen marks, output stamps, signatures and folder marks gathered."""
