@@ -81,15 +81,20 @@ for i, path in enumerate(sorted(Path(inbox).glob("*.txt"))):
 # --- shared -----------------------------------------------------------------------------
 
 
-def machine() -> str:
-    """Describe the machine the numbers come from (without importing torch)."""
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             names = [line.split(":", 1)[1].strip() for line in handle if "model name" in line]
-        cpu = names[0] if names else cpu
+        return names[0] if names else cpu
     except OSError:
-        pass
+        return cpu
+
+
+def machine() -> str:
+    """Describe the machine the numbers come from (without importing torch)."""
+    cpu = cpu_name()
     try:
         torch = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:

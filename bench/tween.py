@@ -77,14 +77,9 @@ def make_tween(
 def machine(generator: DiffusersGenerator) -> str:
     """Describe the machine the numbers come from."""
     import torch
+    from perf import cpu_name  # bench/perf.py, beside this script
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if "model name" in line]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     return (
         f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__} on {generator.device_name()} "
