@@ -658,12 +658,17 @@ class Journal:
             )
 
     def recover(
-        self, max_attempts: int, *, alive: Callable[[str], bool] | None = None
+        self,
+        max_attempts: int,
+        *,
+        alive: Callable[[str], bool] | None = None,
+        spare: str | None = None,
     ) -> tuple[int, int]:
-        """At start-up: requeue running jobs of a dead process, quarantine crash loops.
+        """Requeue running jobs that no process runs any more; quarantine crash loops.
 
         ``alive(owner)`` tells whether a lease owner still runs (another dropforge on the
-        same journal); its jobs are left alone. Returns (requeued, quarantined).
+        same journal); its jobs are left alone until their lease runs out. The jobs of owner
+        ``spare`` are left alone whatever their lease. Returns (requeued, quarantined).
         """
         now = self.clock()
         with self._tx() as db:
@@ -673,10 +678,13 @@ class Journal:
                     "SELECT id, inbox, input, attempts, lease_owner, lease_expires FROM jobs"
                     " WHERE state = 'running'"
                 ).fetchall()
-                if alive is None
-                or not r["lease_owner"]
-                or (r["lease_expires"] or 0.0) <= now
-                or not alive(r["lease_owner"])
+                if (spare is None or r["lease_owner"] != spare)
+                and (
+                    alive is None
+                    or not r["lease_owner"]
+                    or (r["lease_expires"] or 0.0) <= now
+                    or not alive(r["lease_owner"])
+                )
             ]
             doomed = [r for r in rows if r["attempts"] >= max_attempts]
             for r in doomed:

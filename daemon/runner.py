@@ -75,17 +75,20 @@ def table_reader(journal: Journal) -> Callable[[str], dict[str, Any] | None]:
     return lambda path: journal.cached_table(path, read_small_table)
 
 
-def recover(settings: Settings, journal: Journal) -> None:
-    """Requeue jobs of a dead process and remove temporaries it left behind.
+def recover(settings: Settings, journal: Journal, *, spare: str | None = None) -> int:
+    """Requeue the jobs no process runs any more, remove the temporaries they left; return
+    how many were requeued.
 
-    Outputs are only written by running jobs, so a crash leaves temporaries only in the
-    output folders of the jobs it left running: those are searched, not the whole output
-    tree (a restart over thousands of finished folders stays cheap).
+    At start-up that is the jobs of a dead process (or of an earlier process with this one's
+    pid); in a running daemon also its own jobs that its worker dropped (``spare`` names the
+    owner to leave alone while its worker is busy). Outputs are only written by running
+    jobs, so temporaries are searched in the output folders of those jobs only, not in the
+    whole output tree (a restart over thousands of finished folders stays cheap).
     """
     running = {job.id: job.out_dir for job in journal.running()}
     if not running:
-        return
-    requeued, quarantined = journal.recover(settings.max_attempts, alive=owner_alive)
+        return 0
+    requeued, quarantined = journal.recover(settings.max_attempts, alive=owner_alive, spare=spare)
     still_running = {job.id for job in journal.running()}
     removed = 0
     for out_dir in sorted({d for i, d in running.items() if i not in still_running}):
@@ -95,6 +98,7 @@ def recover(settings: Settings, journal: Journal) -> None:
         log.info(
             "journal.recovered", requeued=requeued, quarantined=quarantined, temporaries=removed
         )
+    return requeued
 
 
 @dataclass

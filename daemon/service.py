@@ -291,6 +291,10 @@ class Service:
         """Repair what can be repaired, check health, feed systemd's watchdog when healthy."""
         if self.watcher is not None:
             self.watcher.ensure_observers()
+        try:
+            self.recover_orphans()
+        except Exception:  # e.g. the journal's disk still full: the next beat tries again
+            log.exception("journal.recover_failed")
         health = self.health()
         if health.ok:
             self.notifier.watchdog()
@@ -299,6 +303,27 @@ class Service:
             log.warning("service.unhealthy", problems=list(health.problems))
             self.notifier.status("unhealthy: " + "; ".join(health.problems))
         return health
+
+    def recover_orphans(self) -> int:
+        """Requeue the jobs left running that no worker runs any more; return how many.
+
+        Other processes' jobs whose owner died or whose lease ran out, as at start-up, and
+        this process's own while its worker is idle: a job whose last journal write failed
+        (the state disk full, say) is dropped by the worker loop while still ``running``.
+        """
+        loop = self.loop
+        if self.journal is None or loop is None:
+            return 0
+        if loop.busy.acquire(blocking=False):  # idle: nothing of ours is running
+            try:
+                requeued = recover(self.settings, self.journal)
+            finally:
+                loop.busy.release()
+        else:
+            requeued = recover(self.settings, self.journal, spare=loop.worker.owner)
+        if requeued:
+            loop.wake()
+        return requeued
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=: queue counts, the running job, a pause."""

@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -249,6 +250,61 @@ def test_long_jobs_renew_their_lease(tmp_path: Path, launch: Launch) -> None:
     wall.offset += 200
     monotonic.offset += 200
     wait_until(lambda: (only_job(config).lease_expires or 0) >= first + 200, message="a renewal")
+
+
+def test_a_job_whose_last_journal_write_failed_is_recovered_by_the_heartbeat(
+    tmp_path: Path, launch: Launch
+) -> None:
+    """The journal refuses the `done` write (state disk full): the worker loop drops the job,
+    still `running`; the next heartbeat requeues it, and the rerun finds its outputs complete
+    instead of generating them again."""
+    config = write_config(tmp_path, MODEL, extra_daemon=FAST)
+    running = launch(config)
+    journal = running.service.journal
+    assert journal is not None
+    real_mark_done = journal.mark_done
+    refusals: list[int] = []
+
+    def full_disk(job_id: int, *, seconds: float) -> None:
+        if not refusals:
+            refusals.append(job_id)
+            raise sqlite3.OperationalError("database or disk is full")
+        real_mark_done(job_id, seconds=seconds)
+
+    journal.mark_done = full_disk  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        (tmp_path / "inbox" / "cat.txt").write_text("a cat\n", encoding="utf-8")
+        wait_until(lambda: any(e["event"] == "worker.failed" for e in logs), message="failure")
+    assert only_job(config).state is JobState.running and running.results == []
+    assert running.service.loop is not None and running.service.loop.current is None
+    with capture_logs() as logs:
+        running.service.heartbeat()
+        wait_until(lambda: running.results, message="the rerun")
+    running.stop()
+    recovered = next(e for e in logs if e["event"] == "journal.recovered")
+    assert recovered["requeued"] == 1
+    assert running.outcomes() == [("cat.txt", Outcome.skipped)]  # outputs were complete
+    assert len(running.generator.requests) == 1
+    assert only_job(config).state is JobState.done
+
+
+def test_the_heartbeat_leaves_the_running_job_alone(tmp_path: Path, launch: Launch) -> None:
+    """While the worker runs a job, even one past its lease, the heartbeat does not requeue it."""
+    config = write_config(tmp_path, MODEL, extra_daemon=FAST)
+    wall = OffsetClock(time.time)
+    generator = SolidGenerator(gate=threading.Event())  # holds the job before its first step
+    running = launch(config, generator=generator, clock=wall)
+    (tmp_path / "inbox" / "cat.txt").write_text("a cat\n", encoding="utf-8")
+    wait_until(lambda: generator.requests, message="the job to start")
+    wall.offset += 700  # the lease (600 s) has run out
+    assert running.service.recover_orphans() == 0
+    assert only_job(config).state is JobState.running
+    assert generator.gate is not None
+    generator.gate.set()
+    wait_until(lambda: running.results, message="the job")
+    running.stop()
+    assert running.outcomes() == [("cat.txt", Outcome.done)]
+    assert len(generator.requests) == 1
 
 
 # --- stopping ----------------------------------------------------------------------------
