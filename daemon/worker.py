@@ -31,7 +31,7 @@ from daemon.generators import (
 )
 from daemon.images import load_input_image, load_mask
 from daemon.intake import candidate_for, read_small_table
-from daemon.journal import Job, Journal
+from daemon.journal import Job, Journal, backoff
 from daemon.manifest import (
     installed_versions,
     job_is_done,
@@ -55,6 +55,7 @@ from daemon.prepare import DependencyMissing, Prepared, prepare
 log = structlog.get_logger("dropforge.worker")
 
 CONTACT_NAME = "contact.png"
+DISK_RETRY_S = 60.0  # the longest wait of a job held by a full disk or min_free_mb
 
 
 class Outcome(str, Enum):
@@ -203,7 +204,9 @@ class Worker:
             bound.info("job.interrupted")
             return JobResult(job.inbox, job.input, Outcome.interrupted, self.clock() - started)
         except TransientError as exc:
-            self.journal.mark_waiting(job.id, str(exc))
+            # Space is freed by hand: look again every minute rather than backing off to 1 h.
+            retry_in = min(backoff(job.waits), DISK_RETRY_S) if isinstance(exc, DiskFull) else None
+            self.journal.mark_waiting(job.id, str(exc), retry_in=retry_in)
             bound.warning("job.waiting", error=str(exc))
             return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
         except Exception as exc:  # a bug must not stop the daemon; record it where users look

@@ -31,7 +31,7 @@ from daemon.generators import GenerationEvents, ImageRequest
 from daemon.journal import JobState, Journal
 from daemon.outputs import TEMP_MARKER
 from daemon.runner import run_once
-from daemon.worker import Outcome, Progress
+from daemon.worker import DISK_RETRY_S, Outcome, Progress
 from tests.fakes import Launch, RunningService, SolidGenerator, wait_until
 from tests.helpers import manifest, noise_image, snapshot, write_config
 
@@ -190,7 +190,8 @@ def test_min_free_mb_holds_every_job_until_space_is_freed(
     monkeypatch: pytest.MonkeyPatch,
     fault: str,
 ) -> None:
-    """Below min_free_mb no job generates anything; each waits with the reason, then resumes."""
+    """Below min_free_mb no job generates anything; each waits with the reason, looks again
+    every minute, and resumes within a minute of space being freed."""
     config = write_config(tmp_path, MODEL, extra_daemon=FAST + "\nmin_free_mb = 2")
     text = config.read_text(encoding="utf-8").replace("min_free_mb = 0\n", "", 1)
     config.write_text(text, encoding="utf-8")
@@ -227,10 +228,19 @@ def test_min_free_mb_holds_every_job_until_space_is_freed(
     assert sorted(p.name for p in outbox.iterdir()) == (["ballast.bin"] if ballast else [])
     assert running.service.status_line() == "0 queued, 3 waiting, 0 failed"
 
+    # Still short of space at each look; the wait stays at a minute (no 1 h backoff).
+    assert all(job_of(running, n).waits == 1 for n in names)
+    for look in range(2, 6):
+        clock.now += DISK_RETRY_S + 1
+        wait_until(
+            lambda look=look: all(job_of(running, n).waits == look for n in names),
+            message=f"look {look}",
+        )
+    assert all(job_of(running, n).not_before <= clock.now + DISK_RETRY_S for n in names)
     if ballast is not None:
         ballast.unlink()
     free_mb = 100
-    clock.now += HOUR
+    clock.now += DISK_RETRY_S + 1
     wait_until(lambda: all(in_state(running, n, JobState.done) for n in names), message="done")
     for name in names:
         assert_outputs_intact(outbox / name.removesuffix(".txt"))
