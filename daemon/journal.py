@@ -791,17 +791,31 @@ class Journal:
             db.executemany("DELETE FROM jobs WHERE id = ?", gone)
         return len(gone)
 
-    def prune(self, older_than: float) -> int:
-        """Delete done jobs and cache rows untouched for ``older_than`` seconds; return how many."""
+    def prune(self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists) -> int:
+        """Forget what is gone: done jobs untouched for ``older_than`` seconds whose input has
+        left the inbox, and cache rows unseen as long whose file is gone; return how many.
+
+        A done input still in the inbox keeps its job and cache rows however old they are:
+        a rescan that skips its folder as unchanged (folder marks) does not touch them, and
+        forgetting them would mean reading every such input again.
+        """
         cutoff = self.clock() - older_than
+        jobs = self._query(
+            "SELECT id, inbox, input FROM jobs WHERE state = 'done' AND updated_at < ?", (cutoff,)
+        )
+        files = self._query("SELECT path FROM files WHERE seen_at < ?", (cutoff,))
+        gone_jobs = [(r[0], cutoff) for r in jobs if not exists(os.path.join(r[1], r[2]))]
+        gone_files = [(r[0], cutoff) for r in files if not exists(r[0])]
         with self._tx() as db:
-            jobs = db.execute(
-                "DELETE FROM jobs WHERE state = 'done' AND updated_at < ?", (cutoff,)
+            deleted = db.executemany(
+                "DELETE FROM jobs WHERE id = ? AND state = 'done' AND updated_at < ?", gone_jobs
             ).rowcount
-            files = db.execute("DELETE FROM files WHERE seen_at < ?", (cutoff,)).rowcount
+            deleted += db.executemany(
+                "DELETE FROM files WHERE path = ? AND seen_at < ?", gone_files
+            ).rowcount
             db.execute("DELETE FROM output_stamps WHERE out_dir NOT IN (SELECT out_dir FROM jobs)")
             db.execute(
                 "DELETE FROM verified_inputs WHERE NOT EXISTS (SELECT 1 FROM jobs"
                 " WHERE jobs.inbox = verified_inputs.inbox AND jobs.input = verified_inputs.input)"
             )
-        return int(jobs + files)
+        return int(deleted)

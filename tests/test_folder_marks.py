@@ -314,3 +314,21 @@ def test_watch_mode_scans_skip_marked_folders_and_mark_them_again(
     running.stop()
     assert running.outcomes() == [("a/p006.txt", Outcome.done)]
     assert set(_marks(settings)) == {"", "a/", "b/", "b/masks/"}
+
+
+def test_pruning_keeps_the_rows_of_inputs_still_there_and_their_marks(
+    tmp_path: Path, counts: Counts
+) -> None:
+    """Marked folders' rescans touch no row; pruning still keeps every job and cache row of
+    an input that is there, so the marks hold and nothing is read again."""
+    settings = _marked(tmp_path)
+    (settings.inboxes[0].path / "a" / "p001.txt").unlink()
+    with Journal(settings.journal_path) as journal:
+        assert journal.prune(older_than=0) == 2  # p001.txt's job and its cache row
+        cached = {r[0] for r in journal._query("SELECT path FROM files")}
+    assert str(settings.inboxes[0].path / "a" / "p000.txt") in cached
+    assert set(_marks(settings)) == {"", "b/", "b/masks/"}  # a/ lost a job
+    counts.classified = 0
+    report = run_once(settings, SolidGenerator)
+    assert report.results == [] and report.skipped == INPUTS - 1
+    assert counts.classified == PROMPTS - 1  # a/ only

@@ -584,24 +584,33 @@ def test_forget_missing(journal: Journal) -> None:
     assert journal.get_job("/srv/other", "gone.png") is not None
 
 
-def test_prune_old_done_jobs_and_cache_rows(journal: Journal, clock: Clock, tmp_path: Path) -> None:
-    """prune deletes done jobs and cache rows untouched for the given time, nothing else."""
-    old_done = add(journal, "old.png")[0]
-    add(journal, "old-queued.png")
+def test_prune_forgets_old_jobs_and_cache_rows_of_what_is_gone(
+    journal: Journal, clock: Clock, tmp_path: Path
+) -> None:
+    """prune deletes done jobs and cache rows untouched for the given time whose input or file
+    is gone; what is still there is kept however old (rescans of marked folders touch nothing)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "kept.png").write_bytes(b"k")
+    old_done = add(journal, "old.png", inbox=str(inbox))[0]  # its input has gone
+    old_kept = add(journal, "kept.png", inbox=str(inbox))[0]
+    add(journal, "old-queued.png", inbox=str(inbox))
     journal.mark_done(old_done.id, seconds=1)
-    stale, seen = tmp_path / "stale.png", tmp_path / "seen.png"
-    stale.write_bytes(b"s")
-    seen.write_bytes(b"t")
-    journal.hash_file(stale)
-    journal.hash_file(seen)
+    journal.mark_done(old_kept.id, seconds=1)
+    stale, seen, still = tmp_path / "stale.png", tmp_path / "seen.png", tmp_path / "still.png"
+    for path in (stale, seen, still):
+        path.write_bytes(path.name.encode())
+        journal.hash_file(path)
     clock.advance(100)
     journal.hash_file(seen)  # a cache hit counts as seen
-    new_done = add(journal, "new.png")[0]
+    stale.unlink()
+    new_done = add(journal, "new.png", inbox=str(inbox))[0]
     journal.mark_done(new_done.id, seconds=1)
-    assert journal.prune(older_than=50) == 2
-    assert [j.input for j in journal.jobs()] == ["old-queued.png", "new.png"]
-    assert journal.cached_hash(stale, stale.stat()) is None
-    assert journal.cached_hash(seen, seen.stat()) == sha(b"t")
+    assert journal.prune(older_than=50) == 2  # old.png's job and stale.png's cache row
+    assert [j.input for j in journal.jobs()] == ["kept.png", "old-queued.png", "new.png"]
+    cached = {r[0] for r in journal._query("SELECT path FROM files")}
+    assert cached == {str(seen), str(still)}
+    assert journal.cached_hash(still, still.stat()) == sha(b"still.png")
 
 
 def test_an_older_journal_gains_the_tables_and_triggers_added_since(tmp_path: Path) -> None:
