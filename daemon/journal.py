@@ -368,8 +368,9 @@ class Journal:
 
     def set_folder_marks(self, marks: Iterable[tuple[str, FolderMark, dict[str, str]]]) -> None:
         """Record (inbox, mark, input → fingerprint) in one transaction, each mark only if
-        every job of its folder is still done with the fingerprint that was verified (a job
-        that changed since, e.g. retried by another process, keeps its folder unmarked)."""
+        the job of every input it vouches for is still done with the fingerprint that was
+        verified (a job changed since, e.g. retried by another process, keeps its folder
+        unmarked)."""
         with self._tx() as db:
             for inbox, mark, fingerprints in marks:
                 if mark.folder:  # "a/b/": every input from "a/b/" up to "a/b0" (after "/")
