@@ -43,6 +43,13 @@ needs_unison = pytest.mark.skipif(
 )
 
 
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    """Write each ``rel → data`` below ``root``, making folders as needed."""
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
 def config_for(tmp_path: Path, settle: float = SETTLE) -> Path:
     """A config whose inbox is settled after ``settle`` seconds and never rescanned by timer."""
     return write_config(
@@ -141,9 +148,7 @@ def test_rsync_delivers_a_batch_and_a_large_slow_file_each_taken_once(
         "story.txt": b"a lighthouse at dusk\n",
         "album/dog.png": png((64, 64), seed=3),
     }
-    for rel, data in expected.items():
-        (source / rel).parent.mkdir(parents=True, exist_ok=True)
-        (source / rel).write_bytes(data)
+    write_tree(source, expected)
     running = launch(config)
     inbox = tmp_path / "inbox"
     stop, names = threading.Event(), set[str]()
@@ -202,9 +207,7 @@ def test_rsync_delay_updates_moves_everything_into_place_at_the_end(
     source = tmp_path / "source"
     expected = {f"set/p{i}.txt": f"prompt {i}\n".encode() for i in range(5)}
     expected["set/pic.png"] = png((64, 64), seed=5)
-    for rel, data in expected.items():
-        (source / rel).parent.mkdir(parents=True, exist_ok=True)
-        (source / rel).write_bytes(data)
+    write_tree(source, expected)
     running = launch(config)
     subprocess.run(
         ["rsync", "-a", "--delay-updates", f"{source}/", f"{tmp_path / 'inbox'}/"], check=True
@@ -239,9 +242,7 @@ def test_unison_syncs_twice_and_each_input_is_taken_once(tmp_path: Path, launch:
         "story.txt": b"a harbour in the rain\n",
         "sub/dog.png": png((64, 64), seed=8),
     }
-    for rel, data in expected.items():
-        (source / rel).parent.mkdir(parents=True, exist_ok=True)
-        (source / rel).write_bytes(data)
+    write_tree(source, expected)
     running = launch(config)
     unison(source, tmp_path / "inbox", home)
     wait_until(lambda: len(running.results) >= len(expected), 60, "the first sync's jobs")
