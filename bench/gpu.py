@@ -48,11 +48,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from daemon.cli import _generator_factory
+from daemon.app import generator_factory
 from daemon.config import load_config
-from daemon.logs import configure_logging
-from daemon.runner import run_once
-from daemon.worker import Outcome
+from daemon.runtime.logs import configure_logging
+from daemon.runtime.once import run_once
+from daemon.runtime.worker import Outcome
 
 PROMPT = "a watercolor fox in a misty forest, morning light, highly detailed"
 
@@ -288,7 +288,7 @@ class Dropforge:
     def __init__(self, root: Path, folder: Path, args: argparse.Namespace, extra: str = "") -> None:
         self.root = root
         self.settings = load_config(write_config(root, folder, args, extra))
-        self.generator = _generator_factory(self.settings)()
+        self.generator = generator_factory(self.settings)()
         self.device = args.device
 
     def queue(self, jobs: list[tuple[str, int, int]]) -> list[Any]:

@@ -37,10 +37,10 @@ import structlog
 
 from daemon.config import load_config
 from daemon.generators import GenerationEvents, ImageRequest
-from daemon.journal import JobState
-from daemon.notify import Notifier
-from daemon.service import Service
-from daemon.worker import JobResult
+from daemon.runtime.service import Service
+from daemon.runtime.systemd import Notifier
+from daemon.runtime.worker import JobResult
+from daemon.values import JobState
 from tests.fakes import SolidGenerator, wait_until
 from tests.helpers import write_config
 

@@ -237,7 +237,7 @@ def rss_kb() -> tuple[int, int]:
 
 def daemon_logging(settings: Any) -> None:
     """Log as `dropforge once` does: JSON lines to the state folder, nothing on the terminal."""
-    from daemon.logs import configure_logging
+    from daemon.runtime.logs import configure_logging
 
     configure_logging(
         "json",
@@ -361,8 +361,8 @@ def bench_resident(args: argparse.Namespace, scratch: Path) -> None:
     """40 mixed jobs through dropforge with resident pipelines vs a fresh load per job."""
     from daemon.generators import residents
     from daemon.generators.diffusers_backend import DiffusersGenerator
-    from daemon.runner import run_once
-    from daemon.worker import Outcome
+    from daemon.runtime.once import run_once
+    from daemon.runtime.worker import Outcome
 
     model = tiny_models(scratch)
     loads = [0]
@@ -438,7 +438,7 @@ def done_tree(scratch: Path, count: int, per_folder: int) -> Path:
     The first run takes the real path (scan, survey, claim, PNG and manifest writes, journal
     commits); only the pixels come from the fake generator.
     """
-    from daemon.runner import run_once
+    from daemon.runtime.once import run_once
 
     root = scratch / f"rescan{count}"
     config = write_config(root, tiny_models(scratch))
@@ -469,7 +469,7 @@ def bench_rescan(args: argparse.Namespace, scratch: Path) -> None:
     First one restart without folder marks (every input checked on its own, the marks
     recorded), then ``--runs`` restarts that find the marks.
     """
-    from daemon.runner import run_once
+    from daemon.runtime.once import run_once
 
     sizes = list(args.sizes) + ([100_000] if args.huge else [])
     header("rescan: a restart over already-done inputs vs a bare scandir + stat walk", args.runs)
@@ -660,7 +660,7 @@ def heavy_imports(argv: Sequence[str], cwd: Path) -> list[str]:
 
 def bench_startup(args: argparse.Namespace, scratch: Path) -> None:
     """`dropforge --help`, `check`, `status` vs `python -c pass`, each a fresh process."""
-    from daemon.runner import run_once
+    from daemon.runtime.once import run_once
 
     root = scratch / "startup"
     config = write_config(root, tiny_models(scratch))
@@ -709,8 +709,8 @@ def bench_startup(args: argparse.Namespace, scratch: Path) -> None:
 
 def bench_memory(args: argparse.Namespace, scratch: Path) -> None:
     """Peak RSS after the first 10 jobs vs after all ``--jobs`` jobs of one run."""
-    from daemon.runner import run_once
-    from daemon.worker import Progress
+    from daemon.runtime.once import run_once
+    from daemon.runtime.worker import Progress
 
     root = scratch / "memory"
     config = write_config(root, tiny_models(scratch), steps=args.steps, size=args.size)
@@ -753,8 +753,9 @@ def bench_memory(args: argparse.Namespace, scratch: Path) -> None:
 
 def bench_batching(args: argparse.Namespace, scratch: Path) -> None:
     """``count`` images in one pipeline call vs one call per image (the real backend)."""
-    from daemon.generators import GenerationEvents, ImageRequest, ImageSpec, ModelSource
+    from daemon.generators import GenerationEvents, ImageRequest, ImageSpec
     from daemon.generators.diffusers_backend import DiffusersGenerator
+    from daemon.values import ModelSource
 
     model = ModelSource("default", "folder", str(tiny_models(scratch)))
     generator = DiffusersGenerator("cpu", threads=args.threads)

@@ -24,10 +24,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from PIL import Image
 
-from daemon.generators import GenerationEvents, ModelSource, TweenRequest
+from daemon.generators import GenerationEvents, TweenRequest
 from daemon.generators.diffusers_backend import DiffusersGenerator
 from daemon.generators.subdivision import tween_times
 from daemon.generators.tiny import TINY_SD_SUBDIR, write_tiny_models
+from daemon.values import ModelSource
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

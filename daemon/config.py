@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from collections.abc import Mapping
@@ -11,15 +10,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from daemon.errors import ConfigError, show_value
-from daemon.generators import LoraSource, ModelSource
+from daemon.errors import ConfigError, did_you_mean, show_value
+from daemon.values import TASK_NAMES, LoraSource, ModelSource
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-TASKS = ("text2image", "variations", "inpaint", "mesh", "tween")
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 DEFAULT_PRESETS: Mapping[str, Mapping[str, Any]] = {
@@ -116,12 +114,6 @@ def resolve_model_ref(alias: str, value: str, base_dir: Path) -> ModelSource:
     return ModelSource(alias=alias, kind="folder", ref=str(resolved))
 
 
-def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    """Return ``, did you mean X?`` for a close match, else an empty string."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f", did you mean {close[0]}?" if close else ""
-
-
 class _Table:
     """Reads one TOML table, checking types and recording which keys were used."""
 
@@ -169,7 +161,7 @@ class _Table:
         for key in self.data:
             if key not in self.used:
                 raise ConfigError(
-                    f"{self.where}: {key}: unknown key{suggest(key, sorted(self.used))}"
+                    f"{self.where}: {key}: unknown key{did_you_mean(key, sorted(self.used))}"
                 )
 
 
@@ -235,7 +227,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
     known = ("daemon", "inbox", "models", "loras", "defaults", "presets")
     for key in data:
         if key not in known:
-            raise ConfigError(f"{name}: [{key}]: unknown table{suggest(key, known)}")
+            raise ConfigError(f"{name}: [{key}]: unknown table{did_you_mean(key, known)}")
 
     d = _Table(f"{name} [daemon]", data.get("daemon", {}))
     state_dir = base / os.path.expanduser(str(d.get("state_dir", str, ".dropforge", "a path")))
@@ -279,7 +271,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
         inbox = InboxConfig(
             path=path.resolve(),
             output=output.resolve(),
-            default_task=t.choice("default_task", "auto", ("auto", *TASKS)),
+            default_task=t.choice("default_task", "auto", ("auto", *TASK_NAMES)),
             poll=t.get("poll", bool, False, "true or false"),
             recursive=t.get("recursive", bool, True, "true or false"),
             after=t.choice("after", "keep", ("keep", "move")),

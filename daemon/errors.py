@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -19,6 +22,12 @@ def show_value(value: Any) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """Return ``, did you mean X?`` for a close match among ``choices``, else an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f", did you mean {close[0]}?" if close else ""
 
 
 class DropforgeError(Exception):
@@ -81,3 +90,27 @@ class DiskFull(TransientError):
 
 class Interrupted(DropforgeError):
     """A stop was requested; the running job is requeued and keeps its finished outputs."""
+
+
+class DependencyMissing(DropforgeError):
+    """A file a job depends on vanished between the scan and the hashing."""
+
+
+class FileChangedError(DropforgeError):
+    """A file changed while it was hashed: it is still being written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(f"{path}: changed while it was being read (still being written?)")
+
+
+class JobNotFound(DropforgeError, LookupError):
+    """No job with this id is in the job store (its input left the inbox, or it was pruned)."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job {job_id} in the journal")
+
+
+class NoSurface(DropforgeError):
+    """The mesh model's field never crosses the surface level: there is no mesh to extract."""

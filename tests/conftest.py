@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.generators import ModelSource
 from daemon.generators.diffusers_backend import DiffusersGenerator
 from daemon.generators.tiny import TINY_MESH_SUBDIR, TINY_SD_SUBDIR, write_tiny_models
+from daemon.values import ModelSource
 from tests.fakes import Launch, launch_services
 from tests.helpers import TEST_DEVICE
 

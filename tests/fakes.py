@@ -1,10 +1,10 @@
-"""Test support for watch mode: a fast fake Generator, a service runner and a waiter."""
+"""Test support: a fast fake Generator, out-of-memory injection, a service runner and a waiter."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,17 +13,21 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from daemon.config import load_config
-from daemon.errors import Interrupted, TransientError
+from daemon.errors import Interrupted
 from daemon.generators import GenerationEvents, ImageRequest, MeshRequest, TweenRequest
-from daemon.notify import Notifier
-from daemon.service import Service
-from daemon.worker import JobResult, Outcome
+from daemon.generators.subdivision import plan_levels
+from daemon.runtime.service import Service
+from daemon.runtime.systemd import Notifier
+from daemon.runtime.worker import JobResult, Outcome
+from daemon.values import ModelSource
 
 
 @dataclass
 class SolidGenerator:
     """Makes solid-colour images (colour from the seed), stepping through ``steps`` like a model.
 
+    Tween frames are blends of the start and end images; meshes are a small icosphere in the
+    seed's colour, in each requested format. Steps count over the whole request.
     ``step_seconds`` simulates compute per step (waiting on an event, so a stop cuts it
     short); ``fail_with`` is raised by the next call, once; ``gate`` blocks the first step
     until it is set, so a test can hold a job mid-way.
@@ -42,29 +46,48 @@ class SolidGenerator:
         """Report one solid image per spec after its steps; honour stop requests per step."""
         with self._lock:
             self.requests.append(request)
-            failure, self.fail_with = self.fail_with, None
-            self._loaded[request.model.alias] = request.model.describe()
-        if failure is not None:
-            raise failure
+        self._start(request.model)
+        total = sum(spec.steps for spec in request.images)
+        done = 0
         for spec in request.images:
-            for step in range(1, spec.steps + 1):
-                if self.gate is not None:
-                    self.gate.wait(30)
-                if events.should_stop():
-                    raise Interrupted("stop requested")
-                if self.step_seconds:
-                    self._pause.wait(self.step_seconds)
-                events.on_step(step, spec.steps)
-            colour = (spec.seed % 256, (spec.seed // 256) % 256, 128)
+            for _ in range(spec.steps):
+                done += 1
+                self._step(events, done, total)
+            colour = _seed_colour(spec.seed)
             events.on_image(spec.index, Image.new("RGB", (request.width, request.height), colour))
 
     def generate_mesh(self, request: MeshRequest, events: GenerationEvents) -> dict[str, bytes]:
-        """Not used by these tests."""
-        raise TransientError("the fake generator makes no meshes")
+        """Return an icosphere in the seed's colour in each format, after ``steps`` steps."""
+        import trimesh
+
+        self._start(request.model)
+        for done in range(1, request.steps + 1):
+            self._step(events, done, request.steps)
+        mesh = trimesh.creation.icosphere(subdivisions=1)
+        mesh.visual.vertex_colors = (*_seed_colour(request.seed), 255)
+        files: dict[str, bytes] = {}
+        for fmt in request.formats:
+            data = mesh.export(file_type=fmt)
+            files[fmt] = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        return files
 
     def generate_tween(self, request: TweenRequest, events: GenerationEvents) -> None:
-        """Not used by these tests."""
-        raise TransientError("the fake generator makes no tweens")
+        """Report each frame to make, level by level, as the start blended into the end at t."""
+        self._start(request.model)
+        size = (request.width, request.height)
+        start, end = (im.convert("RGB").resize(size) for im in (request.start, request.end))
+        frames = [
+            t
+            for level in plan_levels(request.depth, request.times_needed, request.existing)
+            for t in level
+        ]
+        total = request.steps * len(frames)
+        done = 0
+        for t in frames:
+            for _ in range(request.steps):
+                done += 1
+                self._step(events, done, total)
+            events.on_frame(t, Image.blend(start, end, t))
 
     def device_name(self) -> str:
         """A fixed name."""
@@ -85,6 +108,67 @@ class SolidGenerator:
         """Every request's first seed, image count and steps, in call order."""
         with self._lock:
             return [(r.images[0].seed, len(r.images), r.images[0].steps) for r in self.requests]
+
+    def _start(self, model: ModelSource) -> None:
+        """'Load' ``model``; raise ``fail_with`` if a test set it."""
+        with self._lock:
+            failure, self.fail_with = self.fail_with, None
+            self._loaded[model.alias] = model.describe()
+        if failure is not None:
+            raise failure
+
+    def _step(self, events: GenerationEvents, done: int, total: int) -> None:
+        """Wait at the gate, honour a stop request, spend ``step_seconds``, report the step."""
+        if self.gate is not None:
+            self.gate.wait(30)
+        if events.should_stop():
+            raise Interrupted("stop requested")
+        if self.step_seconds:
+            self._pause.wait(self.step_seconds)
+        events.on_step(done, total)
+
+
+def _seed_colour(seed: int) -> tuple[int, int, int]:
+    return (seed % 256, (seed // 256) % 256, 128)
+
+
+OUT_OF_MEMORY = "out of memory"
+EVERY_CALL: Container[int] = range(1, 1 << 30)
+
+
+@dataclass
+class PipelineCalls:
+    """The pipeline calls of a request as seen through its events; some run out of memory.
+
+    A call starts with its first step report and ends when it delivers its images (or
+    frames), each call's entry listing their indices (or times). The calls numbered (from 1)
+    in ``out_of_memory`` raise torch's OutOfMemoryError from their first step instead: the
+    step report runs inside the pipeline call, where a real one surfaces. Their entry is
+    ``OUT_OF_MEMORY``.
+    """
+
+    out_of_memory: Container[int] = ()
+    calls: list[list[Any] | str] = field(default_factory=list)
+    _running: bool = False
+
+    def step(self) -> None:
+        """Note a step report; start a call, or run out of memory, at a call's first step."""
+        if self._running:
+            return
+        self.calls.append([])
+        if len(self.calls) in self.out_of_memory:
+            import torch
+
+            self.calls[-1] = OUT_OF_MEMORY
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self._running = True
+
+    def deliver(self, key: Any) -> None:
+        """Note an image index or frame time delivered by the running call."""
+        entry = self.calls[-1]
+        assert isinstance(entry, list), "a delivery without a running call"
+        entry.append(key)
+        self._running = False
 
 
 def wait_until(

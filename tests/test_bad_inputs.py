@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from daemon.config import load_config
-from daemon.journal import JobState, Journal
-from daemon.runner import OnceReport, run_once
-from daemon.worker import Outcome
+from daemon.runtime.once import OnceReport, run_once
+from daemon.runtime.worker import Outcome
+from daemon.store.sqlite import SqliteJournal
+from daemon.values import JobState
 from tests.fakes import SolidGenerator
 from tests.helpers import manifest, mask_image, noise_image, write_config
 
@@ -377,7 +378,7 @@ def test_zero_byte_files_wait_until_they_fill(
     ]
     assert not (root / "outbox" / "empty").exists()
     settings = load_config(root / "config.toml")
-    with Journal(settings.journal_path) as journal:
+    with SqliteJournal(settings.journal_path) as journal:
         states = {j.input: j.state for j in journal.jobs(limit=1000)}
     assert "empty.png" not in states and "empty.txt" not in states
     assert states["bomb.png"] is JobState.failed

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import build_parser, main
+from daemon.cli import main
+from daemon.cli.parser import build_parser
 from tests.helpers import noise_image, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +45,7 @@ def test_every_config_key_is_documented_in_the_readme() -> None:
 def test_shipped_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     """config.toml at the top of the repository loads and validates."""
     from daemon.config import load_config
-    from daemon.params import check_settings
+    from daemon.planning.params import check_settings
 
     settings = load_config(ROOT / "config.toml")
     check_settings(settings)

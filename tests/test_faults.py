@@ -28,10 +28,11 @@ from structlog.testing import capture_logs
 
 from daemon.config import load_config
 from daemon.generators import GenerationEvents, ImageRequest
-from daemon.journal import JobState, Journal
-from daemon.outputs import TEMP_MARKER
-from daemon.runner import run_once
-from daemon.worker import DISK_RETRY_S, Outcome, Progress
+from daemon.outputs.files import TEMP_MARKER
+from daemon.runtime.once import run_once
+from daemon.runtime.worker import DISK_RETRY_S, Outcome, Progress
+from daemon.store.sqlite import SqliteJournal
+from daemon.values import JobState
 from tests.fakes import Launch, RunningService, SolidGenerator, wait_until
 from tests.helpers import manifest, noise_image, snapshot, write_config
 
@@ -252,8 +253,8 @@ def test_min_free_mb_holds_every_job_until_space_is_freed(
 _OPEN_TRANSACTION = """
 import sys, time
 from pathlib import Path
-from daemon.journal import Journal
-journal = Journal(Path(sys.argv[1]))
+from daemon.store.sqlite import SqliteJournal
+journal = SqliteJournal(Path(sys.argv[1]))
 journal.upsert_job(inbox="in", input="committed.png", kind="image", fingerprint="f",
                    job_key="k", out_dir="out/committed")
 with journal._tx() as db:  # never committed: the process is killed inside
@@ -270,8 +271,8 @@ with journal._tx() as db:  # never committed: the process is killed inside
 _COMMIT_LOOP = """
 import sys
 from pathlib import Path
-from daemon.journal import Journal
-journal = Journal(Path(sys.argv[1]))
+from daemon.store.sqlite import SqliteJournal
+journal = SqliteJournal(Path(sys.argv[1]))
 first = int(sys.argv[2])
 for i in range(first, first + 100000):
     journal.upsert_job(inbox="in", input=f"{i:06d}.png", kind="image", fingerprint="f",
@@ -314,7 +315,7 @@ def test_journal_killed_inside_a_transaction_keeps_only_committed_work(tmp_path:
         if child.poll() is None:
             child.kill()
             child.wait()
-    with Journal(path) as journal:
+    with SqliteJournal(path) as journal:
         (job,) = journal.jobs()
         assert (job.input, job.state, job.error) == ("committed.png", JobState.queued, None)
         assert journal.cached_hash(path, os.stat(path)) is None
@@ -345,7 +346,7 @@ def test_journal_killed_while_committing_keeps_every_acknowledged_commit(tmp_pat
                 child.kill()
                 child.wait()
         assert _integrity(path) == "ok"
-        with Journal(path) as journal:
+        with SqliteJournal(path) as journal:
             inputs = [j.input for j in journal.jobs(limit=100_000)]
         # Lines printed after the ones read may be committed too; none may be missing.
         assert inputs == [f"{i:06d}.png" for i in range(len(inputs))]
@@ -357,8 +358,8 @@ _FAKE_DAEMON = """
 import sys
 from pathlib import Path
 from daemon.config import load_config
-from daemon.logs import configure_logging
-from daemon.service import Service
+from daemon.runtime.logs import configure_logging
+from daemon.runtime.service import Service
 from tests.fakes import SolidGenerator
 configure_logging("json")
 Service(load_config(Path(sys.argv[1])), SolidGenerator).run()
@@ -413,7 +414,7 @@ def test_daemon_killed_while_committing_intake_recovers(tmp_path: Path) -> None:
     for name in names:
         assert_outputs_intact(outbox / name.removesuffix(".txt"))
     assert temporaries(outbox) == []
-    with Journal(path) as journal:
+    with SqliteJournal(path) as journal:
         assert journal.counts()[JobState.done] == len(names) == 240
         assert len(journal.jobs(limit=1000)) == len(names)
 
@@ -510,7 +511,7 @@ def test_input_vanishing_as_its_job_starts_is_not_a_failure(tmp_path: Path) -> N
     report = run_once(settings, SolidGenerator, progress=Progress(on_start=unmount))
     assert report.failed == [] and report.results == []
     assert not (tmp_path / "outbox" / "cat").exists()
-    with Journal(settings.journal_path) as journal:
+    with SqliteJournal(settings.journal_path) as journal:
         assert journal.jobs() == []
     aside.rename(inbox)
     report = run_once(settings, SolidGenerator)

@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import intake
 from daemon.config import Settings, load_config
-from daemon.journal import FolderMark, Journal
-from daemon.runner import OnceReport, run_once
-from daemon.survey import SurveyPass
-from daemon.worker import Outcome
+from daemon.intake import candidates, scan
+from daemon.runtime.once import OnceReport, run_once
+from daemon.runtime.worker import Outcome
+from daemon.store.rows import FolderMark
+from daemon.store.sqlite import SqliteJournal
+from daemon.survey.survey import SurveyPass
 from tests.fakes import Launch, SolidGenerator, wait_until
 from tests.helpers import mask_image, noise_image, write_config
 
@@ -40,7 +41,7 @@ class Counts:
 @pytest.fixture
 def counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counts]:
     found = Counts()
-    classify, survey = intake._candidate, SurveyPass.survey
+    classify, survey = candidates.make_candidate, SurveyPass.survey
 
     def counting_candidate(*args: Any, **kwargs: Any) -> Any:
         found.classified += 1
@@ -50,7 +51,9 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counts]:
         found.surveyed += 1
         return survey(self, candidate)
 
-    monkeypatch.setattr(intake, "_candidate", counting_candidate)
+    # Both places that classify a file: a scan, and one look-up (candidate_for).
+    monkeypatch.setattr(scan, "make_candidate", counting_candidate)
+    monkeypatch.setattr(candidates, "make_candidate", counting_candidate)
     monkeypatch.setattr(SurveyPass, "survey", counting_survey)
     yield found
 
@@ -89,7 +92,7 @@ def _marked(tmp_path: Path, extra_daemon: str = "") -> Settings:
 
 
 def _marks(settings: Settings) -> dict[str, FolderMark]:
-    with Journal(settings.journal_path) as journal:
+    with SqliteJournal(settings.journal_path) as journal:
         return journal.folder_marks(str(settings.inboxes[0].path))
 
 
@@ -219,7 +222,7 @@ def test_a_settings_change_reruns_every_input(tmp_path: Path) -> None:
 def test_a_retried_job_unmarks_its_folder_and_runs(tmp_path: Path, counts: Counts) -> None:
     settings = _marked(tmp_path)
     inbox = str(settings.inboxes[0].path)
-    with Journal(settings.journal_path) as journal:
+    with SqliteJournal(settings.journal_path) as journal:
         assert journal.retry(inputs=[(inbox, "a/p010.txt")], force=True) == 1
     assert set(_marks(settings)) == {"", "b/", "b/masks/"}
     counts.classified = 0
@@ -248,7 +251,7 @@ def _mark(folder: str) -> FolderMark:
     return FolderMark(folder, "listing", "", "", "watched", "[[],[]]", 1)
 
 
-def _job(journal: Journal, inbox: str, rel: str) -> int:
+def _job(journal: SqliteJournal, inbox: str, rel: str) -> int:
     job, _ = journal.upsert_job(
         inbox=inbox, input=rel, kind="prompt", fingerprint="fp", job_key="k", out_dir="/o/" + rel
     )
@@ -257,7 +260,7 @@ def _job(journal: Journal, inbox: str, rel: str) -> int:
 
 
 def test_any_change_to_a_job_forgets_exactly_its_folders_mark(tmp_path: Path) -> None:
-    with Journal(tmp_path / "journal.sqlite3") as journal:
+    with SqliteJournal(tmp_path / "journal.sqlite3") as journal:
         ids = {rel: _job(journal, "/in", rel) for rel in ("x.txt", "a/y.txt", "a/b/z.txt")}
         _job(journal, "/other", "a/y.txt")
 
@@ -283,7 +286,7 @@ def test_any_change_to_a_job_forgets_exactly_its_folders_mark(tmp_path: Path) ->
 
 
 def test_a_mark_is_not_recorded_when_a_job_changed_since_it_was_verified(tmp_path: Path) -> None:
-    with Journal(tmp_path / "journal.sqlite3") as journal:
+    with SqliteJournal(tmp_path / "journal.sqlite3") as journal:
         job_id = _job(journal, "/in", "a/y.txt")
         journal.set_folder_marks([("/in", _mark("a/"), {"a/y.txt": "another fingerprint"})])
         assert journal.folder_marks("/in") == {}
@@ -323,7 +326,7 @@ def test_pruning_keeps_the_rows_of_inputs_still_there_and_their_marks(
     an input that is there, so the marks hold and nothing is read again."""
     settings = _marked(tmp_path)
     (settings.inboxes[0].path / "a" / "p001.txt").unlink()
-    with Journal(settings.journal_path) as journal:
+    with SqliteJournal(settings.journal_path) as journal:
         assert journal.prune(older_than=0) == 2  # p001.txt's job and its cache row
         cached = {r[0] for r in journal._query("SELECT path FROM files")}
     assert str(settings.inboxes[0].path / "a" / "p000.txt") in cached

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,33 +19,25 @@ from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
 
 from daemon.errors import ConfigError, InputError, Interrupted, ModelUnavailable, OutOfMemory
-from daemon.generators import (
-    GenerationEvents,
-    ImageRequest,
-    ImageSpec,
-    ImageTask,
-    LoraSource,
-    ModelSource,
-)
-from daemon.generators.diffusers_backend import (
-    DiffusersGenerator,
-    backend_versions,
-    is_out_of_memory,
-)
+from daemon.generators import GenerationEvents, ImageRequest, ImageSpec
+from daemon.generators.diffusers_backend import DiffusersGenerator
 from daemon.generators.fetch import ALLOW_PATTERNS, IGNORE_PATTERNS, fetch_models
+from daemon.generators.loading import backend_versions, is_out_of_memory
 from daemon.generators.tiny import (
     TINY_LORA_FILE,
     TINY_MESH_SUBDIR,
     TINY_SD_SUBDIR,
     write_tiny_models,
 )
+from daemon.values import LoraSource, ModelSource, Task
+from tests.fakes import EVERY_CALL, OUT_OF_MEMORY, PipelineCalls
 
 
 def make_request(
     model: ModelSource,
     seeds: tuple[int, ...] = (1,),
     *,
-    task: ImageTask = "text2image",
+    task: Task | str = Task.text2image,
     prompt: str = "a watercolor cat",
     steps: int = 2,
     guidance: float = 7.5,
@@ -60,23 +53,32 @@ def make_request(
         for index, seed in enumerate(seeds)
     )
     return ImageRequest(
-        task, model, 64, 64, specs, init_image, mask_image, lora=lora, max_batch=max_batch
+        Task(task), model, 64, 64, specs, init_image, mask_image, lora=lora, max_batch=max_batch
     )
 
 
 @dataclass
 class Recorder:
-    """Collects what a backend reports through GenerationEvents."""
+    """Collects what a backend reports through GenerationEvents, grouped into pipeline calls."""
 
     stop_after_steps: int | None = None
+    calls: PipelineCalls = field(default_factory=PipelineCalls)
     images: dict[int, Image.Image] = field(default_factory=dict)
     steps: list[tuple[int, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    def on_image(self, index: int, image: Image.Image) -> None:
+        self.calls.deliver(index)
+        self.images[index] = image
+
+    def on_step(self, done: int, total: int) -> None:
+        self.steps.append((done, total))
+        self.calls.step()
+
     def events(self) -> GenerationEvents:
         return GenerationEvents(
-            on_image=self.images.__setitem__,
-            on_step=lambda done, total: self.steps.append((done, total)),
+            on_image=self.on_image,
+            on_step=self.on_step,
             should_stop=lambda: (
                 self.stop_after_steps is not None and len(self.steps) >= self.stop_after_steps
             ),
@@ -84,9 +86,12 @@ class Recorder:
         )
 
 
-def generate(generator: DiffusersGenerator, request: ImageRequest) -> Recorder:
-    """Run ``request`` and return what was reported."""
-    recorder = Recorder()
+def generate(
+    generator: DiffusersGenerator, request: ImageRequest, out_of_memory: Container[int] = ()
+) -> Recorder:
+    """Run ``request`` and return what was reported; the calls numbered in ``out_of_memory``
+    (from 1) run out of memory at their first step."""
+    recorder = Recorder(calls=PipelineCalls(out_of_memory))
     generator.generate_images(request, recorder.events())
     return recorder
 
@@ -94,21 +99,6 @@ def generate(generator: DiffusersGenerator, request: ImageRequest) -> Recorder:
 def pixels(image: Image.Image) -> np.ndarray[Any, np.dtype[np.int16]]:
     """Return the image as signed integers, so differences do not wrap around."""
     return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-class OutOfMemoryOnBatches(DiffusersGenerator):
-    """A CPU generator whose pipeline calls run out of memory for batches larger than ``limit``."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__("cpu", threads=1)
-        self.limit = limit
-        self.calls: list[int] = []
-
-    def _run_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> list[Image.Image]:
-        self.calls.append(len(kwargs["prompt"]))
-        if len(kwargs["prompt"]) > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super()._run_pipeline(pipe, kwargs)
 
 
 # -- the tiny models ---------------------------------------------------------------------
@@ -267,23 +257,45 @@ def test_stop_request_interrupts_at_the_next_step(
     assert recorder.images == {}
 
 
-def test_out_of_memory_on_a_batch_retries_one_image_at_a_time(tiny_sd: ModelSource) -> None:
-    """A batch that runs out of memory is made again image by image, and every image arrives."""
-    generator = OutOfMemoryOnBatches(limit=1)
-    recorder = generate(generator, make_request(tiny_sd, (1, 2, 3)))
-    assert generator.calls == [3, 1, 1, 1]
-    assert sorted(recorder.images) == [0, 1, 2]
+def test_out_of_memory_on_a_batch_retries_one_image_at_a_time(
+    generator: DiffusersGenerator, tiny_sd: ModelSource
+) -> None:
+    """A batch that runs out of memory is made again image by image, each as made alone."""
+    request = make_request(tiny_sd, (1, 2, 3))
+    assert generate(generator, request).calls.calls == [[0, 1, 2]]  # one call, without failures
+    alone = generate(generator, make_request(tiny_sd, (1, 2, 3), max_batch=1))
+    recorder = generate(generator, request, out_of_memory={1})
+    assert recorder.calls.calls == [OUT_OF_MEMORY, [0], [1], [2]]
+    for index in (0, 1, 2):
+        assert np.array_equal(pixels(recorder.images[index]), pixels(alone.images[index]))
+
+
+def test_out_of_memory_alone_retries_with_every_memory_saver(tiny_sd: ModelSource) -> None:
+    """An image out of memory even alone is made with every saver on, which then stay on."""
+    generator = DiffusersGenerator("cpu", threads=1)
+    recorder = generate(generator, make_request(tiny_sd, (1, 2)), out_of_memory={1, 2})
+    assert recorder.calls.calls == [OUT_OF_MEMORY, OUT_OF_MEMORY, [0], [1]]
+    # The savers stay on: the same seeds made again give the same pixels.
+    again = generate(generator, make_request(tiny_sd, (1, 2), max_batch=1))
+    for index in (0, 1):
+        assert np.array_equal(pixels(recorder.images[index]), pixels(again.images[index]))
+    resident = generator._models.images
+    assert resident is not None
+    assert resident.base.vae.use_slicing
+    assert resident.base.vae.use_tiling
 
 
 def test_out_of_memory_every_time_raises_out_of_memory(tiny_sd: ModelSource) -> None:
     """Out of memory even alone and with every saver on ends in OutOfMemory; savers stay on."""
-    generator = OutOfMemoryOnBatches(limit=0)
+    generator = DiffusersGenerator("cpu", threads=1)
+    recorder = Recorder(calls=PipelineCalls(EVERY_CALL))
     with pytest.raises(OutOfMemory) as caught:
-        generate(generator, make_request(tiny_sd, (1, 2)))
+        generator.generate_images(make_request(tiny_sd, (1, 2)), recorder.events())
     assert str(caught.value) == (
         "out of memory on cpu for one 64x64 image, even with every memory saver on"
     )
-    assert generator.calls == [2, 1, 1]
+    assert recorder.calls.calls == [OUT_OF_MEMORY] * 3  # the batch, image 0 alone, with savers
+    assert recorder.images == {}
     resident = generator._models.images
     assert resident is not None
     assert resident.base.vae.use_slicing

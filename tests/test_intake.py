@@ -9,19 +9,11 @@ import pytest
 
 from daemon.config import InboxConfig
 from daemon.errors import InputError
-from daemon.intake import (
-    Candidate,
-    FileKind,
-    candidate_for,
-    classify,
-    confine,
-    defaults_chain,
-    find_sidecar,
-    is_ignored_dir,
-    is_ignored_name,
-    parts_of,
-    scan_inbox,
-)
+from daemon.intake.candidates import Candidate, candidate_for
+from daemon.intake.names import FileKind, classify, is_ignored_dir, is_ignored_name
+from daemon.intake.parts import parts_of
+from daemon.intake.paths import confine
+from daemon.intake.scan import scan_inbox
 
 IGNORED_NAMES = [
     ".hidden.png",
@@ -416,20 +408,32 @@ def test_candidate_for_excluded_roots(tmp_path: Path) -> None:
     assert candidate_for(inbox, path, excluded_roots=[inbox.path / "other-out"]) is None
 
 
-def test_find_sidecar_and_defaults_chain(tmp_path: Path) -> None:
-    """The helpers the watcher shares find STEM.toml and the _defaults chain on disk."""
-    root = tmp_path / "inbox"
+def test_one_look_up_finds_the_sidecar_and_defaults_chain(tmp_path: Path) -> None:
+    """candidate_for finds STEM.toml (a job file is its own) and the _defaults chain on disk."""
+    inbox = InboxConfig(path=tmp_path / "inbox", output=tmp_path / "outbox")
+    root = inbox.path
     write(
         root,
-        {"_defaults.toml": "", "a/b/cat.png": "x", "a/b/cat.toml": "", "a/b/_defaults.toml": ""},
+        {
+            "_defaults.toml": "",
+            "a/b/cat.png": "x",
+            "a/b/cat.toml": "",
+            "a/b/dog.png": "x",
+            "a/b/walk.job.toml": "",
+            "a/b/_defaults.toml": "",
+            "top.png": "x",
+        },
     )
     folder = root / "a" / "b"
-    assert find_sidecar(root, folder / "cat.png") == folder / "cat.toml"
-    assert find_sidecar(root, folder / "dog.png") is None
-    assert find_sidecar(root, folder / "walk.job.toml") == folder / "walk.job.toml"
-    assert find_sidecar(root, folder / "_defaults.png") is None
-    assert defaults_chain(root, folder) == (root / "_defaults.toml", folder / "_defaults.toml")
-    assert defaults_chain(root, root) == (root / "_defaults.toml",)
+    cat = candidate_for(inbox, folder / "cat.png")
+    assert cat is not None and cat.sidecar == folder / "cat.toml"
+    assert cat.defaults == (root / "_defaults.toml", folder / "_defaults.toml")
+    dog = candidate_for(inbox, folder / "dog.png")
+    assert dog is not None and dog.sidecar is None
+    walk = candidate_for(inbox, folder / "walk.job.toml")
+    assert walk is not None and walk.sidecar == folder / "walk.job.toml"
+    top = candidate_for(inbox, root / "top.png")
+    assert top is not None and top.defaults == (root / "_defaults.toml",)
 
 
 def test_confine_accepts_paths_inside(tmp_path: Path) -> None:

@@ -22,9 +22,10 @@ import pytest
 from watchdog.observers.polling import PollingObserver
 
 from bench.load import LoadFigures, run_load
-from daemon.journal import JobState, Journal
-from daemon.watch import OVERFLOW_LOGGER
-from daemon.worker import Outcome
+from daemon.runtime.arrivals import OVERFLOW_LOGGER
+from daemon.runtime.worker import Outcome
+from daemon.store.sqlite import SqliteJournal
+from daemon.values import JobState
 from tests.fakes import start_service, wait_until
 from tests.helpers import manifest, write_config
 
@@ -68,7 +69,7 @@ def test_ten_thousand_files_at_once_are_each_journaled_and_processed_once(load: 
     assert figures.outcomes == {"done": total}
     assert figures.generated == total  # one generation per input: none twice, none skipped
     assert figures.states == {JobState.done.value: total}
-    with Journal(load.root / "state" / "journal.sqlite3") as journal:
+    with SqliteJournal(load.root / "state" / "journal.sqlite3") as journal:
         jobs = journal.jobs(limit=total + 1)
     inputs = sorted(p.name for p in (data_dir / "inbox").iterdir())
     assert len(inputs) == total

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import shutil
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,21 +17,14 @@ import trimesh
 from diffusers.pipelines.shap_e.renderer import MeshDecoder
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 from daemon.errors import InputError, Interrupted, ModelUnavailable, OutOfMemory
-from daemon.generators import (
-    GenerationEvents,
-    ImageRequest,
-    ImageSpec,
-    MeshFormat,
-    MeshRequest,
-    ModelSource,
-)
+from daemon.generators import GenerationEvents, ImageRequest, ImageSpec, MeshFormat, MeshRequest
 from daemon.generators.cubes import MAX_TRIANGLES, case_tables
 from daemon.generators.diffusers_backend import DiffusersGenerator
 from daemon.generators.mesh import prepare_image
-
-_Result = TypeVar("_Result")
+from daemon.values import ModelSource
 
 PICTURE = Image.new("RGB", (48, 40), (180, 60, 40))
 
@@ -55,10 +49,13 @@ class Steps:
     stop_after: int | None = None
     seen: list[tuple[int, int]] = field(default_factory=list)
 
+    def on_step(self, done: int, total: int) -> None:
+        self.seen.append((done, total))
+
     def events(self) -> GenerationEvents:
         return GenerationEvents(
             on_image=lambda index, image: None,
-            on_step=lambda done, total: self.seen.append((done, total)),
+            on_step=self.on_step,
             should_stop=lambda: self.stop_after is not None and len(self.seen) >= self.stop_after,
         )
 
@@ -68,20 +65,42 @@ def load(data: bytes, file_type: str) -> Any:
     return trimesh.load(io.BytesIO(data), file_type=file_type, force="mesh", process=False)
 
 
-class OutOfMemoryInStage(DiffusersGenerator):
-    """A CPU generator whose mesh stage ``stage`` runs out of memory the first ``times`` times."""
+@dataclass
+class Stages(Steps):
+    """Also notes each mesh stage as it starts; ``stage`` runs out of memory its first ``times``.
 
-    def __init__(self, stage: str, times: int) -> None:
-        super().__init__("cpu", threads=1)
-        self.stage = stage
-        self.times = times
-        self.stages: list[str] = []
+    ``sample`` starts at a sampler's first step report, inside the pipeline call; ``surface``
+    when the renderer's marching cubes (a MeshDecoder) is about to run, seen by a forward
+    pre-hook on every torch module (``watch``): the surface extraction has no callback.
+    """
 
-    def _run_mesh_stage(self, stage: str, run: Callable[[], _Result]) -> _Result:
-        self.stages.append(stage)
-        if stage == self.stage and self.stages.count(stage) <= self.times:
+    stage: str = ""
+    times: int = 0
+    started: list[str] = field(default_factory=list)
+
+    def on_step(self, done: int, total: int) -> None:
+        super().on_step(done, total)
+        if done == 1:
+            self.start("sample")
+
+    def start(self, stage: str) -> None:
+        self.started.append(stage)
+        if stage == self.stage and self.started.count(stage) <= self.times:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
-        return run()
+
+    @contextmanager
+    def watch(self) -> Iterator[None]:
+        """Note the surface stages started meanwhile."""
+
+        def before_forward(module: torch.nn.Module, inputs: Any) -> None:
+            if isinstance(module, MeshDecoder):
+                self.start("surface")
+
+        hook = register_module_forward_pre_hook(before_forward)
+        try:
+            yield
+        finally:
+            hook.remove()
 
 
 # -- marching-cubes tables -------------------------------------------------------------------------
@@ -261,24 +280,42 @@ def test_no_surface_is_an_input_error(tiny_models: Path, tmp_path: Path) -> None
     assert str(caught.value) == "cat.png: the model produced no surface for this image"
 
 
-def test_out_of_memory_once_is_retried(tiny_mesh: ModelSource) -> None:
-    """A surface extraction that runs out of memory once is run again and succeeds."""
-    generator = OutOfMemoryInStage("surface", times=1)
-    files = generator.generate_mesh(mesh_request(tiny_mesh), Steps().events())
-    assert generator.stages == ["sample", "surface", "surface"]
-    assert files["glb"][:4] == b"glTF"
+def test_out_of_memory_once_is_retried(
+    generator: DiffusersGenerator, tiny_mesh: ModelSource
+) -> None:
+    """A surface extraction that runs out of memory once is run again and gives the same mesh."""
+    expected = generator.generate_mesh(mesh_request(tiny_mesh), Steps().events())
+    stages = Stages(stage="surface", times=1)
+    with stages.watch():
+        files = generator.generate_mesh(mesh_request(tiny_mesh), stages.events())
+    assert stages.started == ["sample", "surface", "surface"]
+    assert files == expected
+    assert stages.seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_out_of_memory_in_the_sampler_once_is_retried(
+    generator: DiffusersGenerator, tiny_mesh: ModelSource
+) -> None:
+    """A sampler that runs out of memory once samples again and gives the same mesh."""
+    expected = generator.generate_mesh(mesh_request(tiny_mesh), Steps().events())
+    stages = Stages(stage="sample", times=1)
+    with stages.watch():
+        files = generator.generate_mesh(mesh_request(tiny_mesh), stages.events())
+    assert stages.started == ["sample", "sample", "surface"]
+    assert files == expected
 
 
 def test_out_of_memory_twice_raises_out_of_memory(tiny_mesh: ModelSource) -> None:
     """Out of memory again after freeing memory ends in OutOfMemory with what to change."""
-    generator = OutOfMemoryInStage("surface", times=2)
-    with pytest.raises(OutOfMemory) as caught:
-        generator.generate_mesh(mesh_request(tiny_mesh), Steps().events())
+    generator = DiffusersGenerator("cpu", threads=1)
+    stages = Stages(stage="surface", times=2)
+    with stages.watch(), pytest.raises(OutOfMemory) as caught:
+        generator.generate_mesh(mesh_request(tiny_mesh), stages.events())
     assert str(caught.value) == (
         "out of memory on cpu for a mesh at resolution 64, even after freeing memory: "
         "lower mesh_resolution"
     )
-    assert generator.stages == ["sample", "surface", "surface"]
+    assert stages.started == ["sample", "surface", "surface"]
 
 
 def test_image_model_as_mesh_model_is_unavailable(

@@ -1,7 +1,8 @@
-"""Tests for daemon.outputs and daemon.manifest: atomic writes, PNG metadata, sheets, names."""
+"""daemon.outputs: atomic writes, PNG metadata, contact sheets, names and the manifest model."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -14,31 +15,38 @@ from PIL import Image, ImageChops
 from PIL.PngImagePlugin import PngImageFile, PngInfo
 
 from daemon.errors import DiskFull
-from daemon.manifest import (
+from daemon.outputs.contact import contact_sheet
+from daemon.outputs.files import (
+    TEMP_MARKER,
+    OutputFile,
+    atomic_write,
+    atomic_write_bytes,
+    remove_stale_temporaries,
+    sha256_file,
+)
+from daemon.outputs.manifest import (
     MANIFEST_NAME,
     SCHEMA,
+    FileRecord,
+    InputRecord,
+    Manifest,
     ManifestStatus,
-    build_manifest,
+    ModelRecord,
+    OutputEntry,
+    SequenceRecord,
+    Timings,
     installed_versions,
     manifest_is_done,
     read_manifest,
     remove_obsolete_outputs,
     write_manifest,
 )
-from daemon.outputs import (
-    TEMP_MARKER,
-    OutputFile,
+from daemon.outputs.names import sanitize_name
+from daemon.outputs.png import (
     a1111_parameters,
-    atomic_write,
-    atomic_write_bytes,
-    contact_sheet,
     encode_png,
-    file_matches,
     read_dropforge_chunk,
     read_png_chunks,
-    remove_stale_temporaries,
-    sanitize_name,
-    sha256_file,
     write_png,
 )
 
@@ -124,19 +132,13 @@ def test_remove_stale_temporaries_removes_only_ours(tmp_path: Path) -> None:
 # -- hashes -----------------------------------------------------------------------------------
 
 
-def test_sha256_file_and_file_matches(tmp_path: Path) -> None:
-    """Hashes stream the whole file; file_matches checks size and, when given, the hash."""
+def test_sha256_file(tmp_path: Path) -> None:
+    """Hashes stream the whole file."""
     path = tmp_path / "big.bin"
     data = os.urandom(3 * 1024 * 1024 + 17)
     path.write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
     assert sha256_file(path) == digest
-    assert file_matches(path, len(data))
-    assert file_matches(path, len(data), digest)
-    assert not file_matches(path, len(data) - 1)
-    assert not file_matches(path, len(data), "0" * 64)
-    assert not file_matches(tmp_path / "missing", 0)
-    assert not file_matches(tmp_path, 0)
 
 
 # -- PNG metadata -----------------------------------------------------------------------------
@@ -386,39 +388,28 @@ def make_manifest(
     job_key: str = "key-1",
     files: dict[str, bytes] | None = None,
     status: str = "done",
-) -> dict[str, Any]:
+) -> Manifest:
     """Write the given output files and a manifest listing them; return the manifest."""
     files = {"cat-1.png": b"one", "cat-2.png": b"two!"} if files is None else files
     outputs = []
     for seed, (name, data) in enumerate(files.items()):
         atomic_write_bytes(out_dir / name, data)
         outputs.append(
-            {
-                "file": name,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "bytes": len(data),
-                "seed": seed,
-                "t": None,
-                "prompt": "a cat",
-            }
+            OutputEntry(name, hashlib.sha256(data).hexdigest(), len(data), seed, None, "a cat")
         )
-    manifest = build_manifest(
-        status=status,
+    manifest = Manifest(
+        status=ManifestStatus(status),
         job_key=job_key,
         task="variations",
-        input={"path": "a/cat.png", "sha256": "f" * 64, "bytes": 1234},
-        sidecars=[{"path": "a/cat.toml", "sha256": "e" * 64}],
+        input=InputRecord("a/cat.png", "f" * 64, 1234),
+        sidecars=(FileRecord("a/cat.toml", "e" * 64),),
         params={"count": 2, "seeds": [0, 1], "guidance": 7.5},
-        model={"alias": "default", "source": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
-        outputs=outputs,
-        timings={
-            "started_at": "2024-05-01T10:00:00Z",
-            "finished_at": "2024-05-01T10:00:09Z",
-            "seconds": 9.0,
-        },
+        model=ModelRecord("default", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+        outputs=tuple(outputs),
+        timings=Timings("2024-05-01T10:00:00Z", "2024-05-01T10:00:09Z", 9.0),
         versions={"dropforge": "0.1.0", "diffusers": "0.42.1", "torch": "2.13.0"},
         device="cpu",
-        warnings=["prompt truncated to 77 tokens"],
+        warnings=("prompt truncated to 77 tokens",),
         error="cat.png: cannot read image" if status == "failed" else None,
     )
     write_manifest(out_dir, manifest)
@@ -429,7 +420,8 @@ def test_manifest_round_trip_keeps_every_field_in_order(tmp_path: Path) -> None:
     """A written manifest reads back equal, schema first, as pretty UTF-8 with a newline."""
     manifest = make_manifest(tmp_path, files={"ねこ-1.png": b"x"})
     assert read_manifest(tmp_path) == manifest
-    assert list(manifest) == [
+    document = json.loads((tmp_path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    assert list(document) == [
         "schema",
         "status",
         "job_key",
@@ -449,40 +441,43 @@ def test_manifest_round_trip_keeps_every_field_in_order(tmp_path: Path) -> None:
     assert text.endswith("}\n") and "ねこ-1.png" in text
     failed = make_manifest(tmp_path / "f", status="failed")
     assert read_manifest(tmp_path / "f") == failed
-    assert failed["status"] == "failed" and failed["error"] == "cat.png: cannot read image"
+    assert failed.status == "failed" and failed.error == "cat.png: cannot read image"
+    written = json.loads((tmp_path / "f" / MANIFEST_NAME).read_text(encoding="utf-8"))
+    assert list(written)[-1] == "error"
 
 
-def test_write_manifest_adds_schema_and_keeps_given_order(tmp_path: Path) -> None:
-    """Plain mappings get the schema first; extra tween fields are kept as given."""
-    write_manifest(tmp_path, {"path_id": "p1", "schema": "other", "frames": [{"t": 0.5}]})
-    assert list((read_manifest(tmp_path) or {}).items()) == [
-        ("schema", SCHEMA),
-        ("path_id", "p1"),
-        ("frames", [{"t": 0.5}]),
+def test_tween_fields_follow_the_common_ones(tmp_path: Path) -> None:
+    """A sequence's manifest carries seed 004's fields at the top level, after the common ones;
+    a tween job's lists its sequences."""
+    sequence = SequenceRecord(
+        "p1", "neutral", "ah", "center", ((0.0, "000.png"), (1.0, "100.png")), ()
+    )
+    base = make_manifest(tmp_path / "seq", files={})
+    write_manifest(tmp_path / "seq", dataclasses.replace(base, sequence=sequence))
+    document = json.loads((tmp_path / "seq" / MANIFEST_NAME).read_text(encoding="utf-8"))
+    assert list(document)[-6:] == [
+        "path_id",
+        "expr_start",
+        "expr_end",
+        "pose",
+        "frames",
+        "endpoints",
     ]
+    assert document["frames"] == [{"t": 0.0, "file": "000.png"}, {"t": 1.0, "file": "100.png"}]
+    back = read_manifest(tmp_path / "seq")
+    assert back is not None and back.sequence == sequence
 
 
-def test_build_manifest_requires_error_exactly_when_failed() -> None:
+def test_manifest_requires_error_exactly_when_failed() -> None:
     """A failed manifest without an error, or a done one with one, is refused."""
-    args: dict[str, Any] = {
-        "job_key": "k",
-        "task": "mesh",
-        "input": None,
-        "sidecars": [],
-        "params": {},
-        "model": None,
-        "outputs": [],
-        "timings": {},
-        "versions": {},
-        "device": "cpu",
-    }
+    args: dict[str, Any] = {"job_key": "k", "task": "mesh", "input": None}
     message = "a manifest has an error exactly when its status is failed"
     with pytest.raises(ValueError, match=message):
-        build_manifest(status=ManifestStatus.failed, **args)
+        Manifest(status=ManifestStatus.failed, **args)
     with pytest.raises(ValueError, match=message):
-        build_manifest(status="done", error="boom", **args)
+        Manifest(status=ManifestStatus.done, error="boom", **args)
     with pytest.raises(ValueError, match="'finished' is not a valid ManifestStatus"):
-        build_manifest(status="finished", **args)
+        ManifestStatus("finished")
 
 
 def test_read_manifest_none_when_absent_or_unreadable(tmp_path: Path) -> None:
@@ -536,7 +531,13 @@ def test_remove_obsolete_outputs_deletes_only_what_the_old_manifest_listed(
     old = make_manifest(out, files={"cat-1.png": b"1", "cat-2.png": b"2", "contact.png": b"c"})
     (out / "notes.txt").write_bytes(b"user file")
     (tmp_path / "secret").write_bytes(b"keep me")
-    old["outputs"] += [{"file": "../secret"}, {"file": MANIFEST_NAME}, {"file": "gone.png"}]
+    old = dataclasses.replace(
+        old,
+        outputs=(
+            *(old.outputs or ()),
+            *(OutputEntry(name, None, None) for name in ("../secret", MANIFEST_NAME, "gone.png")),
+        ),
+    )
     new = make_manifest(out, job_key="key-2", files={"cat-1.png": b"1", "contact.png": b"C"})
     assert remove_obsolete_outputs(out, old, new) == ["cat-2.png"]
     assert all_files(out) == ["cat-1.png", "contact.png", "manifest.json", "notes.txt"]
@@ -552,8 +553,15 @@ def test_remove_obsolete_outputs_never_follows_a_symlinked_folder_out(tmp_path: 
     (elsewhere / "precious.png").write_bytes(b"p")
     out.mkdir()
     (out / "link").symlink_to(elsewhere, target_is_directory=True)
-    old = {"outputs": [{"file": "link/precious.png"}]}
-    assert remove_obsolete_outputs(out, old, {"outputs": []}) == []
+    old = Manifest(
+        ManifestStatus.done,
+        "k",
+        None,
+        None,
+        outputs=(OutputEntry("link/precious.png", None, None),),
+    )
+    new = Manifest(ManifestStatus.done, "k", None, None)
+    assert remove_obsolete_outputs(out, old, new) == []
     assert (elsewhere / "precious.png").exists()
 
 

@@ -1,4 +1,4 @@
-"""Parameter validation, sidecar reading and layering (daemon.params)."""
+"""Parameter validation, sidecar reading and layering (daemon.planning.params, .checks)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from daemon import config, params
 from daemon.config import Settings, settings_from_mapping
 from daemon.errors import ConfigError, InputError
-from daemon.params import (
+from daemon.planning.params import (
     PARAM_KEYS,
     check_settings,
     effective_params,
@@ -752,15 +751,11 @@ def test_check_settings_rejects_a_preset_naming_a_preset(tmp_path: Path) -> None
 # --- module boundaries ----------------------------------------------------------------------
 
 
-def test_tasks_match_config() -> None:
-    """The task list params checks against is the one config.py accepts."""
-    assert params.TASKS == config.TASKS
-
-
-def test_import_does_not_load_config_or_torch() -> None:
-    """Importing daemon.params loads neither daemon.config (no cycle) nor torch."""
+def test_import_does_not_load_torch() -> None:
+    """Importing the parameter rules loads neither torch nor the generator backend."""
     code = (
-        "import sys, daemon.params; print('daemon.config' in sys.modules, 'torch' in sys.modules)"
+        "import sys, daemon.planning.params; "
+        "print('daemon.generators.diffusers_backend' in sys.modules, 'torch' in sys.modules)"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],

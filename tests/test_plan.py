@@ -9,51 +9,55 @@ import pytest
 
 from daemon.config import InboxConfig
 from daemon.errors import InputError
-from daemon.generators import ModelSource
-from daemon.plan import Dependency, PlanInput, build_plan, output_dir, resolve_seeds
+from daemon.intake.candidates import Candidate
+from daemon.intake.names import FileKind
+from daemon.planning.keys import resolve_seeds
+from daemon.planning.model import Dependency, PlanInput, output_dir
+from daemon.planning.params import FALLBACKS, Params
+from daemon.tasks.context import Draft
+from daemon.tasks.prepare import plan_job
+from daemon.values import ModelSource
 
 INBOX = InboxConfig(path=Path("/in"), output=Path("/out"))
 MODEL = ModelSource(alias="default", kind="folder", ref="/models/sd")
 SHA = "ab" * 32
 
 
-def params(**overrides: Any) -> dict[str, Any]:
-    """Effective parameters as daemon.params returns them, with overrides."""
-    base: dict[str, Any] = {
-        "task": "auto",
-        "prompt": "",
-        "negative_prompt": "",
-        "prompts": None,
-        "count": 1,
-        "seed": None,
-        "seeds": None,
-        "steps": 30,
-        "guidance": 7.5,
-        "strength": 0.6,
-        "width": 512,
-        "height": 512,
-        "vary": {},
-        "force": False,
-    }
-    base.update(overrides)
-    return base
+def params(**overrides: Any) -> Params:
+    """Effective parameters as daemon.planning.params resolves them, with overrides."""
+    return Params.from_mapping({**FALLBACKS, "vary": {}, **overrides})
+
+
+class NoHashing:
+    """Image and mesh planners hash nothing; a tween's would."""
+
+    def hash_file(self, path: Path) -> str:
+        raise AssertionError(f"unexpected hash of {path}")
 
 
 def plan_for(rel: str = "a/cat.png", kind: str = "image", **kw: Any) -> Any:
     """Build a plan for one input with the given parameter overrides."""
     scenes = kw.pop("scenes", ())
     mask = kw.pop("mask", None)
-    return build_plan(
-        PlanInput(
-            inbox=INBOX,
-            rel=rel,
-            kind=kind,
-            input_sha256=SHA,
-            input_bytes=10,
-            params=params(**kw),
-            model=MODEL,
-            scenes=scenes,
-            mask=mask,
+    kinds = {"image": FileKind.image, "prompt": FileKind.prompt, "job": FileKind.job}
+    candidate = Candidate(INBOX, INBOX.path / rel, rel, kinds[kind], None, (), None)
+    return plan_job(
+        Draft(
+            NoHashing(),
+            candidate,
+            [],
+            rel,
+            PlanInput(
+                inbox=INBOX,
+                rel=rel,
+                kind=kind,
+                input_sha256=SHA,
+                input_bytes=10,
+                params=params(**kw),
+                model=MODEL,
+                scenes=scenes,
+                mask=mask,
+            ),
         )
     )
 
@@ -62,7 +66,7 @@ def test_seed_and_count_give_consecutive_seeds_and_names() -> None:
     """count = 3, seed = 100 makes cat-100.png, cat-101.png and cat-102.png."""
     plan = plan_for(count=3, seed=100)
     assert [o.file for o in plan.outputs] == ["cat-100.png", "cat-101.png", "cat-102.png"]
-    assert plan.params["seeds"] == [100, 101, 102]
+    assert plan.record["seeds"] == [100, 101, 102]
     assert plan.out_dir == Path("/out/a/cat")
     assert plan.wants_contact_sheet
 
@@ -159,7 +163,7 @@ def test_mesh_plan_has_one_seed_and_a_file_per_format() -> None:
     plan = plan_for(task="mesh", seed=5, formats=("glb", "ply"), mesh_resolution=64)
     assert [o.file for o in plan.outputs] == ["cat.glb", "cat.ply"]
     assert {o.seed for o in plan.outputs} == {5}
-    assert plan.params["mesh_resolution"] == 64 and "count" not in plan.params
+    assert plan.record["mesh_resolution"] == 64 and "count" not in plan.record
     assert not plan.wants_contact_sheet
 
 

@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 from daemon.config import load_config
-from daemon.journal import Journal, folder_stamp
-from daemon.runner import OnceReport, run_once
-from daemon.survey import BULK_FROM
+from daemon.runtime.once import OnceReport, run_once
+from daemon.store.rows import folder_stamp
+from daemon.store.sqlite import SqliteJournal
+from daemon.survey.survey import BULK_FROM
 from tests.fakes import SolidGenerator
 from tests.helpers import write_config
 
@@ -40,7 +41,7 @@ def test_bulk_rescan_skips_unchanged_and_finds_each_change(tmp_path: Path) -> No
     assert len(first.results) == COUNT and not first.failed
 
     # Every done folder got its stamp when the job was marked done.
-    with Journal(settings.journal_path) as journal:
+    with SqliteJournal(settings.journal_path) as journal:
         stamps = journal.output_stamps()
     outbox = tmp_path / "outbox"
     assert len(stamps) == COUNT
@@ -49,7 +50,7 @@ def test_bulk_rescan_skips_unchanged_and_finds_each_change(tmp_path: Path) -> No
     again = run_once(settings, SolidGenerator)
     assert again.results == [] and again.skipped == COUNT
     # That pass verified every input and recorded its signature: the next one only stats.
-    with Journal(settings.journal_path) as journal:
+    with SqliteJournal(settings.journal_path) as journal:
         signatures = journal.verified_signatures(str(tmp_path / "inbox"))
     assert len(signatures) == COUNT
 
@@ -93,10 +94,10 @@ def test_retry_force_regenerates_a_done_input_whose_outputs_are_complete(tmp_pat
     assert len(run_once(settings, SolidGenerator).results) == COUNT
     png = next((tmp_path / "outbox" / "p010").glob("p010-*.png"))
     before = png.stat().st_ino
-    with Journal(settings.journal_path) as journal:
+    with SqliteJournal(settings.journal_path) as journal:
         assert journal.retry(inputs=[(str(tmp_path / "inbox"), "p010.txt")], force=True) == 1
     again = run_once(settings, SolidGenerator)
     assert _processed(again) == ["p010.txt"] and again.skipped == COUNT - 1
     assert png.stat().st_ino != before  # written anew
-    with Journal(settings.journal_path) as journal:
+    with SqliteJournal(settings.journal_path) as journal:
         assert not journal.get_job(str(tmp_path / "inbox"), "p010.txt").force  # spent

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from daemon.cli import main
-from daemon.journal import JobState, Journal
+from daemon.store.sqlite import SqliteJournal
+from daemon.values import JobState
 from tests.fakes import wait_until
 from tests.helpers import manifest, noise_image, write_config
 from tests.soak.crash_harness import start_daemon
@@ -83,7 +84,7 @@ def test_sigterm_mid_job_then_restart_finishes_without_redoing_outputs(
     survivors = stamps(out_dir)
     assert 3 <= len(survivors) < 20
     assert not (out_dir / "manifest.json").exists()
-    with Journal(tmp_path / "state" / "journal.sqlite3") as journal:
+    with SqliteJournal(tmp_path / "state" / "journal.sqlite3") as journal:
         (job,) = journal.jobs()
     assert (job.state, job.attempts) == (JobState.queued, 0)
     names = [e["event"] for e in events(first_log)]

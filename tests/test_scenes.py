@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import InputError
-from daemon.scenes import apply_template, read_prompt_text, split_scenes
+from daemon.intake.scenes import apply_template, read_prompt_text, split_scenes
 
 CHAPTER = """\
 # Chapter 1

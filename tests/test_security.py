@@ -16,12 +16,13 @@ import pytest
 
 from daemon.cli import main
 from daemon.config import load_config
-from daemon.intake import REFUSED_SYMLINK
-from daemon.journal import JobState, Journal
-from daemon.outputs import sanitize_name
-from daemon.plan import output_dir
-from daemon.runner import OnceReport, run_once
-from daemon.worker import Outcome
+from daemon.intake.paths import REFUSED_SYMLINK
+from daemon.outputs.names import sanitize_name
+from daemon.planning.model import output_dir
+from daemon.runtime.once import OnceReport, run_once
+from daemon.runtime.worker import Outcome
+from daemon.store.sqlite import SqliteJournal
+from daemon.values import JobState
 from tests.fakes import SolidGenerator
 from tests.helpers import manifest, mask_image, noise_image, snapshot, write_config
 
@@ -334,7 +335,7 @@ def test_pickle_weights_are_never_unpickled(tmp_path: Path) -> None:
     assert not marker.exists()
     assert not any((tmp_path / "outbox").rglob("*.png"))
     settings = load_config(config)
-    with Journal(settings.journal_path) as journal:
+    with SqliteJournal(settings.journal_path) as journal:
         waiting = {j.input: j.error for j in journal.jobs([JobState.waiting])}
     assert waiting == {
         "cat.txt": f'model "default" ({folder}) has no .safetensors weights '

@@ -23,15 +23,17 @@ from structlog.testing import capture_logs
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from daemon import units, winservice
-from daemon.cli import main
+from daemon.cli import main, winservice
 from daemon.config import load_config
 from daemon.errors import ConfigError, DropforgeError, ModelUnavailable
-from daemon.journal import Job, JobState, Journal
-from daemon.notify import Notifier
-from daemon.service import Service
-from daemon.worker import JobResult, Outcome
-from daemon.workloop import ActiveHours
+from daemon.runtime import units
+from daemon.runtime.loop import ActiveHours
+from daemon.runtime.service import Service
+from daemon.runtime.systemd import Notifier
+from daemon.runtime.worker import JobResult, Outcome
+from daemon.store.rows import Job
+from daemon.store.sqlite import SqliteJournal
+from daemon.values import JobState
 from tests.fakes import Launch, SolidGenerator, wait_until
 from tests.helpers import snapshot, write_config
 
@@ -85,9 +87,9 @@ class OffsetClock:
         return self.base() + self.offset
 
 
-def journal_of(config: Path) -> Journal:
+def journal_of(config: Path) -> SqliteJournal:
     """The journal beside a test config."""
-    return Journal(config.parent / "state" / "journal.sqlite3")
+    return SqliteJournal(config.parent / "state" / "journal.sqlite3")
 
 
 def all_jobs(config: Path) -> list[Job]:
@@ -109,7 +111,6 @@ def test_notifier_sends_each_message_as_one_datagram(listener: tuple[socket.sock
     """READY, STATUS, WATCHDOG and STOPPING arrive as systemd expects them."""
     sock, path = listener
     notifier = Notifier({"NOTIFY_SOCKET": path})
-    assert notifier.enabled
     assert notifier.ready("2 queued,\n1 waiting")
     assert notifier.status("idle")
     assert notifier.watchdog()
@@ -135,7 +136,6 @@ def test_notifier_reaches_an_abstract_socket() -> None:
 
 def test_notifier_is_a_no_op_without_systemd(tmp_path: Path) -> None:
     """Without NOTIFY_SOCKET nothing is sent; a dead socket is reported once, not raised."""
-    assert not Notifier({}).enabled
     assert Notifier({}).ready("x") is False
     with capture_logs() as logs:
         dead = Notifier({"NOTIFY_SOCKET": str(tmp_path / "missing")})
@@ -489,9 +489,36 @@ def test_idle_pipelines_are_unloaded(tmp_path: Path, launch: Launch) -> None:
 # --- systemd units -----------------------------------------------------------------------------
 
 
+def example_units() -> dict[str, str]:
+    """The shipped examples systemd/dropforge.service and systemd/dropforge-user.service."""
+    system = units.UnitOptions(
+        user=False,
+        command=("/opt/dropforge/.venv/bin/dropforge",),
+        config_path="/etc/dropforge/config.toml",
+        writable=("/srv/dropforge/inbox", "/srv/dropforge/outbox", "/var/lib/dropforge"),
+        stop_timeout=30.0,
+        run_as="dropforge",
+    )
+    user = units.UnitOptions(
+        user=True,
+        command=("/home/me/dropforge/.venv/bin/dropforge",),
+        config_path="/home/me/dropforge/config.toml",
+        writable=(
+            "/home/me/Sync/inbox",
+            "/home/me/Sync/outbox",
+            "/home/me/dropforge/.dropforge",
+        ),
+        stop_timeout=30.0,
+    )
+    return {
+        "dropforge.service": units.render_unit(system),
+        "dropforge-user.service": units.render_unit(user),
+    }
+
+
 def test_shipped_unit_files_match_the_renderer() -> None:
     """systemd/*.service are exactly what `dropforge service install` writes for the examples."""
-    for name, text in units.example_units().items():
+    for name, text in example_units().items():
         assert (ROOT / "systemd" / name).read_text(encoding="utf-8") == text, name
 
 

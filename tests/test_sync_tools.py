@@ -22,8 +22,9 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from daemon.generators import ImageRequest
-from daemon.journal import JobState, Journal
-from daemon.worker import Outcome
+from daemon.runtime.worker import Outcome
+from daemon.store.sqlite import SqliteJournal
+from daemon.values import JobState
 from tests.fakes import Launch, RunningService, wait_until
 from tests.helpers import manifest, write_config
 
@@ -112,7 +113,7 @@ def assert_each_taken_once_and_complete(
     assert sorted(running.outcomes()) == sorted((rel, Outcome.done) for rel in expected)
     seen = Counter(content_of_request(r) for r in running.generator.requests)
     assert seen == Counter(content_of_input(rel, data) for rel, data in expected.items())
-    with Journal(root / "state" / "journal.sqlite3") as journal:
+    with SqliteJournal(root / "state" / "journal.sqlite3") as journal:
         jobs = {j.input: (j.state, j.attempts) for j in journal.jobs(limit=1000)}
     assert jobs == dict.fromkeys(expected, (JobState.done, 1))
     for rel, data in expected.items():

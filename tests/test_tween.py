@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from daemon.errors import InputError, Interrupted, OutOfMemory
-from daemon.generators import GenerationEvents, LoraSource, ModelSource, TweenRequest
+from daemon.generators import GenerationEvents, TweenRequest
 from daemon.generators.diffusers_backend import DiffusersGenerator
 from daemon.generators.subdivision import (
     frame_seed,
@@ -25,6 +25,8 @@ from daemon.generators.subdivision import (
 )
 from daemon.generators.tiny import TINY_LORA_FILE
 from daemon.generators.tween import slerp
+from daemon.values import LoraSource, ModelSource
+from tests.fakes import EVERY_CALL, OUT_OF_MEMORY, PipelineCalls
 
 START = Image.new("RGB", (64, 64), (220, 40, 40))
 END = Image.new("RGB", (80, 80), (30, 60, 230))  # resized to the tween's size
@@ -65,55 +67,40 @@ def tween_request(
 
 @dataclass
 class Frames:
-    """Collects frames and steps reported through GenerationEvents, in order."""
+    """Collects frames and steps reported through GenerationEvents, in order and by call."""
 
     stop_after_steps: int | None = None
+    calls: PipelineCalls = field(default_factory=PipelineCalls)
     frames: dict[float, Image.Image] = field(default_factory=dict)
     order: list[float] = field(default_factory=list)
     steps: list[tuple[int, int]] = field(default_factory=list)
 
     def on_frame(self, t: float, image: Image.Image) -> None:
+        self.calls.deliver(t)
         self.frames[t] = image
         self.order.append(t)
+
+    def on_step(self, done: int, total: int) -> None:
+        self.steps.append((done, total))
+        self.calls.step()
 
     def events(self) -> GenerationEvents:
         return GenerationEvents(
             on_image=lambda index, image: None,
             on_frame=self.on_frame,
-            on_step=lambda done, total: self.steps.append((done, total)),
+            on_step=self.on_step,
             should_stop=lambda: (
                 self.stop_after_steps is not None and len(self.steps) >= self.stop_after_steps
             ),
         )
 
 
-class CountingGenerator(DiffusersGenerator):
-    """A CPU generator that records the batch size of every pipeline call.
-
-    Batches larger than ``limit`` run out of memory.
-    """
-
-    def __init__(self, limit: int = 1000) -> None:
-        super().__init__("cpu", threads=1)
-        self.limit = limit
-        self.calls: list[int] = []
-
-    def _run_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> list[Image.Image]:
-        self.calls.append(len(kwargs["prompt"]))
-        if len(kwargs["prompt"]) > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super()._run_pipeline(pipe, kwargs)
-
-
-@pytest.fixture(scope="module")
-def counting() -> CountingGenerator:
-    """Return one counting generator for the module, so the tiny model is loaded once."""
-    return CountingGenerator()
-
-
-def run(generator: DiffusersGenerator, request: TweenRequest) -> Frames:
-    """Run ``request`` and return what was reported."""
-    frames = Frames()
+def run(
+    generator: DiffusersGenerator, request: TweenRequest, out_of_memory: Container[int] = ()
+) -> Frames:
+    """Run ``request`` and return what was reported; the calls numbered in ``out_of_memory``
+    (from 1) run out of memory at their first step."""
+    frames = Frames(calls=PipelineCalls(out_of_memory))
     generator.generate_tween(request, frames.events())
     return frames
 
@@ -171,91 +158,90 @@ def test_slerp_keeps_the_norm_between_orthogonal_latents() -> None:
 
 
 def test_depth_two_makes_three_frames_in_one_call_per_depth(
-    counting: CountingGenerator, tiny_sd: ModelSource
+    generator: DiffusersGenerator, tiny_sd: ModelSource
 ) -> None:
     """Depth 2 reports 0.5, then 0.25 and 0.75, from one pipeline call per depth."""
-    counting.calls.clear()
-    result = run(counting, tween_request(tiny_sd, 2, (0.25, 0.5, 0.75)))
-    assert counting.calls == [1, 2]
+    result = run(generator, tween_request(tiny_sd, 2, (0.25, 0.5, 0.75)))
+    assert result.calls.calls == [[0.5], [0.25, 0.75]]
     assert result.order == [0.5, 0.25, 0.75]
     assert {(im.size, im.mode) for im in result.frames.values()} == {((64, 64), "RGB")}
     assert np.abs(pixels(result.frames[0.25]) - pixels(result.frames[0.75])).max() > 10
     assert result.steps == [(1, 2), (2, 2)]  # 2 steps at strength 0.5: one per call
 
 
-def test_depth_three_makes_seven_frames(counting: CountingGenerator, tiny_sd: ModelSource) -> None:
+def test_depth_three_makes_seven_frames(
+    generator: DiffusersGenerator, tiny_sd: ModelSource
+) -> None:
     """Depth 3 gives the seven inner frames in batches of 1, 2 and 4."""
-    counting.calls.clear()
     needed = tween_times(3)[1:-1]
-    result = run(counting, tween_request(tiny_sd, 3, needed))
-    assert counting.calls == [1, 2, 4]
+    result = run(generator, tween_request(tiny_sd, 3, needed))
+    assert result.calls.calls == [[0.5], [0.25, 0.75], [0.125, 0.375, 0.625, 0.875]]
     assert sorted(result.frames) == list(needed)
 
 
 def test_neighbours_not_asked_for_are_made_and_reported(
-    counting: CountingGenerator, tiny_sd: ModelSource
+    generator: DiffusersGenerator, tiny_sd: ModelSource
 ) -> None:
     """Asking for 0.125 alone makes 0.5 and 0.25 first, reporting them too."""
-    counting.calls.clear()
-    result = run(counting, tween_request(tiny_sd, 3, (0.125,)))
+    result = run(generator, tween_request(tiny_sd, 3, (0.125,)))
     assert result.order == [0.5, 0.25, 0.125]
-    assert counting.calls == [1, 1, 1]
+    assert result.calls.calls == [[0.5], [0.25], [0.125]]
 
 
 def test_existing_frames_are_used_not_made_again(
-    counting: CountingGenerator, tiny_sd: ModelSource
+    generator: DiffusersGenerator, tiny_sd: ModelSource
 ) -> None:
     """Given 0.25 and 0.75, only 0.5 is made, and it matches the frame of the full run."""
-    full = run(counting, tween_request(tiny_sd, 2, (0.25, 0.5, 0.75))).frames
-    counting.calls.clear()
+    full = run(generator, tween_request(tiny_sd, 2, (0.25, 0.5, 0.75))).frames
     existing = {0.25: full[0.25], 0.75: full[0.75]}
-    again = run(counting, tween_request(tiny_sd, 2, (0.5,), existing=existing))
-    assert counting.calls == [1]
+    again = run(generator, tween_request(tiny_sd, 2, (0.5,), existing=existing))
+    assert again.calls.calls == [[0.5]]
     assert list(again.frames) == [0.5]
     assert np.array_equal(pixels(again.frames[0.5]), pixels(full[0.5]))
 
 
 def test_a_frame_made_alone_matches_it_made_in_a_batch(
-    counting: CountingGenerator, tiny_sd: ModelSource
+    generator: DiffusersGenerator, tiny_sd: ModelSource
 ) -> None:
     """0.75 made alone from the existing 0.5 is 0.75 of the batched run within two levels."""
-    full = run(counting, tween_request(tiny_sd, 2, (0.25, 0.5, 0.75))).frames
-    alone = run(counting, tween_request(tiny_sd, 2, (0.75,), existing={0.5: full[0.5]})).frames
+    full = run(generator, tween_request(tiny_sd, 2, (0.25, 0.5, 0.75))).frames
+    alone = run(generator, tween_request(tiny_sd, 2, (0.75,), existing={0.5: full[0.5]})).frames
     assert list(alone) == [0.75]
     assert np.abs(pixels(alone[0.75]) - pixels(full[0.75])).max() <= 2
 
 
-def test_same_seed_gives_the_same_frames(counting: CountingGenerator, tiny_sd: ModelSource) -> None:
+def test_same_seed_gives_the_same_frames(
+    generator: DiffusersGenerator, tiny_sd: ModelSource
+) -> None:
     """The same request twice gives identical frames; another seed gives other ones."""
-    first = run(counting, tween_request(tiny_sd, 1, (0.5,))).frames[0.5]
-    again = run(counting, tween_request(tiny_sd, 1, (0.5,))).frames[0.5]
-    other = run(counting, tween_request(tiny_sd, 1, (0.5,), seed=43)).frames[0.5]
+    first = run(generator, tween_request(tiny_sd, 1, (0.5,))).frames[0.5]
+    again = run(generator, tween_request(tiny_sd, 1, (0.5,))).frames[0.5]
+    other = run(generator, tween_request(tiny_sd, 1, (0.5,), seed=43)).frames[0.5]
     assert np.array_equal(pixels(first), pixels(again))
     assert np.abs(pixels(first) - pixels(other)).max() > 10
 
 
-def test_max_batch_splits_a_depth(counting: CountingGenerator, tiny_sd: ModelSource) -> None:
+def test_max_batch_splits_a_depth(generator: DiffusersGenerator, tiny_sd: ModelSource) -> None:
     """With max_batch 1 each frame of a depth gets its own call."""
-    counting.calls.clear()
-    run(counting, tween_request(tiny_sd, 2, (0.25, 0.5, 0.75), max_batch=1))
-    assert counting.calls == [1, 1, 1]
+    result = run(generator, tween_request(tiny_sd, 2, (0.25, 0.5, 0.75), max_batch=1))
+    assert result.calls.calls == [[0.5], [0.25], [0.75]]
 
 
 def test_lora_applies_to_tween_frames(
-    counting: CountingGenerator, tiny_sd: ModelSource, tiny_models: Path
+    generator: DiffusersGenerator, tiny_sd: ModelSource, tiny_models: Path
 ) -> None:
     """A LoRA changes the frames, and they are back to plain without it."""
     lora = LoraSource("tiny", str(tiny_models / TINY_LORA_FILE), 1.0)
-    plain = run(counting, tween_request(tiny_sd, 1, (0.5,))).frames[0.5]
-    styled = run(counting, tween_request(tiny_sd, 1, (0.5,), lora=lora)).frames[0.5]
-    plain_again = run(counting, tween_request(tiny_sd, 1, (0.5,))).frames[0.5]
+    plain = run(generator, tween_request(tiny_sd, 1, (0.5,))).frames[0.5]
+    styled = run(generator, tween_request(tiny_sd, 1, (0.5,), lora=lora)).frames[0.5]
+    plain_again = run(generator, tween_request(tiny_sd, 1, (0.5,))).frames[0.5]
     assert np.abs(pixels(styled) - pixels(plain)).max() > 10
     assert np.array_equal(pixels(plain_again), pixels(plain))
 
 
 def test_nothing_needed_loads_nothing(tiny_sd: ModelSource) -> None:
     """A tween whose frames all exist returns at once without loading a model."""
-    generator = CountingGenerator()
+    generator = DiffusersGenerator("cpu", threads=1)
     assert run(generator, tween_request(tiny_sd, 2, ())).frames == {}
     assert generator.loaded_models() == {}
 
@@ -263,48 +249,58 @@ def test_nothing_needed_loads_nothing(tiny_sd: ModelSource) -> None:
 # -- failures --------------------------------------------------------------------------------------
 
 
-def test_out_of_memory_on_a_depth_retries_frame_by_frame(tiny_sd: ModelSource) -> None:
+def test_out_of_memory_on_a_depth_retries_frame_by_frame(
+    generator: DiffusersGenerator, tiny_sd: ModelSource
+) -> None:
     """A depth that runs out of memory as a batch is made again one frame at a time."""
-    generator = CountingGenerator(limit=1)
-    result = run(generator, tween_request(tiny_sd, 2, (0.25, 0.5, 0.75)))
-    assert generator.calls == [1, 2, 1, 1]
+    request = tween_request(tiny_sd, 2, (0.25, 0.5, 0.75))
+    alone = run(generator, tween_request(tiny_sd, 2, (0.25, 0.5, 0.75), max_batch=1)).frames
+    result = run(generator, request, out_of_memory={2})
+    assert result.calls.calls == [[0.5], OUT_OF_MEMORY, [0.25], [0.75]]
     assert result.order == [0.5, 0.25, 0.75]
+    for t in (0.25, 0.5, 0.75):
+        assert np.array_equal(pixels(result.frames[t]), pixels(alone[t]))
 
 
 def test_out_of_memory_every_time_raises_out_of_memory(tiny_sd: ModelSource) -> None:
     """Out of memory even for one frame with every saver on ends in OutOfMemory."""
-    generator = CountingGenerator(limit=0)
+    generator = DiffusersGenerator("cpu", threads=1)
+    frames = Frames(calls=PipelineCalls(EVERY_CALL))
     with pytest.raises(OutOfMemory) as caught:
-        run(generator, tween_request(tiny_sd, 1, (0.5,)))
+        generator.generate_tween(tween_request(tiny_sd, 1, (0.5,)), frames.events())
     assert str(caught.value) == (
         "out of memory on cpu for one 64x64 tween frame, even with every memory saver on"
     )
+    assert frames.calls.calls == [OUT_OF_MEMORY, OUT_OF_MEMORY]  # the frame, then with savers
+    assert frames.frames == {}
 
 
-def test_stop_request_interrupts_a_tween(counting: CountingGenerator, tiny_sd: ModelSource) -> None:
+def test_stop_request_interrupts_a_tween(
+    generator: DiffusersGenerator, tiny_sd: ModelSource
+) -> None:
     """A stop during the second depth raises Interrupted after the first depth's frame."""
     frames = Frames(stop_after_steps=2)
     with pytest.raises(Interrupted):
-        counting.generate_tween(tween_request(tiny_sd, 2, (0.25, 0.5, 0.75)), frames.events())
+        generator.generate_tween(tween_request(tiny_sd, 2, (0.25, 0.5, 0.75)), frames.events())
     assert frames.order == [0.5]
     assert frames.steps == [(1, 2), (2, 2)]
 
 
 def test_strength_too_low_is_an_input_error(
-    counting: CountingGenerator, tiny_sd: ModelSource
+    generator: DiffusersGenerator, tiny_sd: ModelSource
 ) -> None:
     """A strength that leaves no denoising step is refused with the rule."""
     with pytest.raises(InputError) as caught:
-        run(counting, tween_request(tiny_sd, 1, (0.5,), strength=0.4))
+        run(generator, tween_request(tiny_sd, 1, (0.5,), strength=0.4))
     assert str(caught.value) == (
         "parameters: strength must be at least 1/steps (0.5 with 2 steps) for tweens, got 0.4"
     )
 
 
 def test_depth_out_of_range_is_an_input_error(
-    counting: CountingGenerator, tiny_sd: ModelSource
+    generator: DiffusersGenerator, tiny_sd: ModelSource
 ) -> None:
     """Depth 7 is refused with the rule."""
     with pytest.raises(InputError) as caught:
-        run(counting, tween_request(tiny_sd, 7, (0.5,)))
+        run(generator, tween_request(tiny_sd, 7, (0.5,)))
     assert str(caught.value) == "parameters: depth must be 1..6, got 7"

@@ -17,9 +17,11 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from daemon.journal import JobState, Journal
-from daemon.settle import InboxEventHandler, SettleState, SettleTracker
-from daemon.worker import Outcome
+from daemon.intake.observers import InboxEventHandler
+from daemon.intake.settle import SettleState, SettleTracker
+from daemon.runtime.worker import Outcome
+from daemon.store.sqlite import SqliteJournal
+from daemon.values import JobState
 from tests.fakes import Launch, wait_until
 from tests.helpers import manifest, noise_image, write_config
 
@@ -40,7 +42,7 @@ class FakeClock:
 
 def jobs_of(config: Path) -> dict[str, JobState]:
     """Every job in the journal beside ``config``: input → state."""
-    with Journal(config.parent / "state" / "journal.sqlite3") as journal:
+    with SqliteJournal(config.parent / "state" / "journal.sqlite3") as journal:
         return {j.input: j.state for j in journal.jobs(limit=10_000)}
 
 

@@ -1,5 +1,8 @@
 """The Generator protocol and the plain values that cross into a generator backend.
 
+This is the interface a backend implements (the diffusers one here, or a third party's); model
+references (``ModelSource``, ``LoraSource``) and ``Task`` come from ``daemon.values``.
+
 Nothing here imports torch or diffusers: the backend modules do, and only they, on first use
 (``diffusers_backend`` with ``loading``, ``residents``, ``mesh`` and ``tween``, and ``tiny``).
 ``subdivision`` (tween frame times and seeds) and ``cubes`` are plain arithmetic.
@@ -11,11 +14,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from daemon.values import LoraSource, ModelSource, Task
+
 if TYPE_CHECKING:
     from PIL import Image
 
-ImageTask = Literal["text2image", "variations", "inpaint"]
-ModelKind = Literal["hub", "folder", "file"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "GenerationEvents",
+    "Generator",
+    "ImageRequest",
+    "ImageSpec",
+    "LoraSource",
+    "MeshRequest",
+    "ModelSource",
+    "Task",
+    "TweenRequest",
+]
+
 MeshFormat = Literal["glb", "ply", "obj"]
 MESH_FORMATS: tuple[MeshFormat, ...] = ("glb", "ply", "obj")
 MESH_RESOLUTIONS = range(64, 513)  # marching-cubes grid points per axis
@@ -24,28 +40,6 @@ TWEEN_DEPTHS = range(1, 7)
 # Bumped whenever a change to the generation code changes what the same job produces:
 # it is part of every job key, so old outputs are regenerated.
 GENERATOR_VERSION = "1"
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where an alias from ``config.toml [models]`` points: a hub id, a folder or a file."""
-
-    alias: str
-    kind: ModelKind
-    ref: str  # hub id ("org/name"), or an absolute path to a diffusers folder / .safetensors file
-
-    def describe(self) -> str:
-        """Return the source as recorded in manifests and job keys."""
-        return self.ref
-
-
-@dataclass(frozen=True)
-class LoraSource:
-    """A LoRA alias from ``config.toml [loras]`` resolved to a local .safetensors file."""
-
-    alias: str
-    path: str
-    scale: float
 
 
 @dataclass(frozen=True)
@@ -65,7 +59,7 @@ class ImageSpec:
 class ImageRequest:
     """Everything one job asks of the image pipelines."""
 
-    task: ImageTask
+    task: Task  # text2image, variations or inpaint
     model: ModelSource
     width: int
     height: int

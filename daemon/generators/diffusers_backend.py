@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from daemon.errors import InputError, Interrupted, OutOfMemory
 from daemon.generators import (
@@ -20,7 +20,6 @@ from daemon.generators import (
     GenerationEvents,
     ImageRequest,
     ImageSpec,
-    ImageTask,
     MeshRequest,
     TweenRequest,
 )
@@ -29,14 +28,11 @@ from daemon.generators import tween as tweens
 from daemon.generators.loading import MemorySavers, backend_versions, is_out_of_memory
 from daemon.generators.residents import ImageModel, Residents
 from daemon.generators.subdivision import plan_levels
-
-if TYPE_CHECKING:
-    from PIL import Image
+from daemon.values import Task
 
 __all__ = ["DiffusersGenerator", "backend_versions", "is_out_of_memory"]
 
 _Item = TypeVar("_Item")
-_Result = TypeVar("_Result")
 
 
 @dataclass
@@ -125,23 +121,15 @@ class DiffusersGenerator:
                     "saver on"
                 )
 
-    def _run_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> list[Image.Image]:
-        """Call an image pipeline once; the one place a test subclass can inject failures."""
-        return list(pipe(**kwargs).images)
-
-    def _run_mesh_stage(self, stage: str, run: Callable[[], _Result]) -> _Result:
-        """Run one mesh stage (``sample`` or ``surface``); a test subclass can inject failures."""
-        return run()
-
     # -- images -------------------------------------------------------------------------------
 
     def generate_images(self, request: ImageRequest, events: GenerationEvents) -> None:
         """Make every image of ``request`` in batches, reporting each through ``events``."""
-        if request.task != "text2image" and request.init_image is None:
+        if request.task != Task.text2image and request.init_image is None:
             raise ValueError(f"{request.task} needs an init_image")
-        if request.task == "inpaint" and request.mask_image is None:
+        if request.task == Task.inpaint and request.mask_image is None:
             raise ValueError("inpaint needs a mask_image")
-        if request.task != "text2image":
+        if request.task != Task.text2image:
             for spec in request.images:
                 _check_strength(request.task, spec.steps, spec.strength)
         model = self._models.image_model(request.model)
@@ -173,7 +161,7 @@ class DiffusersGenerator:
         """Make and deliver ``batch``; return False, memory freed, if it ran out of memory."""
         pipe = model.pipe(request.task)
         try:
-            images = self._run_pipeline(pipe, _image_kwargs(request, batch, progress))
+            images = list(pipe(**_image_kwargs(request, batch, progress)).images)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -216,7 +204,7 @@ class DiffusersGenerator:
             return
         model = self._models.image_model(request.model)
         model.use_lora(request.lora)
-        pipe = model.pipe("variations")
+        pipe = model.pipe(Task.variations)
         self._warn_truncation(pipe, [(request.prompt, request.negative_prompt)], events)
         made = [t for frames in levels for t in frames]
         cache = tweens.LatentCache(tweens.known_frames(request, made))
@@ -245,10 +233,10 @@ class DiffusersGenerator:
         progress: _Progress,
     ) -> bool:
         """Make and deliver tween ``frames``; return False, memory freed, if out of memory."""
-        pipe = model.pipe("variations")
+        pipe = model.pipe(Task.variations)
         try:
             kwargs = tweens.batch_kwargs(request, frames, cache, pipe, progress.callback())
-            images = self._run_pipeline(pipe, kwargs)
+            images = list(pipe(**kwargs).images)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -276,7 +264,7 @@ class DiffusersGenerator:
         def retry_once(stage: str, run: Callable[[], Any]) -> Any:
             for attempt in (1, 2):
                 try:
-                    return self._run_mesh_stage(stage, run)
+                    return run()
                 except Exception as exc:
                     if not is_out_of_memory(exc):
                         raise
@@ -307,9 +295,9 @@ def _img2img_steps(steps: int, strength: float) -> int:
     return min(int(steps * strength), steps)
 
 
-def _planned_steps(task: ImageTask, spec: ImageSpec) -> int:
+def _planned_steps(task: Task, spec: ImageSpec) -> int:
     """Denoising steps one pipeline call takes (img2img and inpaint skip the first part)."""
-    if task == "text2image":
+    if task == Task.text2image:
         return spec.steps
     return _img2img_steps(spec.steps, spec.strength)
 
@@ -343,12 +331,12 @@ def _image_kwargs(
         "callback_on_step_end": progress.callback(),
     }
     size = (request.width, request.height)
-    if request.task != "variations":  # img2img takes its size from the image
+    if request.task != Task.variations:  # img2img takes its size from the image
         kwargs["width"], kwargs["height"] = size
-    if request.init_image is not None and request.task != "text2image":
+    if request.init_image is not None and request.task != Task.text2image:
         kwargs["image"] = request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
         kwargs["strength"] = first.strength
-    if request.mask_image is not None and request.task == "inpaint":
+    if request.mask_image is not None and request.task == Task.inpaint:
         kwargs["mask_image"] = request.mask_image.convert("L").resize(
             size, Image.Resampling.NEAREST
         )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon.errors import ModelUnavailable
-from daemon.generators import LoraSource, ModelSource
+from daemon.values import LoraSource, ModelSource
 
 # Component folders of a diffusers repo; root-level files of such repos are configs or, for
 # Stable Diffusion, multi-GB original checkpoints that dropforge does not use.

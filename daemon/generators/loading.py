@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.errors import ConfigError, ModelUnavailable
-from daemon.generators import ModelSource
 from daemon.generators.fetch import locate_configs, locate_model, locate_single_file
+from daemon.values import ModelSource
 
 if TYPE_CHECKING:
     import torch

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from daemon.errors import InputError, Interrupted
+from daemon.errors import InputError, Interrupted, NoSurface
 from daemon.generators import GenerationEvents, MeshFormat, MeshRequest
 
 if TYPE_CHECKING:
@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 NO_SURFACE = "the model produced no surface for this image"
 # Field points per MLP call: large calls keep an accelerator busy; on a CPU they only cost memory.
 _QUERY_BATCH = {"cpu": 16384, "accelerator": 131072}
-
-
-class NoSurface(Exception):
-    """The surface function of a latent is negative everywhere: marching cubes finds nothing."""
 
 
 def prepare_image(image: Image.Image) -> Image.Image:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from daemon.errors import ModelUnavailable, OutOfMemory
-from daemon.generators import ImageTask, LoraSource, ModelSource
 from daemon.generators.fetch import locate_lora
 from daemon.generators.loading import (
     MemorySavers,
@@ -27,6 +26,7 @@ from daemon.generators.loading import (
     load_mesh_pipeline,
     resolve_device,
 )
+from daemon.values import LoraSource, ModelSource, Task
 
 Kind = Literal["images", "mesh"]
 
@@ -37,18 +37,18 @@ class ImageModel:
 
     ref: str
     base: Any
-    pipes: dict[ImageTask, Any]
+    pipes: dict[Task, Any]
     offloaded: bool  # model CPU offload hooks installed (CUDA only)
     aliases: dict[str, str] = field(default_factory=dict)
     adapters: dict[tuple[str, str], str] = field(default_factory=dict)  # (alias, path) → name
 
-    def pipe(self, task: ImageTask) -> Any:
+    def pipe(self, task: Task) -> Any:
         """Return the pipeline of ``task``, derived from the base one on first use."""
         if task not in self.pipes:
             diffusers = diffusers_module()
             auto = (
                 diffusers.AutoPipelineForImage2Image
-                if task == "variations"
+                if task == Task.variations
                 else diffusers.AutoPipelineForInpainting
             )
             # from_pipe shares the scheduler object, whose state is per call; and it casts the
@@ -88,7 +88,7 @@ class ImageModel:
             self.base.enable_model_cpu_offload(device=device)
             self.offloaded = True
             # Pipelines derived before the offload hooks existed are derived again.
-            self.pipes = {"text2image": self.base}
+            self.pipes = {Task.text2image: self.base}
 
 
 @dataclass
@@ -170,7 +170,7 @@ class Residents:
                 lambda: load_image_pipeline(source, device, self._savers), source, "images"
             )
             offloaded = self._savers.cpu_offload and device.startswith("cuda")
-            self.images = ImageModel(source.ref, base, {"text2image": base}, offloaded)
+            self.images = ImageModel(source.ref, base, {Task.text2image: base}, offloaded)
         self.images.aliases[source.alias] = source.ref
         return self.images
 

@@ -36,7 +36,7 @@ from PIL import Image
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from daemon.outputs import TEMP_MARKER
+from daemon.outputs.files import TEMP_MARKER
 from tests.helpers import mask_image, noise_image, write_config
 
 # Log events a kill may follow. job.started comes right after a journal commit (the job's

@@ -1,0 +1,189 @@
+"""The commands: each turns its arguments into library calls and prints the result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from daemon.app import generator_factory, load_settings
+from daemon.config import Settings, display_path
+from daemon.errors import DropforgeError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`dropforge run`."""
+    from daemon.runtime.logs import configure_logging
+    from daemon.runtime.service import Service
+
+    settings = load_settings(args.config)
+    configure_logging(
+        settings.log_format,
+        level=logging.INFO,
+        logfile=settings.state_dir / "logs" / "dropforge.log",
+    )
+    return Service(settings, generator_factory(settings)).run()
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    """`dropforge service install/uninstall`."""
+    if args.service_command not in ("install", "uninstall"):
+        raise DropforgeError("service needs an action: install or uninstall")
+    install = args.service_command == "install"
+    if sys.platform == "win32":
+        from daemon.cli import winservice
+
+        if args.user:
+            raise DropforgeError("--user is for systemd; a Windows service is system-wide")
+        if install:
+            lines = winservice.install(load_settings(args.config), dry_run=args.dry_run)
+        else:
+            lines = winservice.uninstall(dry_run=args.dry_run)
+    else:
+        from daemon.runtime import units
+
+        if install:
+            run_as = args.run_as or (None if args.user else os.environ.get("SUDO_USER"))
+            options = units.unit_options(load_settings(args.config), user=args.user, run_as=run_as)
+            lines = units.install(options, dry_run=args.dry_run)
+        else:
+            lines = units.uninstall(user=args.user, dry_run=args.dry_run)
+    for line in lines:
+        print(line)
+    return EXIT_OK
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    """`dropforge once`."""
+    from daemon.runtime.logs import configure_logging
+
+    settings = load_settings(args.config)
+    configure_logging(
+        settings.log_format,
+        # The report lists failures and waits; the terminal gets log lines only with -v.
+        level=logging.INFO if args.verbose else logging.ERROR,
+        logfile=settings.state_dir / "logs" / "dropforge.log",
+    )
+    if args.dry_run:
+        return _print_dry_run(settings)
+    from daemon.cli.progress import ProgressDisplay
+    from daemon.cli.report import format_report
+    from daemon.runtime.once import run_once
+
+    with ProgressDisplay() as display:
+        report = run_once(
+            settings,
+            generator_factory(settings),
+            progress=display.callbacks(),
+            on_planned=display.set_total,
+        )
+    print(format_report(report, settings.base_dir), end="")
+    return report.exit_code
+
+
+def _print_dry_run(settings: Settings) -> int:
+    from daemon.runtime.once import dry_run
+
+    prepared = dry_run(settings)
+    failed = 0
+    for item in prepared:
+        print(f"{item.candidate.rel}:")
+        if item.plan is None:
+            failed += 1
+            print(f"  Error: {item.error}")
+            continue
+        plan = item.plan
+        where = display_path(plan.out_dir, settings)
+        print(f"  task {plan.task}, model {plan.model.alias} -> {where}")
+        for line in plan.describe_outputs():
+            print(f"  {line}")
+    print(f"{len(prepared)} inputs, {failed} with errors (dry run: nothing generated)")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """`dropforge check PATH`."""
+    from daemon.runtime.inspect import check_path
+
+    settings = load_settings(args.config)
+    result = check_path(settings, args.path)
+    print(result.text, end="")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`dropforge status`."""
+    from daemon.runtime.inspect import collect_status, format_status
+
+    settings = load_settings(args.config)
+    status = collect_status(settings, now=time.time())
+    if args.json:
+        print(json.dumps(status, indent=2, ensure_ascii=False))
+    else:
+        print(format_status(status), end="")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """`dropforge retry`."""
+    from daemon.runtime.inspect import retry
+
+    settings = load_settings(args.config)
+    if not (args.paths or args.failed or args.quarantined):
+        raise DropforgeError("retry needs PATH…, --failed or --quarantined")
+    count, unknown = retry(
+        settings, args.paths, failed=args.failed, quarantined=args.quarantined, force=args.force
+    )
+    for path in unknown:
+        print(f"{path}: not in the journal yet (run dropforge once)", file=sys.stderr)
+    print(f"requeued {count} job{'s' if count != 1 else ''}")
+    return EXIT_OK if not unknown else EXIT_FAILED
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    """`dropforge tiny-model DIR`."""
+    from daemon.generators.tiny import TINY_LORA_FILE, write_tiny_models
+
+    written = write_tiny_models(args.dir)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    print("Point config.toml at them:")
+    print("[models]")
+    for name, path in written.items():
+        alias = "default" if name == "sd" else name
+        print(f'{alias} = "{path}"')
+    lora = args.dir / TINY_LORA_FILE
+    if lora.is_file():
+        print("[loras]")
+        print(f'tiny = "{lora}"')
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """`dropforge models fetch`."""
+    if args.models_command != "fetch":
+        raise DropforgeError("models needs an action: fetch")
+    from daemon.generators.fetch import fetch_models
+
+    settings = load_settings(args.config)
+    sources = [settings.model_source(alias) for alias in settings.models]
+    for line in fetch_models(sources):
+        print(line)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "once": cmd_once,
+    "status": cmd_status,
+    "check": cmd_check,
+    "retry": cmd_retry,
+    "tiny-model": cmd_tiny_model,
+    "models": cmd_models,
+    "run": cmd_run,
+    "service": cmd_service,
+}

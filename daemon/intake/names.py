@@ -1,0 +1,80 @@
+"""File names: what a file in an inbox is (image, prompt, job, sidecar, mask …), what is ignored."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+PROMPT_EXTENSIONS = (".txt", ".prompt", ".md")
+
+
+DEFAULTS_NAME = "_defaults.toml"
+
+
+_IGNORED_SUFFIXES = (".part", ".crdownload", ".download", ".tmp")
+
+
+_IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
+
+
+# Masks are looked up by name; .png first because that is what the docs show.
+MASK_SUFFIXES = tuple(".mask" + ext for e in IMAGE_EXTENSIONS for ext in (e, e.upper()))
+
+
+class FileKind(Enum):
+    """What a file in an inbox is, judged from its name alone."""
+
+    image = "image"
+    prompt = "prompt"
+    job = "job"
+    sidecar = "sidecar"
+    defaults = "defaults"
+    mask = "mask"
+    other = "other"
+
+
+INPUT_KINDS = frozenset({FileKind.image, FileKind.prompt, FileKind.job})
+
+
+def classify(name: str) -> FileKind:
+    """Classify a file name; image and prompt extensions are case-insensitive."""
+    if name.endswith(".toml"):
+        if name == DEFAULTS_NAME:
+            return FileKind.defaults
+        return FileKind.job if name.endswith(".job.toml") else FileKind.sidecar
+    stem, dot, ext = name.lower().rpartition(".")
+    if not dot:
+        return FileKind.other
+    ext = "." + ext
+    if ext in IMAGE_EXTENSIONS:
+        return FileKind.mask if stem.endswith(".mask") else FileKind.image
+    return FileKind.prompt if ext in PROMPT_EXTENSIONS else FileKind.other
+
+
+def is_ignored_name(name: str) -> bool:
+    """True for hidden files, editor locks and the temporaries and conflict copies of sync tools."""
+    if name.startswith((".", "~")):  # also .syncthing.*.tmp, ~syncthing~*.tmp, .~lock.*
+        return True
+    lower = name.lower()
+    return (
+        lower in _IGNORED_NAMES
+        or lower.endswith(_IGNORED_SUFFIXES)
+        or ".sync-conflict-" in lower
+        or "conflicted copy" in lower
+    )
+
+
+def is_ignored_dir(name: str) -> bool:
+    """True for hidden folders, ``~*``, ``_*`` (``_done``, ``_failed``), and folders named
+    like a temporary or a conflict copy: Safari downloads into a ``NAME.download`` folder."""
+    return name.startswith("_") or is_ignored_name(name)
+
+
+def sidecar_name(name: str) -> str | None:
+    """``STEM.toml`` for ``STEM.ext``, unless that name means something else (a job, defaults)."""
+    stem, dot, _ = name.rpartition(".")
+    if not dot or not stem or stem == "_defaults" or stem.endswith(".job"):
+        return None
+    return stem + ".toml"

@@ -1,0 +1,114 @@
+"""Hashes and seeds: canonical JSON, job keys' material, fingerprints, seed resolution. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from daemon.generators import GENERATOR_VERSION
+from daemon.planning.model import Dependency, Plan, PlanInput, PlannedOutput, output_dir
+from daemon.values import Task
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
+    from daemon.planning.params import Params
+
+SEED_SPACE = 2**32
+
+
+def canonical_json(value: Any) -> str:
+    """Stable JSON used for hashing: sorted keys, no whitespace, UTF-8 kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_text(text: str) -> str:
+    """Hex sha256 of UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def resolve_seeds(params: Params, input_sha256: str, *, count: int | None = None) -> list[int]:
+    """Explicit ``seeds``, else ``seed, seed+1, …``, else seeds derived from the content hash.
+
+    ``count`` overrides the parameters' count (a mesh or a tween takes one seed).
+    """
+    if params.seeds:
+        return [int(s) for s in params.seeds]
+    n = params.count if count is None else count
+    base = params.seed if params.seed is not None else int(input_sha256[:8], 16)
+    return [(base + i) % SEED_SPACE for i in range(n)]
+
+
+def spread(low: float, high: float, count: int, index: int) -> float:
+    """Evenly spread ``count`` values from low to high (both ends included)."""
+    if count == 1:
+        return low
+    return low + (high - low) * index / (count - 1)
+
+
+def failure_key(fingerprint: str, message: str) -> str:
+    """The job key recorded for an input that could not be planned."""
+    return sha256_text(canonical_json({"failed": fingerprint, "error": message}))
+
+
+def fingerprint(config_fp: str, deps: Sequence[Dependency]) -> str:
+    """Hash of the config and every dependency's content: unchanged ⇒ nothing to redo."""
+    items = sorted((d.path, d.sha256) for d in deps)
+    return sha256_text(canonical_json({"config": config_fp, "deps": items}))
+
+
+def config_fingerprint(values: Mapping[str, Any]) -> str:
+    """Hash of the settings that shape job parameters (defaults, presets, models, loras…)."""
+    return sha256_text(canonical_json({"generator": GENERATOR_VERSION, **values}))
+
+
+def settings_fingerprint(settings: Settings, default_task: str) -> str:
+    """Hash of every setting that shapes a job's parameters in one inbox."""
+    return config_fingerprint(
+        {
+            "defaults": dict(settings.defaults),
+            "presets": {k: dict(v) for k, v in settings.presets.items()},
+            "models": {k: settings.model_source(k).describe() for k in settings.models},
+            "loras": dict(settings.loras),
+            "default_task": default_task,
+            "max_pixels": settings.max_pixels,
+        }
+    )
+
+
+def finish_plan(
+    pi: PlanInput,
+    task: Task,
+    params: Params,
+    record: Mapping[str, Any],
+    outputs: Sequence[PlannedOutput],
+) -> Plan:
+    """The plan of an image or mesh job, with the key over everything that shapes its outputs."""
+    key_material = {
+        "generator": GENERATOR_VERSION,
+        "task": task.value,
+        "input": pi.input_sha256,
+        "mask": pi.mask.sha256 if pi.mask else None,
+        "params": {k: v for k, v in record.items() if k != "force"},
+        "model": {"alias": pi.model.alias, "source": pi.model.describe()},
+        "lora": None if pi.lora is None else {"alias": pi.lora.alias, "path": pi.lora.path},
+        "outputs": [[o.file, o.seed, o.prompt, o.steps, o.guidance, o.strength] for o in outputs],
+    }
+    return Plan(
+        job_key=sha256_text(canonical_json(key_material)),
+        task=task,
+        inbox=pi.inbox,
+        rel=pi.rel,
+        input_sha256=pi.input_sha256,
+        input_bytes=pi.input_bytes,
+        out_dir=output_dir(pi.inbox, pi.rel),
+        params=params,
+        record=record,
+        model=pi.model,
+        lora=pi.lora,
+        mask=pi.mask,
+        sidecars=pi.sidecars,
+        outputs=tuple(outputs),
+        force=params.force,
+    )

@@ -1,0 +1,150 @@
+"""One-shot processing (`dropforge once`): scan every inbox, run what is pending, report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from daemon.config import Settings
+from daemon.generators import Generator
+from daemon.intake.candidates import Candidate
+from daemon.intake.scan import ListedFolder, scan_inbox
+from daemon.runtime.recovery import owner_id, recover, table_reader
+from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
+from daemon.store.open import open_journal
+from daemon.store.protocols import Journal
+from daemon.survey.entries import SurveyEntry, Verdict
+from daemon.survey.marks import FolderMarks
+from daemon.survey.survey import BULK_FROM, SurveyPass
+from daemon.tasks.context import Prepared
+from daemon.tasks.prepare import prepare
+from daemon.values import Clock, JobState
+
+log = structlog.get_logger("dropforge.runner")
+
+
+@dataclass
+class OnceReport:
+    """Everything `dropforge once` prints at the end."""
+
+    folders: list[str]
+    preset: str
+    found: int = 0
+    skipped: int = 0
+    results: list[JobResult] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    deferred: list[tuple[str, str]] = field(default_factory=list)
+    previously_failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[JobResult]:
+        """Jobs that failed in this run."""
+        return [r for r in self.results if r.outcome is Outcome.failed]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no job failed in this run, 1 otherwise."""
+        return 1 if self.failed else 0
+
+
+@dataclass
+class Scan:
+    """What scanning every inbox found."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    unchanged: int = 0  # done inputs in folders skipped as unchanged (folder marks)
+    listed: list[tuple[FolderMarks, tuple[ListedFolder, ...]]] = field(default_factory=list)
+
+
+def scan_all(settings: Settings, journal: Journal, survey_pass: SurveyPass | None = None) -> Scan:
+    """Scan every inbox; with a ``survey_pass``, folders marked unchanged are skipped."""
+    scan = Scan()
+    roots = [i.output for i in settings.inboxes] + [settings.state_dir]
+    for inbox in settings.inboxes:
+        if not inbox.path.is_dir():
+            log.warning("inbox.missing", inbox=str(inbox.path))
+            scan.refused.append((str(inbox.path), "inbox folder does not exist"))
+            continue
+        marks = survey_pass.folder_marks(inbox) if survey_pass is not None else None
+        result = scan_inbox(
+            inbox, excluded_roots=roots, read_table=table_reader(journal), shortcut=marks
+        )
+        scan.candidates += result.candidates
+        scan.refused += [(str(p), why) for p, why in result.rejected]
+        scan.unchanged += result.unchanged
+        if marks is not None:
+            scan.listed.append((marks, result.folders))
+    return scan
+
+
+def run_once(
+    settings: Settings,
+    generator_factory: Callable[[], Generator],
+    *,
+    progress: Progress | None = None,
+    on_planned: Callable[[int], None] | None = None,
+    clock: Clock = time.time,
+) -> OnceReport:
+    """Process everything pending in every inbox, then return the report."""
+    started = clock()
+    preset = str(settings.defaults.get("preset", "standard"))
+    report = OnceReport([str(i.path) for i in settings.inboxes], preset)
+    with open_journal(settings, clock=clock) as journal:
+        recover(settings, journal)
+        with SurveyPass(settings, journal) as survey_pass:
+            scan = scan_all(settings, journal, survey_pass)
+            survey_pass.bulk = len(scan.candidates) >= BULK_FROM
+            entries = [survey_pass.survey(c) for c in scan.candidates]
+            for marks, folders in scan.listed:
+                survey_pass.mark(marks, folders)
+        report.refused = scan.refused
+        report.found = len(scan.candidates) + scan.unchanged
+        report.skipped += scan.unchanged
+        _tally(report, entries)
+        journal.retry(states=[JobState.waiting])  # an explicit run retries waiting jobs now
+        pending = journal.count(JobState.queued)
+        if on_planned is not None:
+            on_planned(pending)
+        worker = Worker(
+            settings, journal, generator_factory, owner=owner_id(), clock=clock, progress=progress
+        )
+        seen: set[int] = set()
+        while True:
+            job = journal.claim(worker.owner, worker.lease_seconds())
+            if job is None:
+                break
+            if job.id in seen:  # claimed again in this run: leave it for a later run
+                journal.mark_waiting(job.id, job.error or "retry later", retry_in=60.0)
+                continue
+            seen.add(job.id)
+            result = worker.run(job)
+            if result.outcome is Outcome.skipped:
+                report.skipped += 1
+            elif result.outcome is not Outcome.vanished:
+                report.results.append(result)
+        worker.unload()
+    report.seconds = clock() - started
+    return report
+
+
+def _tally(report: OnceReport, entries: list[SurveyEntry]) -> None:
+    for entry in entries:
+        if entry.verdict is Verdict.done:
+            report.skipped += 1
+        elif entry.verdict is Verdict.failed:
+            report.skipped += 1
+            report.previously_failed.append((entry.candidate.rel, entry.message))
+        elif entry.verdict is Verdict.deferred:
+            report.deferred.append((entry.candidate.rel, entry.message))
+
+
+def dry_run(settings: Settings) -> list[Prepared]:
+    """Plan every input without queueing anything or loading a model."""
+    with open_journal(settings) as journal:
+        candidates = scan_all(settings, journal).candidates
+        return [prepare(settings, journal, c) for c in candidates if c.path.stat().st_size > 0]

@@ -1,0 +1,70 @@
+"""Recovery: jobs left running by a process that died, and the temporaries they left behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon.config import Settings
+from daemon.intake.paths import read_small_table
+from daemon.outputs.files import remove_stale_temporaries
+from daemon.store.protocols import Journal, ScanCache
+
+log = structlog.get_logger("dropforge.runner")
+
+
+def owner_id() -> str:
+    """Identifies this process in job leases."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process named in a lease still runs (other hosts: assumed alive)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def table_reader(journal: ScanCache) -> Callable[[str], dict[str, Any] | None]:
+    """Read sidecars for the scan through the journal's cache (unchanged ones stay closed)."""
+    return lambda path: journal.cached_table(path, read_small_table)
+
+
+def recover(settings: Settings, journal: Journal, *, spare: str | None = None) -> int:
+    """Requeue the jobs no process runs any more, remove the temporaries they left; return
+    how many were requeued.
+
+    At start-up that is the jobs of a dead process (or of an earlier process with this one's
+    pid); in a running daemon also its own jobs that its worker dropped (``spare`` names the
+    owner to leave alone while its worker is busy). Outputs are only written by running
+    jobs, so temporaries are searched in the output folders of those jobs only, not in the
+    whole output tree (a restart over thousands of finished folders stays cheap).
+    """
+    running = {job.id: job.out_dir for job in journal.running()}
+    if not running:
+        return 0
+    requeued, quarantined = journal.recover(settings.max_attempts, alive=owner_alive, spare=spare)
+    still_running = {job.id for job in journal.running()}
+    removed = 0
+    for out_dir in sorted({d for i, d in running.items() if i not in still_running}):
+        if os.path.isdir(out_dir):
+            removed += len(remove_stale_temporaries(Path(out_dir)))
+    if requeued or quarantined or removed:
+        log.info(
+            "journal.recovered", requeued=requeued, quarantined=quarantined, temporaries=removed
+        )
+    return requeued

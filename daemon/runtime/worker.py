@@ -1,0 +1,298 @@
+"""Claim → prepare → run the task → complete, for one job at a time."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import structlog
+
+from daemon.config import Settings
+from daemon.errors import (
+    DependencyMissing,
+    DiskFull,
+    DropforgeError,
+    InputError,
+    Interrupted,
+    TransientError,
+)
+from daemon.generators import Generator
+from daemon.intake.candidates import candidate_for
+from daemon.intake.paths import read_small_table
+from daemon.outputs.folders import escaping_output, foreign_output
+from daemon.outputs.manifest import job_is_done, write_manifest
+from daemon.store.protocols import Journal
+from daemon.store.rows import Job, backoff, folder_stamp
+from daemon.tasks.context import JobContext, JobProgress, Prepared
+from daemon.tasks.prepare import prepare
+from daemon.tasks.records import failed_manifest
+from daemon.tasks.registry import TASKS
+from daemon.values import Clock
+
+log = structlog.get_logger("dropforge.worker")
+
+DISK_RETRY_S = 60.0  # the longest wait of a job held by a full disk or min_free_mb
+
+
+class Outcome(str, Enum):
+    """How one job ended."""
+
+    done = "done"
+    skipped = "skipped"
+    failed = "failed"
+    waiting = "waiting"
+    interrupted = "interrupted"
+    vanished = "vanished"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What the report and the status show for one job."""
+
+    inbox: str
+    rel: str
+    outcome: Outcome
+    seconds: float
+    message: str = ""
+    out_dir: str = ""
+    generated: int = 0
+    kept: int = 0
+
+
+@dataclass
+class Progress:
+    """Callbacks for a progress display: job started, image written, step done."""
+
+    on_start: Callable[[Job, int], None] = field(default=lambda job, total: None)
+    on_image: Callable[[Job, int, int], None] = field(default=lambda job, done, total: None)
+    on_step: Callable[[Job, int, int], None] = field(default=lambda job, done, total: None)
+
+
+class Worker:
+    """Runs jobs claimed from the journal through a generator (created on first need)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        generator_factory: Callable[[], Generator],
+        *,
+        owner: str,
+        stop: threading.Event | None = None,
+        clock: Clock = time.time,
+        progress: Progress | None = None,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self._factory = generator_factory
+        self._generator: Generator | None = None
+        self.owner = owner
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.progress = progress or Progress()
+        self._inboxes = {str(i.path): i for i in settings.inboxes}
+
+    @property
+    def generator(self) -> Generator:
+        """The generation backend, created (and torch imported) on first use."""
+        if self._generator is None:
+            self._generator = self._factory()
+        return self._generator
+
+    @property
+    def has_generator(self) -> bool:
+        """Whether the backend has been created (pipelines may be resident)."""
+        return self._generator is not None
+
+    def device_name(self) -> str:
+        """The generator's device, or ``none`` while no generator has been created."""
+        return self._generator.device_name() if self._generator else "none"
+
+    def lease_seconds(self) -> float:
+        """How long a claim holds before another process may take the job over."""
+        return max(600.0, self.settings.stop_timeout * 4)
+
+    def run(self, job: Job) -> JobResult:
+        """Run one claimed job to an end state and record it in the journal."""
+        started = self.clock()
+        bound = log.bind(job_id=job.id, input=job.input, inbox=job.inbox)
+        inbox = self._inboxes.get(job.inbox)
+        candidate = (
+            candidate_for(
+                inbox,
+                inbox.path / job.input,
+                read_table=lambda p: self.journal.cached_table(p, read_small_table),
+            )
+            if inbox
+            else None
+        )
+        if inbox is None or candidate is None or not candidate.path.is_file():
+            self.journal.delete(job.id)  # the input left the inbox
+            bound.info("job.vanished")
+            return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
+        try:
+            prepared = prepare(self.settings, self.journal, candidate)
+        except DependencyMissing as exc:
+            self.journal.mark_waiting(job.id, str(exc), retry_in=self.settings.settle_seconds)
+            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
+        except DropforgeError as exc:  # e.g. a file still being written
+            self.journal.mark_waiting(job.id, str(exc), retry_in=self.settings.settle_seconds)
+            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
+        self.journal.update_identity(
+            job.id, prepared.fingerprint, prepared.job_key, str(prepared.out_dir)
+        )
+        folders = [prepared.out_dir]
+        if prepared.plan is not None:
+            folders += [s.out_dir for s in prepared.plan.sequences]
+        escape = escaping_output(candidate.inbox.output, folders, candidate.rel)
+        if escape is not None:  # before any write, a failed manifest's too
+            self.journal.mark_waiting(job.id, escape)
+            bound.warning("job.waiting", error=escape)
+            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, escape)
+        clash = foreign_output(candidate.inbox.output, prepared.out_dir, candidate.rel)
+        if clash is not None:  # no manifest: it would replace the other input's
+            self.journal.mark_failed(job.id, clash)
+            bound.warning("job.failed", error=clash)
+            return JobResult(job.inbox, job.input, Outcome.failed, 0.0, clash)
+        plan = prepared.plan
+        if plan is None:
+            assert prepared.error is not None
+            return self._fail(job, prepared, str(prepared.error), started, bound)
+        force = plan.force or job.force
+        if not force and job_is_done(plan.out_dir, plan.job_key):
+            self._mark_done(job, plan.out_dir, plan.job_key, 0.0)
+            self._move_after(prepared, "_done")
+            return JobResult(job.inbox, job.input, Outcome.skipped, 0.0, out_dir=str(plan.out_dir))
+        bound.info("job.started", task=plan.task.value, outputs=len(plan.outputs))
+        self.progress.on_start(job, len(plan.outputs))
+        try:
+            ran = TASKS[plan.task].run(self._context(job, bound), prepared, force, started)
+        except InputError as exc:
+            if not candidate.path.is_file():
+                # Gone since it was planned (deleted, or its share unmounted): not a bad
+                # input. No failed manifest; a rescan queues it again if it comes back.
+                self.journal.delete(job.id)
+                bound.info("job.vanished", error=str(exc))
+                return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
+            return self._fail(job, prepared, str(exc), started, bound)
+        except Interrupted:
+            self.journal.mark_queued(job.id)
+            bound.info("job.interrupted")
+            return JobResult(job.inbox, job.input, Outcome.interrupted, self.clock() - started)
+        except TransientError as exc:
+            # Space is freed by hand: look again every minute rather than backing off to 1 h.
+            retry_in = min(backoff(job.waits), DISK_RETRY_S) if isinstance(exc, DiskFull) else None
+            self.journal.mark_waiting(job.id, str(exc), retry_in=retry_in)
+            bound.warning("job.waiting", error=str(exc))
+            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
+        except Exception as exc:  # a bug must not stop the daemon; record it where users look
+            bound.exception("job.crashed")
+            message = f"internal error ({type(exc).__name__}: {exc}); please report it"
+            return self._fail(job, prepared, message, started, bound)
+        seconds = self.clock() - started
+        self._mark_done(job, plan.out_dir, plan.job_key, seconds)
+        self._move_after(prepared, "_done")
+        bound.info("job.done", seconds=round(seconds, 3), generated=ran.generated, kept=ran.kept)
+        message = f"{plan.output_count} outputs" + (f", {ran.kept} kept" if ran.kept else "")
+        if ran.notes:
+            message += f"; {len(ran.notes)} warning(s)"
+        return JobResult(
+            job.inbox,
+            job.input,
+            Outcome.done,
+            seconds,
+            message,
+            str(plan.out_dir),
+            ran.generated,
+            ran.kept,
+        )
+
+    def _context(self, job: Job, bound: structlog.stdlib.BoundLogger) -> JobContext:
+        """What the job's task may use: narrow values, not this worker."""
+        return JobContext(
+            settings=self.settings,
+            generator=lambda: self.generator,
+            device_name=self.device_name,
+            should_stop=self.stop.is_set,
+            clock=self.clock,
+            progress=JobProgress(
+                record=lambda done, total, note: self.journal.set_progress(
+                    job.id, done, total, note
+                ),
+                on_image=lambda done, total: self.progress.on_image(job, done, total),
+                on_step=lambda step, steps: self.progress.on_step(job, step, steps),
+            ),
+            check_space=self.check_space,
+            log=bound,
+        )
+
+    def _mark_done(self, job: Job, out_dir: Path, job_key: str, seconds: float) -> None:
+        """Record the job done, and its output folder's stamp for the next rescan."""
+        self.journal.mark_done(job.id, seconds=seconds)
+        self.journal.set_output_stamps([(str(out_dir), job_key, folder_stamp(out_dir))])
+
+    def _fail(
+        self,
+        job: Job,
+        prepared: Prepared,
+        message: str,
+        started: float,
+        bound: structlog.stdlib.BoundLogger,
+    ) -> JobResult:
+        finished = self.clock()
+        manifest = failed_manifest(prepared, message, started, finished, self.device_name())
+        try:
+            write_manifest(prepared.out_dir, manifest)
+        except (OSError, DropforgeError) as exc:  # e.g. disk full: the journal still records it
+            bound.error("manifest.unwritable", error=str(exc))
+        self.journal.mark_failed(job.id, message)
+        bound.warning("job.failed", error=message)
+        self._move_after(prepared, "_failed")
+        return JobResult(
+            job.inbox, job.input, Outcome.failed, finished - started, message, str(prepared.out_dir)
+        )
+
+    def _move_after(self, prepared: Prepared, folder: str) -> None:
+        """With ``after = "move"``, file a finished input (and its own sidecar and mask) away."""
+        candidate = prepared.candidate
+        if candidate.inbox.after != "move":
+            return
+        parts = [candidate.path]
+        if candidate.sidecar is not None and candidate.sidecar != candidate.path:
+            parts.append(candidate.sidecar)
+        if candidate.mask is not None:
+            parts.append(candidate.mask)
+        for path in parts:
+            rel = path.relative_to(candidate.inbox.path)
+            target = candidate.inbox.path / folder / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            n = 1
+            while target.exists():
+                target = target.with_name(f"{path.stem}-{n}{path.suffix}")
+                n += 1
+            try:
+                path.replace(target)
+            except OSError as exc:
+                log.warning("input.unmovable", input=str(rel), error=str(exc))
+
+    def check_space(self, out_dir: Path) -> None:
+        """Raise DiskFull when the output's disk has less than ``min_free_mb`` free."""
+        probe = out_dir
+        while not probe.exists():
+            probe = probe.parent
+        free_mb = shutil.disk_usage(probe).free // (1024 * 1024)
+        if free_mb < self.settings.min_free_mb:
+            raise DiskFull(
+                f"only {free_mb} MB free on {probe}, below min_free_mb = "
+                f"{self.settings.min_free_mb}: free some space; the job resumes by itself"
+            )
+
+    def unload(self) -> None:
+        """Release the generator's pipelines (idle unload, shutdown)."""
+        if self._generator is not None:
+            self._generator.unload()

@@ -1,0 +1,15 @@
+"""Opening the journal that the settings name: the embedded SQLite file in ``state_dir``."""
+
+from __future__ import annotations
+
+import time
+
+from daemon.config import Settings
+from daemon.store.protocols import Journal
+from daemon.store.sqlite import SqliteJournal
+from daemon.values import Clock
+
+
+def open_journal(settings: Settings, *, clock: Clock = time.time) -> Journal:
+    """The job store and scan cache of these settings, open (close it, or use ``with``)."""
+    return SqliteJournal(settings.journal_path, clock=clock)

@@ -1,0 +1,233 @@
+"""The two seams of the journal, each a protocol its backends implement.
+
+``JobStore`` holds the rows several hosts would share: jobs with their states, leases,
+attempts and progress. ``ScanCache`` holds what only one host's view of the disk can know: the
+stat → sha256 cache, parsed sidecars, output folder stamps, signatures of verified inputs and
+folder marks. ``Journal`` is both, as the embedded SQLite file (``sqlite.SqliteJournal``)
+provides them; a shared job store on another engine pairs with a local scan cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from daemon.store.rows import FolderMark, Job, JobDigest
+from daemon.values import Clock, JobState
+
+
+class JobStore(Protocol):
+    """Jobs and their life cycle: ``queued → running → done | failed | waiting | quarantined``.
+
+    Times come from ``clock``. A claim leases a job to an owner; only writes that the
+    protocol names may change a job another owner holds under a live lease.
+    """
+
+    clock: Clock
+
+    def upsert_job(
+        self,
+        *,
+        inbox: str,
+        input: str,
+        kind: str,
+        fingerprint: str,
+        job_key: str,
+        out_dir: str,
+        force: bool = False,
+        deps: Iterable[str] = (),
+    ) -> tuple[Job, bool]:
+        """Queue a job for an input; return it and whether it was (re)queued.
+
+        An unchanged row is left alone unless ``force``; a changed fingerprint or job key
+        starts it over. A running job under a live lease is never touched.
+        """
+        ...
+
+    def update_identity(self, job_id: int, fingerprint: str, job_key: str, out_dir: str) -> None:
+        """Record what a claimed job is actually about to do (its inputs may have changed)."""
+        ...
+
+    def get_job(self, inbox: str, input: str) -> Job | None:
+        """The job of one input, or None."""
+        ...
+
+    def get(self, job_id: int) -> Job:
+        """The job with this id; ``JobNotFound`` (a LookupError) when there is none."""
+        ...
+
+    def job_digests(self, inbox: str) -> dict[str, JobDigest]:
+        """input → the compared columns of its job, for every job of one inbox."""
+        ...
+
+    def delete(self, job_id: int) -> bool:
+        """Remove a job row (its input left the inbox); True when there was one."""
+        ...
+
+    def requeue(self, job_id: int, *, force: bool = False) -> bool:
+        """Put a job back to queued with a fresh attempt count; False if it is leased or gone."""
+        ...
+
+    def claim(self, owner: str, lease_seconds: float) -> Job | None:
+        """Take the oldest runnable job (queued, or waiting and due) and lease it to owner."""
+        ...
+
+    def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+        """Extend owner's lease on a running job; False when owner no longer holds it."""
+        ...
+
+    def mark_done(self, job_id: int, *, seconds: float) -> None:
+        """The job's outputs are complete (and its force flag spent)."""
+        ...
+
+    def mark_failed(self, job_id: int, error: str) -> None:
+        """The input is bad; terminal until the input or its sidecar changes."""
+        ...
+
+    def mark_waiting(self, job_id: int, error: str, *, retry_in: float | None = None) -> None:
+        """The cause is outside the input: retry later (default: exponential backoff); a
+        claim that ends here does not count toward attempts."""
+        ...
+
+    def mark_queued(self, job_id: int) -> None:
+        """A stop interrupted the job: queue it again without counting the claim."""
+        ...
+
+    def recover(
+        self,
+        max_attempts: int,
+        *,
+        alive: Callable[[str], bool] | None = None,
+        spare: str | None = None,
+    ) -> tuple[int, int]:
+        """Requeue running jobs that no process runs any more; quarantine crash loops; return
+        (requeued, quarantined). ``alive(owner)`` tells whether a lease owner still runs;
+        the jobs of owner ``spare`` are left alone."""
+        ...
+
+    def set_progress(self, job_id: int, done: int, total: int, note: str = "") -> None:
+        """Record how far a running job has come (shown by ``dropforge status``)."""
+        ...
+
+    def counts(self) -> dict[JobState, int]:
+        """Number of jobs in every state, zeros included."""
+        ...
+
+    def count(self, state: JobState) -> int:
+        """Number of jobs in one state."""
+        ...
+
+    def jobs(self, states: Iterable[JobState] | None = None, limit: int = 100) -> list[Job]:
+        """Jobs in arrival order, optionally only those in the given states."""
+        ...
+
+    def recent_failures(self, limit: int = 10) -> list[Job]:
+        """Failed and quarantined jobs, newest first."""
+        ...
+
+    def running(self) -> list[Job]:
+        """Jobs in state running, in arrival order."""
+        ...
+
+    def retry(
+        self,
+        *,
+        inputs: Iterable[tuple[str, str]] = (),
+        states: Iterable[JobState] = (),
+        force: bool = False,
+    ) -> int:
+        """Requeue the named (inbox, input) jobs and every job in ``states``; return how many.
+
+        ``force`` makes the worker regenerate even when the outputs look complete.
+        """
+        ...
+
+    def prune_jobs(
+        self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists
+    ) -> int:
+        """Forget done jobs untouched for ``older_than`` seconds whose input has left the
+        inbox; return how many."""
+        ...
+
+
+class ScanCache(Protocol):
+    """What this host learnt about its view of the disk, so that rescans read as little as
+    possible. Losing it costs time, never correctness."""
+
+    clock: Clock
+
+    def hash_file(self, path: Path) -> str:
+        """The sha256 of a file, read only when its stat (size, mtime, inode) is not cached;
+        raises ``FileChangedError`` when it changed while read, FileNotFoundError when gone."""
+        ...
+
+    def cached_hash(self, path: Path, st: os.stat_result) -> str | None:
+        """The cached sha256 of ``path`` if its size, mtime and inode still match ``st``."""
+        ...
+
+    def cached_hashes(self) -> dict[str, tuple[int, int, str, str]]:
+        """The whole stat cache: path → (size, mtime_ns, inode, sha256), for a bulk rescan."""
+        ...
+
+    def touch_files(self, paths: Iterable[str]) -> None:
+        """Mark cached files as seen now (what keeps them from pruning)."""
+        ...
+
+    def cached_table(
+        self, path: str, parse: Callable[[str], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """A small TOML file's parsed table, re-read only when its stat changed."""
+        ...
+
+    def output_stamp(self, out_dir: str, job_key: str) -> str | None:
+        """The stamp recorded when ``out_dir`` last held the complete outputs of ``job_key``."""
+        ...
+
+    def output_stamps(self) -> dict[str, tuple[str, str]]:
+        """Every recorded output folder stamp: out_dir → (job_key, stamp)."""
+        ...
+
+    def set_output_stamps(self, stamps: Iterable[tuple[str, str, str | None]]) -> None:
+        """Record (out_dir, job_key, stamp) triples; a None stamp forgets."""
+        ...
+
+    def verified_signatures(self, inbox: str) -> dict[str, str]:
+        """input → the signature recorded when it was last verified done, for one inbox."""
+        ...
+
+    def set_verified_signatures(self, rows: Iterable[tuple[str, str, str]]) -> None:
+        """Record (inbox, input, signature) triples."""
+        ...
+
+    def folder_marks(self, inbox: str) -> dict[str, FolderMark]:
+        """folder → its mark, for every marked folder of one inbox."""
+        ...
+
+    def set_folder_marks(self, marks: Iterable[tuple[str, FolderMark, dict[str, str]]]) -> None:
+        """Record (inbox, mark, input → fingerprint), each mark only if the job of every input
+        it vouches for is still done with the fingerprint that was verified."""
+        ...
+
+    def prune_cache(
+        self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists
+    ) -> int:
+        """Forget rows unseen for ``older_than`` seconds whose file is gone; return how many."""
+        ...
+
+
+class Journal(JobStore, ScanCache, Protocol):
+    """A job store and this host's scan cache, opened together and closed together."""
+
+    def prune(self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists) -> int:
+        """``prune_jobs``, then ``prune_cache``; return how many rows went in all."""
+        ...
+
+    def close(self) -> None:
+        """Release the connections; the journal cannot be used afterwards."""
+        ...
+
+    def __enter__(self) -> Journal: ...
+
+    def __exit__(self, *exc: object) -> None: ...

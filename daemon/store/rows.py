@@ -1,0 +1,111 @@
+"""The rows a job store hands out, and the small rules about them (backoff, stamps, stat keys)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from daemon.values import JobState
+
+__all__ = [
+    "BACKOFF_BASE_S",
+    "BACKOFF_CAP_S",
+    "FolderMark",
+    "Job",
+    "JobDigest",
+    "JobState",
+    "backoff",
+    "folder_stamp",
+    "stat_key",
+]
+
+BACKOFF_BASE_S = 30.0
+BACKOFF_CAP_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the jobs table; times are seconds from the journal's clock."""
+
+    id: int
+    inbox: str
+    input: str
+    kind: str
+    fingerprint: str
+    job_key: str
+    out_dir: str
+    state: JobState
+    attempts: int
+    waits: int
+    error: str | None
+    not_before: float | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    seconds: float | None
+    lease_owner: str | None
+    lease_expires: float | None
+    progress_done: int
+    progress_total: int
+    progress_note: str
+    force: bool
+    deps: tuple[str, ...]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        """Build a Job from a ``SELECT *`` row."""
+        values: dict[str, Any] = dict(zip(row.keys(), tuple(row), strict=True))
+        values["state"] = JobState(values["state"])
+        values["force"] = bool(values["force"])
+        values["deps"] = tuple(json.loads(values["deps"]))
+        return cls(**values)
+
+
+class FolderMark(NamedTuple):
+    """One row of ``folder_marks`` (see there), without its inbox."""
+
+    folder: str
+    listing: str
+    near: str
+    watch: str
+    watched: str
+    parts: str
+    inputs: int
+
+
+class JobDigest(NamedTuple):
+    """The columns of a job row a rescan compares, without building a Job."""
+
+    id: int
+    fingerprint: str
+    deps: str  # JSON list, parsed only when needed
+    force: bool
+    state: str
+    out_dir: str
+    job_key: str
+
+
+def backoff(waits: int) -> float:
+    """Seconds before a job sent to ``waiting`` for the (waits+1)-th time is retried."""
+    return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(waits, 32)))
+
+
+def folder_stamp(folder: str | Path) -> str | None:
+    """The inode and modification time of a folder: any file added, removed or renamed in it
+    (every output and manifest is written by a rename) changes it. None when it is gone."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return f"{st.st_ino}:{st.st_mtime_ns}"
+
+
+def stat_key(st: os.stat_result) -> tuple[int, int, str]:
+    """What the stat cache compares: size, mtime in nanoseconds and inode (as text)."""
+    # Inodes are stored as text: some filesystems report values beyond SQLite's int64.
+    return st.st_size, st.st_mtime_ns, str(st.st_ino)

@@ -1,0 +1,179 @@
+"""The SQLite database behind the embedded journal: one connection for every thread (a lock
+keeps transactions whole), WAL, and the schema with what was added to it since version 1.
+
+Writes take ``BEGIN IMMEDIATE`` so that two processes on one file never claim the same job.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from daemon.errors import ConfigError
+from daemon.values import Clock
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 10.0
+
+_SCHEMA = """
+CREATE TABLE files (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    inode TEXT NOT NULL, sha256 TEXT NOT NULL, seen_at REAL NOT NULL
+);
+CREATE INDEX files_seen ON files (seen_at);
+CREATE TABLE tables (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, inbox TEXT NOT NULL, input TEXT NOT NULL,
+    kind TEXT NOT NULL, fingerprint TEXT NOT NULL, job_key TEXT NOT NULL, out_dir TEXT NOT NULL,
+    state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, waits INTEGER NOT NULL DEFAULT 0,
+    error TEXT, not_before REAL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    started_at REAL, finished_at REAL, seconds REAL, lease_owner TEXT, lease_expires REAL,
+    progress_done INTEGER NOT NULL DEFAULT 0, progress_total INTEGER NOT NULL DEFAULT 0,
+    progress_note TEXT NOT NULL DEFAULT '', force INTEGER NOT NULL DEFAULT 0,
+    deps TEXT NOT NULL DEFAULT '[]',
+    UNIQUE (inbox, input)
+);
+CREATE INDEX jobs_claim ON jobs (state, id);
+CREATE INDEX jobs_state_updated ON jobs (state, updated_at);
+"""
+
+# What a done job's output folder looked like when it was last found complete (see
+# output_stamp): a rescan that finds the same stamp need not read the manifest again.
+_OUTPUT_STAMPS = """CREATE TABLE IF NOT EXISTS output_stamps (
+    out_dir TEXT PRIMARY KEY, job_key TEXT NOT NULL, stamp TEXT NOT NULL
+)"""
+# For a done input last found complete: a digest of the stats of the files its job depends on,
+# the settings, the job's fingerprint and its output folder's stamp (see survey.SurveyPass).
+# A rescan that computes the same digest knows the input is still done without hashing.
+_VERIFIED_INPUTS = """CREATE TABLE IF NOT EXISTS verified_inputs (
+    inbox TEXT NOT NULL, input TEXT NOT NULL, signature TEXT NOT NULL,
+    PRIMARY KEY (inbox, input)
+)"""
+
+# An inbox folder whose inputs were all found done, as it looked then (see survey.FolderMarks):
+# ``listing`` digests its files' names and stats, the _defaults.toml chain above it and the
+# settings; ``near`` the parts other files name in it; ``watch`` lists the output folders and
+# outside dependencies of its inputs, NUL-separated, and ``watched`` digests their stats;
+# ``parts`` is what its own sidecars and job files name (JSON). A rescan that finds all of
+# these unchanged skips the folder's inputs without classifying or surveying them.
+_FOLDER_MARKS = """CREATE TABLE IF NOT EXISTS folder_marks (
+    inbox TEXT NOT NULL, folder TEXT NOT NULL, listing TEXT NOT NULL, near TEXT NOT NULL,
+    watch TEXT NOT NULL, watched TEXT NOT NULL, parts TEXT NOT NULL, inputs INTEGER NOT NULL,
+    PRIMARY KEY (inbox, folder)
+)"""
+# Any change to a job forgets the mark of the folder its input lies in (``folder`` is ""
+# or "a/b/"; the input lies directly in it). Triggers, so that no write path can miss it.
+# rtrim(X, replace(X, '/', '')) strips everything after the last "/": the input's folder.
+_IN_FOLDER = "inbox = {row}.inbox AND folder = rtrim({row}.input, replace({row}.input, '/', ''))"
+_FOLDER_MARK_TRIGGERS = [
+    f"""CREATE TRIGGER IF NOT EXISTS folder_marks_{event.split()[0].lower()} AFTER {event} ON jobs
+    BEGIN DELETE FROM folder_marks WHERE {_IN_FOLDER.format(row=row)}; END"""
+    for event, row in (
+        ("INSERT", "NEW"),
+        ("DELETE", "OLD"),
+        ("UPDATE OF inbox, input, state, fingerprint, job_key, out_dir, force, deps", "OLD"),
+    )
+]
+
+_ADDED = [_OUTPUT_STAMPS, _VERIFIED_INPUTS, _FOLDER_MARKS, *_FOLDER_MARK_TRIGGERS]
+_ADDED_NAMES = {
+    "output_stamps",
+    "verified_inputs",
+    "folder_marks",
+    "folder_marks_insert",
+    "folder_marks_delete",
+    "folder_marks_update",
+}
+
+_Database = TypeVar("_Database", bound="SqliteDatabase")
+
+
+class SqliteDatabase:
+    """An open journal file: its connection, transactions and schema."""
+
+    def __init__(self, path: Path, *, clock: Clock = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._setup()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ConfigError(f"{path}: not a usable dropforge journal ({exc})") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _setup(self) -> None:
+        self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives process kills; a power loss may drop the newest
+        # commits, which only means some work is redone.
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        if self._complete():
+            return  # the common case: no write transaction to open a journal
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path}: journal schema {version} is not the one this dropforge "
+                    f"uses ({SCHEMA_VERSION}); move the file aside to start a fresh journal"
+                )
+            # Added without a version bump: older journals gain them, older code ignores them.
+            for statement in _ADDED:
+                db.execute(statement)
+
+    def _complete(self) -> bool:
+        """Whether the journal has this schema version and everything added since."""
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            return False
+        names = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        return names >= _ADDED_NAMES
+
+    def close(self) -> None:
+        """Close the connection; the journal cannot be used afterwards."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self: _Database) -> _Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A short write transaction, taken before any read so that it cannot be overtaken."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()

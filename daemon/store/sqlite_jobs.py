@@ -1,0 +1,355 @@
+"""The job rows in SQLite: states, leases, attempts, progress (see ``protocols.JobStore``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sqlite3
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import JobNotFound
+from daemon.store.rows import Job, JobDigest, backoff
+from daemon.store.sqlite_base import SqliteDatabase
+from daemon.values import JobState
+
+# The columns a requeue resets; kept in one place so every path back to `queued` agrees.
+_REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_before = NULL,
+    lease_owner = NULL, lease_expires = NULL, progress_done = 0, progress_total = 0,
+    progress_note = '', updated_at = :now"""
+_NOT_LEASED = "NOT (state = 'running' AND lease_expires > :now)"
+
+
+class SqliteJobStore(SqliteDatabase):
+    """The jobs table of a journal file."""
+
+    def job_digests(self, inbox: str) -> dict[str, JobDigest]:
+        """input → the compared columns of its job, for every job of one inbox."""
+        rows = self._query(
+            "SELECT input, id, fingerprint, deps, force, state, out_dir, job_key FROM jobs"
+            " WHERE inbox = ?",
+            (inbox,),
+        )
+        return {r[0]: JobDigest(r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in rows}
+
+    def upsert_job(
+        self,
+        *,
+        inbox: str,
+        input: str,
+        kind: str,
+        fingerprint: str,
+        job_key: str,
+        out_dir: str,
+        force: bool = False,
+        deps: Iterable[str] = (),
+    ) -> tuple[Job, bool]:
+        """Queue a job for an input; return it and whether it was (re)queued.
+
+        An unchanged row is left alone unless ``force``; a changed fingerprint or job key
+        starts it over. A running job under a live lease is never touched.
+        """
+        now = self.clock()
+        args = {
+            "inbox": inbox,
+            "input": input,
+            "kind": kind,
+            "fingerprint": fingerprint,
+            "job_key": job_key,
+            "out_dir": out_dir,
+            "force": int(force),
+            "deps": json.dumps(list(deps)),
+            "now": now,
+        }
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE inbox = ? AND input = ?", (inbox, input)
+            ).fetchone()
+            if row is None:
+                new = db.execute(
+                    "INSERT INTO jobs (inbox, input, kind, fingerprint, job_key, out_dir, state,"
+                    " created_at, updated_at, force, deps) VALUES (:inbox, :input, :kind,"
+                    " :fingerprint, :job_key, :out_dir, 'queued', :now, :now, :force, :deps)"
+                    " RETURNING *",
+                    args,
+                ).fetchone()
+                return Job.from_row(new), True
+            job = Job.from_row(row)
+            same = job.fingerprint == fingerprint and job.job_key == job_key
+            leased = job.state is JobState.running and (job.lease_expires or 0.0) > now
+            already_forced = job.state is JobState.queued and job.force
+            if leased or (same and (not force or already_forced)):
+                return job, False
+            new = db.execute(
+                f"UPDATE jobs SET {_REQUEUE_SET}, kind = :kind, fingerprint = :fingerprint,"
+                " job_key = :job_key, out_dir = :out_dir, force = :force, deps = :deps,"
+                " started_at = NULL, finished_at = NULL, seconds = NULL"
+                " WHERE id = :id RETURNING *",
+                {**args, "id": job.id},
+            ).fetchone()
+            return Job.from_row(new), True
+
+    def update_identity(self, job_id: int, fingerprint: str, job_key: str, out_dir: str) -> None:
+        """Record what a claimed job is actually about to do (its inputs may have changed)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET fingerprint = ?, job_key = ?, out_dir = ?, updated_at = ?"
+                " WHERE id = ?",
+                (fingerprint, job_key, out_dir, self.clock(), job_id),
+            )
+
+    def get_job(self, inbox: str, input: str) -> Job | None:
+        """The job of one input, or None."""
+        rows = self._query("SELECT * FROM jobs WHERE inbox = ? AND input = ?", (inbox, input))
+        return Job.from_row(rows[0]) if rows else None
+
+    def get(self, job_id: int) -> Job:
+        """The job with this id; JobNotFound (a LookupError) when there is none."""
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise JobNotFound(job_id)
+        return Job.from_row(rows[0])
+
+    def delete(self, job_id: int) -> bool:
+        """Remove a job row (its input left the inbox); True when there was one."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+
+    def requeue(self, job_id: int, *, force: bool = False) -> bool:
+        """Put a job back to queued with a fresh attempt count; False if it is leased or gone."""
+        with self._tx() as db:
+            return bool(self._requeue(db, "id = :id", {"id": job_id}, force))
+
+    def _requeue(
+        self, db: sqlite3.Connection, where: str, params: dict[str, Any], force: bool
+    ) -> set[int]:
+        rows = db.execute(
+            f"UPDATE jobs SET {_REQUEUE_SET}, force = CASE WHEN :force THEN 1 ELSE force END"
+            f" WHERE ({where}) AND {_NOT_LEASED} RETURNING id",
+            {**params, "force": int(force), "now": self.clock()},
+        ).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def claim(self, owner: str, lease_seconds: float) -> Job | None:
+        """Take the oldest runnable job (queued, or waiting and due) and lease it to owner."""
+        now = self.clock()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT min(id) FROM (SELECT min(id) AS id FROM jobs WHERE state = 'queued'"
+                " UNION ALL SELECT min(id) FROM jobs WHERE state = 'waiting'"
+                " AND coalesce(not_before, 0) <= :now)",
+                {"now": now},
+            ).fetchone()
+            if row[0] is None:
+                return None
+            claimed = db.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1,"
+                " lease_owner = :owner, lease_expires = :expires, started_at = :now,"
+                " finished_at = NULL, seconds = NULL, progress_done = 0, progress_total = 0,"
+                " progress_note = '', updated_at = :now WHERE id = :id RETURNING *",
+                {"owner": owner, "expires": now + lease_seconds, "now": now, "id": row[0]},
+            ).fetchone()
+            return Job.from_row(claimed)
+
+    def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+        """Extend owner's lease on a running job; False when owner no longer holds it."""
+        now = self.clock()
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET lease_expires = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                (now + lease_seconds, now, job_id, owner),
+            )
+            return cursor.rowcount > 0
+
+    def mark_done(self, job_id: int, *, seconds: float) -> None:
+        """The job's outputs are complete."""
+        self._finish(job_id, "done", None, seconds)
+
+    def mark_failed(self, job_id: int, error: str) -> None:
+        """The input is bad; terminal until the input or its sidecar changes."""
+        self._finish(job_id, "failed", error, None)
+
+    def _finish(self, job_id: int, state: str, error: str | None, seconds: float | None) -> None:
+        now = self.clock()
+        with self._tx() as db:
+            # A forced regeneration is spent once it has ended one way or the other.
+            db.execute(
+                "UPDATE jobs SET state = ?, error = ?, seconds = ?, finished_at = ?,"
+                " updated_at = ?, not_before = NULL, lease_owner = NULL, lease_expires = NULL,"
+                " force = 0 WHERE id = ?",
+                (state, error, seconds, now, now, job_id),
+            )
+
+    def mark_waiting(self, job_id: int, error: str, *, retry_in: float | None = None) -> None:
+        """The cause is outside the input: retry later (default: exponential backoff).
+
+        A claim that ends here does not count toward attempts.
+        """
+        now = self.clock()
+        with self._tx() as db:
+            row = db.execute("SELECT waits FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return
+            delay = backoff(row["waits"]) if retry_in is None else retry_in
+            db.execute(
+                "UPDATE jobs SET state = 'waiting', error = ?, not_before = ?, waits = waits + 1,"
+                " attempts = CASE WHEN state = 'running' THEN max(attempts - 1, 0)"
+                " ELSE attempts END, lease_owner = NULL, lease_expires = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (error, now + delay, now, job_id),
+            )
+
+    def mark_queued(self, job_id: int) -> None:
+        """A stop interrupted the job: queue it again without counting the claim."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'queued', not_before = NULL,"
+                " attempts = CASE WHEN state = 'running' THEN max(attempts - 1, 0)"
+                " ELSE attempts END, lease_owner = NULL, lease_expires = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (self.clock(), job_id),
+            )
+
+    def recover(
+        self,
+        max_attempts: int,
+        *,
+        alive: Callable[[str], bool] | None = None,
+        spare: str | None = None,
+    ) -> tuple[int, int]:
+        """Requeue running jobs that no process runs any more; quarantine crash loops.
+
+        ``alive(owner)`` tells whether a lease owner still runs (another dropforge on the
+        same journal); its jobs are left alone until their lease runs out. The jobs of owner
+        ``spare`` are left alone whatever their lease. Returns (requeued, quarantined).
+        """
+        now = self.clock()
+        with self._tx() as db:
+            rows = [
+                r
+                for r in db.execute(
+                    "SELECT id, inbox, input, attempts, lease_owner, lease_expires FROM jobs"
+                    " WHERE state = 'running'"
+                ).fetchall()
+                if (spare is None or r["lease_owner"] != spare)
+                and (
+                    alive is None
+                    or not r["lease_owner"]
+                    or (r["lease_expires"] or 0.0) <= now
+                    or not alive(r["lease_owner"])
+                )
+            ]
+            doomed = [r for r in rows if r["attempts"] >= max_attempts]
+            for r in doomed:
+                retry_path = shlex.quote(str(Path(r["inbox"]) / r["input"]))
+                error = (
+                    f"quarantined: {r['attempts']} claims never finished (the process died "
+                    f"each time); run dropforge retry {retry_path}"
+                )
+                db.execute(
+                    "UPDATE jobs SET state = 'quarantined', error = ?, finished_at = ?,"
+                    " updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                    (error, now, now, r["id"]),
+                )
+            doomed_ids = {r["id"] for r in doomed}
+            for r in rows:
+                if r["id"] in doomed_ids:
+                    continue
+                db.execute(
+                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL,"
+                    " updated_at = ? WHERE id = ?",
+                    (now, r["id"]),
+                )
+        return len(rows) - len(doomed), len(doomed)
+
+    def set_progress(self, job_id: int, done: int, total: int, note: str = "") -> None:
+        """Record how far a running job has come (shown by ``dropforge status``)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET progress_done = ?, progress_total = ?, progress_note = ?,"
+                " updated_at = ? WHERE id = ?",
+                (done, total, note, self.clock(), job_id),
+            )
+
+    def counts(self) -> dict[JobState, int]:
+        """Number of jobs in every state, zeros included."""
+        found = {
+            r["state"]: r["n"]
+            for r in self._query("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+        }
+        return {s: int(found.get(s.value, 0)) for s in JobState}
+
+    def count(self, state: JobState) -> int:
+        """Number of jobs in one state (an index range, however big the journal)."""
+        rows = self._query("SELECT count(*) FROM jobs WHERE state = ?", (JobState(state).value,))
+        return int(rows[0][0])
+
+    def jobs(self, states: Iterable[JobState] | None = None, limit: int = 100) -> list[Job]:
+        """Jobs in arrival order, optionally only those in the given states."""
+        if states is None:
+            rows = self._query("SELECT * FROM jobs ORDER BY id LIMIT ?", (limit,))
+        else:
+            wanted = [JobState(s).value for s in states]
+            marks = ", ".join("?" * len(wanted))
+            rows = self._query(
+                f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id LIMIT ?",
+                (*wanted, limit),
+            )
+        return [Job.from_row(r) for r in rows]
+
+    def recent_failures(self, limit: int = 10) -> list[Job]:
+        """Failed and quarantined jobs, newest first."""
+        rows = self._query(
+            "SELECT * FROM jobs WHERE state IN ('failed', 'quarantined')"
+            " ORDER BY updated_at DESC, id DESC LIMIT ?",
+            (limit,),
+        )
+        return [Job.from_row(r) for r in rows]
+
+    def running(self) -> list[Job]:
+        """Jobs in state running, in arrival order."""
+        return self.jobs([JobState.running])
+
+    def retry(
+        self,
+        *,
+        inputs: Iterable[tuple[str, str]] = (),
+        states: Iterable[JobState] = (),
+        force: bool = False,
+    ) -> int:
+        """Requeue the named (inbox, input) jobs and every job in ``states``; return how many.
+
+        ``force`` makes the worker regenerate even when the outputs look complete.
+        """
+        done: set[int] = set()
+        with self._tx() as db:
+            for inbox, input in inputs:
+                where = "inbox = :inbox AND input = :input"
+                done |= self._requeue(db, where, {"inbox": inbox, "input": input}, force)
+            for state in states:
+                done |= self._requeue(db, "state = :state", {"state": state.value}, force)
+        return len(done)
+
+    def prune_jobs(
+        self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists
+    ) -> int:
+        """Forget done jobs untouched for ``older_than`` seconds whose input has left the inbox;
+        return how many.
+
+        A done input still in the inbox keeps its job however old it is: a rescan that skips
+        its folder as unchanged (folder marks) does not touch it, and forgetting it would mean
+        reading every such input again.
+        """
+        cutoff = self.clock() - older_than
+        jobs = self._query(
+            "SELECT id, inbox, input FROM jobs WHERE state = 'done' AND updated_at < ?", (cutoff,)
+        )
+        gone_jobs = [(r[0], cutoff) for r in jobs if not exists(os.path.join(r[1], r[2]))]
+        with self._tx() as db:
+            deleted = db.executemany(
+                "DELETE FROM jobs WHERE id = ? AND state = 'done' AND updated_at < ?", gone_jobs
+            ).rowcount
+        return int(deleted)

@@ -1,0 +1,114 @@
+"""What a task is handed: the prepared job to plan or run, and a ``JobContext`` of narrow values
+(settings, generator, stop check, clock, progress sink, space check) instead of the worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from daemon.config import Settings
+from daemon.errors import InputError
+from daemon.generators import Generator
+from daemon.intake.candidates import Candidate
+from daemon.planning.inputs import Hasher
+from daemon.planning.keys import failure_key
+from daemon.planning.model import Dependency, Plan, PlanInput
+from daemon.values import Clock
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The outcome of preparing a candidate: a plan, or the error a user must fix."""
+
+    candidate: Candidate
+    fingerprint: str
+    deps: tuple[Dependency, ...]
+    out_dir: Path
+    plan: Plan | None = None
+    error: InputError | None = None
+
+    @property
+    def job_key(self) -> str:
+        """The plan's key, or a key derived from the error for unplannable inputs."""
+        if self.plan is not None:
+            return self.plan.job_key
+        return failure_key(self.fingerprint, str(self.error))
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What a task's planner starts from: the validated input and the means to find more.
+
+    A planner that depends on more files (a tween's endpoints) hashes them with ``hasher`` and
+    appends them to ``deps``, so that they enter the job's fingerprint.
+    """
+
+    hasher: Hasher
+    candidate: Candidate
+    deps: list[Dependency]
+    sidecar_display: str  # the file a parameter error names: the innermost sidecar
+    input: PlanInput
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Where a running job reports how far it has come.
+
+    ``record(done, total, note)`` stores it for ``dropforge status``; ``on_image(done, total)``
+    and ``on_step(step, steps)`` feed a progress display and the health check.
+    """
+
+    record: Callable[[int, int, str], None]
+    on_image: Callable[[int, int], None]
+    on_step: Callable[[int, int], None]
+
+    def image(self, done: int, total: int, note: str) -> None:
+        """An output was written: record it and show it."""
+        self.record(done, total, note)
+        self.on_image(done, total)
+
+    def step(self, done: int, total: int, step: int, steps: int) -> None:
+        """A denoising step finished: record it and show it."""
+        self.record(done, total, f"step {step}/{steps}")
+        self.on_step(step, steps)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Everything a task's ``run`` may use besides its plan."""
+
+    settings: Settings
+    generator: Callable[[], Generator]  # created (and torch imported) on first call
+    device_name: Callable[[], str]  # for the manifest; "none" while no generator exists
+    should_stop: Callable[[], bool]
+    clock: Clock
+    progress: JobProgress
+    check_space: Callable[[Path], None]  # raises DiskFull below min_free_mb
+    log: Any  # a structlog logger bound to the job
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """How much a task's run made: outputs generated, outputs kept, notes for the manifest."""
+
+    generated: int
+    kept: int
+    notes: tuple[str, ...] = ()
+
+
+class TaskKind(Protocol):
+    """One task type: how its jobs are planned and how they are run."""
+
+    def plan(self, draft: Draft) -> Plan:
+        """Build the plan of one input; raise InputError naming file, key, rule and value."""
+        ...
+
+    def run(self, ctx: JobContext, prepared: Prepared, force: bool, started: float) -> TaskRun:
+        """Make what ``prepared.plan`` lists, write its manifest last, and say how much was made.
+
+        Raises InputError (the input cannot be used), TransientError (a cause outside the
+        input) or Interrupted (``ctx.should_stop()``).
+        """
+        ...

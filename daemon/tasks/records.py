@@ -1,0 +1,110 @@
+"""What every task records: the manifest fields all jobs share, and the A1111 text of a PNG."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from daemon.outputs.manifest import Manifest, ManifestStatus, installed_versions
+from daemon.outputs.manifest_fields import FileRecord, InputRecord, LoraRecord, ModelRecord, Timings
+from daemon.outputs.png import a1111_parameters
+from daemon.planning.model import Plan
+from daemon.tasks.context import Prepared
+from daemon.values import ModelSource
+
+
+def job_manifest(prepared: Prepared, started: float, finished: float, device: str) -> Manifest:
+    """The manifest of a finished job with no outputs yet (tasks add theirs), status done."""
+    plan = prepared.plan
+    rel = prepared.candidate.rel
+    deps = {d.path: d for d in prepared.deps}
+    return Manifest(
+        status=ManifestStatus.done,
+        job_key=prepared.job_key,
+        task=plan.task.value if plan else None,
+        input=InputRecord(
+            path=rel,
+            sha256=deps[rel].sha256 if rel in deps else None,
+            bytes=plan.input_bytes if plan else _size(prepared.candidate.path),
+        ),
+        sidecars=tuple(
+            FileRecord(d.path, d.sha256) for d in (plan.sidecars if plan else prepared.deps[1:])
+        ),
+        params=dict(plan.record) if plan else {},
+        model=ModelRecord(plan.model.alias, plan.model.describe()) if plan else None,
+        outputs=(),
+        timings=Timings(_iso(started), _iso(finished), round(finished - started, 3)),
+        versions=installed_versions(),
+        device=device,
+        warnings=(),
+        mask=FileRecord(plan.mask.path, plan.mask.sha256) if plan and plan.mask else None,
+        lora=LoraRecord(plan.lora.alias, plan.lora.scale) if plan and plan.lora else None,
+    )
+
+
+def failed_manifest(
+    prepared: Prepared, message: str, started: float, finished: float, device: str
+) -> Manifest:
+    """The manifest of a job that failed: what is known of it, and the one-line error."""
+    done = job_manifest(prepared, started, finished, device)
+    return dataclasses.replace(done, status=ManifestStatus.failed, error=message, outputs=())
+
+
+def parameters_text(
+    plan: Plan,
+    *,
+    prompt: str,
+    negative_prompt: str,
+    steps: int,
+    guidance: float,
+    seed: int,
+    width: int,
+    height: int,
+    extra: Mapping[str, Any],
+) -> str:
+    """The A1111 ``parameters`` text of one image of ``plan``."""
+    return a1111_parameters(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        steps=steps,
+        sampler=sampler_name(plan.model),
+        guidance=guidance,
+        seed=seed,
+        width=width,
+        height=height,
+        model=plan.model.alias,
+        extra=extra,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def sampler_name(model: ModelSource) -> str:
+    """The scheduler class of a diffusers folder (``DDIMScheduler``…), for the A1111 text.
+
+    Read from ``scheduler/scheduler_config.json`` without importing diffusers; hub ids and
+    single files report ``default``.
+    """
+    if model.kind != "folder":
+        return "default"
+    try:
+        with open(Path(model.ref) / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
+            name = json.load(f).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return "default"
+    return name if isinstance(name, str) and name else "default"
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

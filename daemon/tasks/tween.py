@@ -1,0 +1,224 @@
+"""Tween jobs run: copy the endpoints, make the missing frames, write each sequence's manifest and
+preview GIF, then the job's own manifest listing its sequences."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from daemon.errors import InputError
+from daemon.generators import GenerationEvents, TweenRequest
+from daemon.intake.images import LoadedImage, load_input_image
+from daemon.outputs.files import OutputFile, atomic_write_bytes, sha256_file
+from daemon.outputs.manifest import manifest_is_done, write_manifest
+from daemon.outputs.manifest_fields import FileRecord, OutputEntry, SequenceRecord, SequenceSummary
+from daemon.outputs.png import read_dropforge_chunk, write_png
+from daemon.planning.model import SEQUENCES_DIR, Plan, SequencePlan
+from daemon.tasks.context import JobContext, Prepared, TaskRun
+from daemon.tasks.records import job_manifest, parameters_text
+from daemon.tasks.sequences import plan
+
+__all__ = ["plan", "run"]
+
+PREVIEW_NAME = "preview.gif"
+PREVIEW_MS = 120
+
+
+def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> TaskRun:
+    """Make every sequence of a tween job; count frames made and kept."""
+    job_plan = prepared.plan
+    assert job_plan is not None
+    ctx.check_space(job_plan.out_dir)
+    notes: list[str] = []
+    made = kept = 0
+    counter = _Counter(sum(len(s.frames) for s in job_plan.sequences))
+    summaries: list[SequenceSummary | None] = []
+    for seq in job_plan.sequences:
+        if not force and manifest_is_done(seq.out_dir, seq.job_key):
+            kept += len(seq.frames)
+            counter.done += len(seq.frames)
+        else:
+            m, k = _run_sequence(ctx, prepared, job_plan, seq, force, started, notes, counter)
+            made, kept = made + m, kept + k
+        summaries.append(
+            SequenceSummary(
+                path_id=seq.path_id,
+                folder=f"{SEQUENCES_DIR}/{seq.out_dir.name}",
+                job_key=seq.job_key,
+                frames=len(seq.frames),
+            )
+        )
+    manifest = dataclasses.replace(
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
+        sequences=tuple(summaries),
+        warnings=tuple(notes),
+    )
+    write_manifest(job_plan.out_dir, manifest)
+    return TaskRun(made, kept, tuple(notes))
+
+
+@dataclasses.dataclass
+class _Counter:
+    """Frames done of all the job's sequences, for the progress shown."""
+
+    total: int
+    done: int = 0
+
+
+def _load(ctx: JobContext, plan: Plan, rel: str) -> LoadedImage:
+    return load_input_image(plan.inbox.path / rel, rel, ctx.settings.max_pixels)
+
+
+def _run_sequence(
+    ctx: JobContext,
+    prepared: Prepared,
+    plan: Plan,
+    seq: SequencePlan,
+    force: bool,
+    started: float,
+    notes: list[str],
+    counter: _Counter,
+) -> tuple[int, int]:
+    start, end = _load(ctx, plan, seq.start.path), _load(ctx, plan, seq.end.path)
+    notes += [*start.warnings, *end.warnings]
+    size = start.image.size
+    if end.image.size != size:
+        raise InputError(
+            seq.end.path,
+            f"endpoint is {end.image.size[0]}x{end.image.size[1]} but {seq.start.path} is "
+            f"{size[0]}x{size[1]}: tween endpoints must have the same size",
+            key="end",
+            rule="same size as start",
+            value=f"{end.image.size[0]}x{end.image.size[1]}",
+        )
+    files: dict[float, OutputFile] = {}
+    existing: dict[float, Image.Image] = {}
+    for frame in seq.frames:
+        path = seq.out_dir / frame.file
+        if frame.seed is None:  # an endpoint: copied byte for byte
+            source = plan.inbox.path / (seq.start if frame.t == 0.0 else seq.end).path
+            if not path.is_file() or sha256_file(path) != sha256_file(source):
+                atomic_write_bytes(path, source.read_bytes())
+            files[frame.t] = OutputFile(frame.file, sha256_file(path), path.stat().st_size)
+            continue
+        chunk = None if force else read_dropforge_chunk(path)
+        if chunk and chunk.get("job_key") == seq.job_key and chunk.get("t") == frame.t:
+            with Image.open(path) as im:
+                existing[frame.t] = im.convert("RGB")
+            files[frame.t] = OutputFile(frame.file, sha256_file(path), path.stat().st_size)
+    kept = len(existing)
+    counter.done += len(files)
+    ctx.progress.record(counter.done, counter.total, seq.path_id)
+    by_t = {f.t: f for f in seq.frames}
+    needed = tuple(f.t for f in seq.frames if f.seed is not None and f.t not in existing)
+    width, height = max(64, size[0] // 8 * 8), max(64, size[1] // 8 * 8)
+    params = plan.params
+
+    def on_frame(t: float, image: Image.Image) -> None:
+        frame = by_t[t]
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.LANCZOS)
+        files[t] = write_png(
+            seq.out_dir / frame.file,
+            image,
+            _parameters(plan, frame.seed or 0, width, height, t),
+            {"job_key": seq.job_key, "t": t, "seed": frame.seed},
+        )
+        counter.done += 1
+        ctx.progress.image(counter.done, counter.total, f"{seq.path_id} {frame.file}")
+
+    if needed:
+        request = TweenRequest(
+            model=plan.model,
+            start=start.image,
+            end=end.image,
+            width=width,
+            height=height,
+            depth=params.depth,
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            steps=params.steps,
+            guidance=params.guidance,
+            strength=params.strength,
+            seed=params.seed or 0,
+            times_needed=needed,
+            existing=existing,
+            lora=plan.lora,
+            max_batch=ctx.settings.max_batch,
+        )
+        events = GenerationEvents(
+            on_image=lambda index, image: None,
+            on_step=lambda step, steps: ctx.progress.step(counter.done, counter.total, step, steps),
+            should_stop=ctx.should_stop,
+            on_warning=notes.append,
+            on_frame=on_frame,
+        )
+        ctx.generator().generate_tween(request, events)
+    _write_preview(seq.out_dir, [seq.out_dir / f.file for f in seq.frames])
+    outputs = [
+        OutputEntry(
+            files[f.t].file,
+            files[f.t].sha256,
+            files[f.t].bytes,
+            seed=f.seed,
+            t=f.t,
+            prompt=params.prompt if f.seed is not None else None,
+        )
+        for f in seq.frames
+    ]
+    preview = seq.out_dir / PREVIEW_NAME
+    outputs.append(
+        OutputEntry(PREVIEW_NAME, sha256_file(preview), preview.stat().st_size, role="preview")
+    )
+    manifest = dataclasses.replace(
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
+        job_key=seq.job_key,
+        outputs=tuple(outputs),
+        warnings=tuple(notes),
+        sequence=SequenceRecord(
+            path_id=seq.path_id,
+            expr_start=seq.expr_start,
+            expr_end=seq.expr_end,
+            pose=seq.pose,
+            frames=tuple((f.t, f.file) for f in seq.frames),
+            endpoints=tuple(FileRecord(d.path, d.sha256) for d in (seq.start, seq.end)),
+        ),
+    )
+    write_manifest(seq.out_dir, manifest)
+    return len(needed), kept
+
+
+def _parameters(plan: Plan, seed: int, width: int, height: int, t: float) -> str:
+    params = plan.params
+    extra: dict[str, Any] = {"Denoising strength": params.strength, "Tween t": t}
+    if plan.lora is not None:
+        extra["Lora"] = f"{plan.lora.alias}:{plan.lora.scale}"
+    return parameters_text(
+        plan,
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        steps=params.steps,
+        guidance=params.guidance,
+        seed=seed,
+        width=width,
+        height=height,
+        extra=extra,
+    )
+
+
+def _write_preview(folder: Path, frames: list[Path]) -> None:
+    """An animated GIF playing the sequence forth and back."""
+    images = []
+    for path in frames:
+        with Image.open(path) as im:
+            images.append(im.convert("RGB"))
+    loop = images + images[-2:0:-1]
+    buffer = io.BytesIO()
+    loop[0].save(
+        buffer, format="GIF", save_all=True, append_images=loop[1:], duration=PREVIEW_MS, loop=0
+    )
+    atomic_write_bytes(folder / PREVIEW_NAME, buffer.getvalue())

@@ -1,0 +1,422 @@
+"""The job-store contract: every ``JobStore`` backend passes these tests.
+
+The ``store`` fixture is parametrised over the implementations (as huey's ``StorageTests``
+and APScheduler 4's ``raw_datastore`` fixture do); a new backend joins by adding a case to
+``STORES``, not by writing new tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.errors import JobNotFound
+from daemon.store.protocols import JobStore
+from daemon.store.rows import Job
+from daemon.store.sqlite import SqliteJournal
+from daemon.values import JobState
+
+INBOX = "/srv/inbox"
+
+
+class Clock:
+    """A settable clock for the store."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+Opener = Callable[[Clock], Any]  # opens a new handle on the test's one store
+
+
+def _sqlite(tmp_path: Path) -> Opener:
+    path = tmp_path / "state" / "journal.sqlite3"
+    return lambda clock: SqliteJournal(path, clock=clock)
+
+
+STORES: dict[str, Callable[[Path], Opener]] = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(STORES))
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens handles on one fresh store of each implementation."""
+    return STORES[request.param](tmp_path)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(opener: Opener, clock: Clock) -> Iterator[JobStore]:
+    with opener(clock) as handle:
+        yield handle
+
+
+def add(store: JobStore, input: str = "cat.png", **kw: Any) -> tuple[Job, bool]:
+    """Upsert a job with defaults for every field not given."""
+    args: dict[str, Any] = {
+        "inbox": INBOX,
+        "input": input,
+        "kind": "image",
+        "fingerprint": "fp1",
+        "job_key": "key1",
+        "out_dir": f"/srv/outbox/{input}",
+    }
+    args.update(kw)
+    return store.upsert_job(**args)
+
+
+def test_new_job_is_queued(store: JobStore, clock: Clock) -> None:
+    """A new input becomes a queued job with the given identity."""
+    job, changed = add(store, deps=["_defaults.toml", "a/mask.png"])
+    assert changed
+    assert job.state is JobState.queued
+    assert (job.inbox, job.input, job.kind, job.fingerprint, job.job_key) == (
+        INBOX,
+        "cat.png",
+        "image",
+        "fp1",
+        "key1",
+    )
+    assert (job.attempts, job.waits, job.error, job.force) == (0, 0, None, False)
+    assert job.created_at == job.updated_at == clock.now
+    assert job.deps == ("_defaults.toml", "a/mask.png")
+    assert store.get_job(INBOX, "cat.png") == job
+    assert store.get_job(INBOX, "dog.png") is None
+
+
+def test_unchanged_job_is_left_alone(store: JobStore, clock: Clock) -> None:
+    """Upserting the same fingerprint and key leaves a finished job finished."""
+    job, _ = add(store)
+    store.claim("w", 60)
+    store.mark_done(job.id, seconds=4.0)
+    done = store.get(job.id)
+    clock.advance(10)
+    again, changed = add(store)
+    assert not changed
+    assert again == done
+    assert again.state is JobState.done
+
+
+@pytest.mark.parametrize("change", [{"fingerprint": "fp2"}, {"job_key": "key2"}])
+def test_changed_identity_starts_over(
+    store: JobStore, clock: Clock, change: dict[str, str]
+) -> None:
+    """A changed fingerprint or job key requeues a failed job with fresh counters."""
+    job, _ = add(store)
+    store.claim("w", 60)
+    store.mark_waiting(job.id, "no model", retry_in=5)
+    clock.advance(5)
+    store.claim("w", 60)
+    store.mark_failed(job.id, "cat.png: not an image")
+    failed = store.get(job.id)
+    assert (failed.attempts, failed.waits, failed.error) == (1, 1, "cat.png: not an image")
+    again, changed = add(store, out_dir="/srv/outbox/new", **change)
+    assert changed
+    assert again.id == job.id
+    assert again.state is JobState.queued
+    assert (again.attempts, again.waits, again.error, again.not_before) == (0, 0, None, None)
+    assert again.out_dir == "/srv/outbox/new"
+
+
+def test_force_requeues_an_unchanged_job_once(store: JobStore) -> None:
+    """force requeues a done job and sets the flag; a repeat while queued changes nothing."""
+    job, _ = add(store)
+    store.mark_done(job.id, seconds=1.0)
+    forced, changed = add(store, force=True)
+    assert changed
+    assert (forced.state, forced.force) == (JobState.queued, True)
+    assert add(store, force=True) == (forced, False)
+
+
+def test_running_job_is_not_reset_under_a_live_lease(store: JobStore, clock: Clock) -> None:
+    """A changed input does not disturb a running job until its lease has expired."""
+    add(store)
+    running = store.claim("w", 60)
+    assert running is not None
+    assert add(store, fingerprint="fp2") == (running, False)
+    clock.advance(61)
+    job, changed = add(store, fingerprint="fp2")
+    assert changed
+    assert (job.state, job.fingerprint, job.lease_owner) == (JobState.queued, "fp2", None)
+
+
+def test_update_identity_and_delete(store: JobStore) -> None:
+    """update_identity rewrites the identity in place; delete removes the row."""
+    job, _ = add(store)
+    store.update_identity(job.id, "fp9", "key9", "/srv/outbox/x")
+    updated = store.get(job.id)
+    assert (updated.fingerprint, updated.job_key, updated.out_dir) == (
+        "fp9",
+        "key9",
+        "/srv/outbox/x",
+    )
+    assert store.delete(job.id)
+    assert not store.delete(job.id)
+    with pytest.raises(JobNotFound, match=f"no job {job.id} in the journal"):
+        store.get(job.id)
+
+
+def test_claim_takes_jobs_in_arrival_order(store: JobStore, clock: Clock) -> None:
+    """claim returns the oldest runnable job and leases it."""
+    first, _ = add(store, "b.png")
+    second, _ = add(store, "a.png")
+    clock.advance(5)
+    job = store.claim("host:1", 600)
+    assert job is not None
+    assert job.id == first.id
+    assert (job.state, job.attempts, job.lease_owner) == (JobState.running, 1, "host:1")
+    assert (job.lease_expires, job.started_at) == (clock.now + 600, clock.now)
+    assert store.claim("host:1", 600) == store.get(second.id)
+    assert store.claim("host:1", 600) is None
+
+
+def test_waiting_job_is_claimed_when_due(store: JobStore, clock: Clock) -> None:
+    """A waiting job is skipped until its not_before, then taken in arrival order."""
+    early, _ = add(store, "early.png")
+    assert store.claim("w", 60) is not None
+    store.mark_waiting(early.id, "model not available", retry_in=100)
+    late, _ = add(store, "late.png")
+    claimed = store.claim("w", 60)
+    assert claimed is not None and claimed.id == late.id
+    store.mark_done(late.id, seconds=1)
+    assert store.claim("w", 60) is None
+    clock.advance(100)
+    again = store.claim("w", 60)
+    assert again is not None and again.id == early.id
+
+
+def test_backoff_grows_and_caps(store: JobStore, clock: Clock) -> None:
+    """Default waits back off 30 s, 60 s, 120 s … up to one hour, without counting attempts."""
+    job, _ = add(store)
+    delays = []
+    for _ in range(9):
+        assert store.claim("w", 60) is not None
+        store.mark_waiting(job.id, "disk below min_free_mb")
+        waiting = store.get(job.id)
+        assert waiting.not_before is not None
+        delays.append(waiting.not_before - clock.now)
+        clock.now = waiting.not_before
+    assert delays == [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
+    final = store.get(job.id)
+    assert (final.state, final.waits, final.attempts) == (JobState.waiting, 9, 0)
+    assert (final.error, final.lease_owner) == ("disk below min_free_mb", None)
+
+
+def test_mark_done_records_seconds_and_clears_lease(store: JobStore, clock: Clock) -> None:
+    """mark_done ends the job, records its time and spends the force flag."""
+    job, _ = add(store, force=True)
+    store.claim("w", 60)
+    clock.advance(7)
+    store.mark_done(job.id, seconds=6.5)
+    done = store.get(job.id)
+    assert (done.state, done.seconds, done.finished_at) == (JobState.done, 6.5, clock.now)
+    assert (done.lease_owner, done.lease_expires, done.force) == (None, None, False)
+
+
+def test_mark_failed_records_error(store: JobStore) -> None:
+    """mark_failed ends the job with the user-facing error."""
+    job, _ = add(store)
+    store.claim("w", 60)
+    store.mark_failed(job.id, "cat.toml: count must be 1..20, got 50")
+    failed = store.get(job.id)
+    assert (failed.state, failed.error) == (
+        JobState.failed,
+        "cat.toml: count must be 1..20, got 50",
+    )
+    assert store.claim("w", 60) is None
+
+
+def test_mark_queued_does_not_count_the_claim(store: JobStore) -> None:
+    """A job interrupted by a stop goes back to queued with its claim uncounted."""
+    job, _ = add(store)
+    store.claim("w", 60)
+    store.mark_queued(job.id)
+    queued = store.get(job.id)
+    assert (queued.state, queued.attempts, queued.lease_owner) == (JobState.queued, 0, None)
+    store.mark_queued(job.id)
+    assert store.get(job.id).attempts == 0
+
+
+def test_renew_lease_only_for_the_owner(store: JobStore, clock: Clock) -> None:
+    """The owner can extend its lease; anyone else is told it does not hold it."""
+    job, _ = add(store)
+    store.claim("w1", 60)
+    clock.advance(50)
+    assert store.renew_lease(job.id, "w1", 60)
+    assert store.get(job.id).lease_expires == clock.now + 60
+    assert not store.renew_lease(job.id, "w2", 60)
+    store.mark_done(job.id, seconds=1)
+    assert not store.renew_lease(job.id, "w1", 60)
+
+
+def test_set_progress(store: JobStore) -> None:
+    """set_progress records images done of total and a note; a new claim resets it."""
+    job, _ = add(store)
+    store.claim("w", 60)
+    store.set_progress(job.id, 2, 4, "step 3/20")
+    running = store.running()
+    assert [(j.progress_done, j.progress_total, j.progress_note) for j in running] == [
+        (2, 4, "step 3/20")
+    ]
+    store.mark_queued(job.id)
+    claimed = store.claim("w", 60)
+    assert claimed is not None
+    assert (claimed.progress_done, claimed.progress_total, claimed.progress_note) == (0, 0, "")
+
+
+def test_recover_requeues_or_quarantines(store: JobStore) -> None:
+    """At start-up running jobs return to the queue, or to quarantine after max_attempts claims."""
+    crashy, _ = add(store, "my cat.png")
+    fresh, _ = add(store, "dog.png")
+    for _ in range(2):
+        store.claim("dead:1", 60)
+        store.recover(max_attempts=3)
+    store.claim("dead:2", 60)  # crashy's third claim
+    store.claim("dead:2", 60)  # fresh's first
+    assert store.recover(max_attempts=3) == (1, 1)
+    quarantined = store.get(crashy.id)
+    assert quarantined.state is JobState.quarantined
+    assert quarantined.error == (
+        "quarantined: 3 claims never finished (the process died each time); "
+        "run dropforge retry '/srv/inbox/my cat.png'"
+    )
+    requeued = store.get(fresh.id)
+    assert (requeued.state, requeued.attempts, requeued.lease_owner) == (JobState.queued, 1, None)
+    assert store.recover(max_attempts=3) == (0, 0)
+
+
+def test_two_handles_never_claim_the_same_job(opener: Opener, clock: Clock) -> None:
+    """Four threads over two handles on one store claim every job exactly once."""
+    with opener(clock) as first, opener(clock) as second:
+        ids = {add(first, f"{n:03}.png")[0].id for n in range(60)}
+        claimed: list[list[int]] = [[] for _ in range(4)]
+        barrier = threading.Barrier(4)
+
+        def worker(index: int, store: JobStore) -> None:
+            barrier.wait()
+            while (job := store.claim(f"w{index}", 60)) is not None:
+                claimed[index].append(job.id)
+
+        threads = [
+            threading.Thread(target=worker, args=(i, (first, second)[i % 2])) for i in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        everything = [i for ids_of in claimed for i in ids_of]
+        assert sorted(everything) == sorted(ids)
+        assert all(ids_of == sorted(ids_of) for ids_of in claimed)
+        assert first.counts()[JobState.running] == 60
+
+
+def test_counts_include_zeros(store: JobStore) -> None:
+    """counts names every state, zeros included, in enum order."""
+    assert store.counts() == {s: 0 for s in JobState}
+    add(store, "a.png")
+    add(store, "b.png")
+    store.claim("w", 60)
+    assert list(store.counts().items()) == [
+        (JobState.queued, 1),
+        (JobState.running, 1),
+        (JobState.done, 0),
+        (JobState.failed, 0),
+        (JobState.waiting, 0),
+        (JobState.quarantined, 0),
+    ]
+
+
+def test_jobs_filter_and_limit(store: JobStore) -> None:
+    """jobs lists rows in arrival order, filtered by state and limited."""
+    a = add(store, "a.png")[0]
+    b = add(store, "b.png")[0]
+    c = add(store, "c.png")[0]
+    store.mark_failed(b.id, "bad")
+    assert [j.id for j in store.jobs()] == [a.id, b.id, c.id]
+    assert [j.id for j in store.jobs(limit=2)] == [a.id, b.id]
+    assert [j.id for j in store.jobs([JobState.queued])] == [a.id, c.id]
+    assert [j.id for j in store.jobs([JobState.failed, JobState.done])] == [b.id]
+    assert store.jobs([]) == []
+
+
+def test_recent_failures_newest_first(store: JobStore, clock: Clock) -> None:
+    """recent_failures lists failed and quarantined jobs, the newest first."""
+    a = add(store, "a.png")[0]
+    b = add(store, "b.png")[0]
+    c = add(store, "c.png")[0]
+    add(store, "d.png")
+    store.mark_failed(c.id, "c broke")
+    clock.advance(1)
+    store.claim("w", 60)  # a
+    store.recover(max_attempts=1)
+    clock.advance(1)
+    store.mark_failed(b.id, "b broke")
+    assert [(j.input, j.state) for j in store.recent_failures()] == [
+        ("b.png", JobState.failed),
+        ("a.png", JobState.quarantined),
+        ("c.png", JobState.failed),
+    ]
+    assert [j.id for j in store.recent_failures(limit=1)] == [b.id]
+    assert a.id < b.id < c.id
+
+
+def test_retry_by_input_and_state(store: JobStore) -> None:
+    """retry requeues named inputs and whole states, counting each job once."""
+    a = add(store, "a.png")[0]
+    b = add(store, "b.png")[0]
+    c = add(store, "c.png")[0]
+    for job in (a, b, c):
+        store.claim("w", 60)
+        store.mark_failed(job.id, "bad")
+    store.mark_done(c.id, seconds=1)
+    count = store.retry(inputs=[(INBOX, "a.png"), (INBOX, "c.png")], states=[JobState.failed])
+    assert count == 3
+    for job in (a, b, c):
+        again = store.get(job.id)
+        assert (again.state, again.attempts, again.error, again.force) == (
+            JobState.queued,
+            0,
+            None,
+            False,
+        )
+    assert store.retry(inputs=[(INBOX, "missing.png")]) == 0
+
+
+def test_retry_force_and_live_lease(store: JobStore) -> None:
+    """retry --force sets the flag; a job running under a live lease is not touched."""
+    a = add(store, "a.png")[0]
+    b = add(store, "b.png")[0]
+    store.mark_done(a.id, seconds=1)
+    store.claim("w", 60)  # b
+    assert store.retry(inputs=[(INBOX, "a.png"), (INBOX, "b.png")], force=True) == 1
+    assert store.get(a.id).force
+    assert store.get(b.id).state is JobState.running
+    assert not store.requeue(b.id)
+
+
+def test_requeue_quarantined(store: JobStore) -> None:
+    """requeue releases a quarantined job with a fresh attempt count."""
+    job, _ = add(store)
+    store.claim("w", 60)
+    store.recover(max_attempts=1)
+    assert store.requeue(job.id, force=True)
+    again = store.get(job.id)
+    assert (again.state, again.attempts, again.error, again.force) == (
+        JobState.queued,
+        0,
+        None,
+        True,
+    )
