@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +22,8 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
+DATABASE_ENV = "DROPFORGE_DATABASE"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 DEFAULT_PRESETS: Mapping[str, Mapping[str, Any]] = {
     "draft": {"steps": 20, "mesh_resolution": 192},
@@ -37,6 +42,18 @@ class InboxConfig:
     poll: bool = False
     recursive: bool = True
     after: str = "keep"
+    name: str = ""  # the inbox's identity in a cluster (every host names it alike)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: the shared job store of several hosts (see docs/cluster.md)."""
+
+    database: str  # postgresql://… (or $DROPFORGE_DATABASE)
+    host_name: str  # this host in leases and `dropforge status`
+    heartbeat_seconds: float = 5.0
+    host_timeout: float = 30.0  # a host silent this long is dead: its jobs are reclaimed
+    poll_seconds: float = 5.0  # idle hosts look for work this often (lost notifications)
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,7 @@ class Settings:
     inboxes: tuple[InboxConfig, ...]
     state_dir: Path
     device: str = "auto"
+    devices: tuple[str, ...] = ()  # one worker process per device (several GPUs in one box)
     settle_seconds: float = 2.0
     rescan_interval: float = 300.0
     unload_after: float = 600.0
@@ -68,6 +86,7 @@ class Settings:
     presets: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: MappingProxyType(dict(DEFAULT_PRESETS))
     )
+    cluster: ClusterConfig | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -83,13 +102,16 @@ class Settings:
         """Resolve a ``[models]`` alias to a hub id, a local folder or a .safetensors file."""
         if alias not in self.models:
             raise ConfigError(f"model alias {alias!r} is not defined in [models]")
-        return resolve_model_ref(alias, self.models[alias], self.base_dir)
+        source = resolve_model_ref(alias, self.models[alias], self.base_dir)
+        # In a cluster, hosts keep models at different paths: keys name the alias instead.
+        return dataclasses.replace(source, portable=True) if self.cluster else source
 
     def lora_source(self, alias: str, scale: float) -> LoraSource:
         """Resolve a ``[loras]`` alias to an absolute .safetensors path."""
         if alias not in self.loras:
             raise ConfigError(f"LoRA alias {alias!r} is not defined in [loras]")
-        return LoraSource(alias=alias, path=str(self.base_dir / self.loras[alias]), scale=scale)
+        path = str(self.base_dir / self.loras[alias])
+        return LoraSource(alias=alias, path=path, scale=scale, portable=self.cluster is not None)
 
 
 def resolve_model_ref(alias: str, value: str, base_dir: Path) -> ModelSource:
@@ -224,7 +246,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
     """Validate an already-parsed config mapping (used by tests and load_config)."""
     name = config_path.name
     base = config_path.parent
-    known = ("daemon", "inbox", "models", "loras", "defaults", "presets")
+    known = ("daemon", "inbox", "models", "loras", "defaults", "presets", "cluster")
     for key in data:
         if key not in known:
             raise ConfigError(f"{name}: [{key}]: unknown table{did_you_mean(key, known)}")
@@ -233,6 +255,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
     state_dir = base / os.path.expanduser(str(d.get("state_dir", str, ".dropforge", "a path")))
     daemon_values: dict[str, Any] = {
         "device": d.choice("device", "auto", ("auto", "cpu", "cuda", "mps"), DEVICES_HELP),
+        "devices": _devices(d),
         "settle_seconds": d.number("settle_seconds", 2.0, 0.0),
         "rescan_interval": d.number("rescan_interval", 300.0, 1.0),
         "unload_after": d.number("unload_after", 600.0, 0.0),
@@ -275,6 +298,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
             poll=t.get("poll", bool, False, "true or false"),
             recursive=t.get("recursive", bool, True, "true or false"),
             after=t.choice("after", "keep", ("keep", "move")),
+            name=_inbox_name(t),
         )
         t.finish()
         _check_inbox_layout(t.where, inbox, state_dir.resolve())
@@ -282,6 +306,8 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
             raise ConfigError(f"{t.where}: path {inbox.path} is already watched")
         seen.add(inbox.path)
         inboxes.append(inbox)
+    cluster = _cluster(name, data.get("cluster", {}))
+    inboxes = _named_inboxes(name, inboxes, cluster)
 
     models = _string_table(name, "models", data.get("models", {}))
     loras = _string_table(name, "loras", data.get("loras", {}))
@@ -310,8 +336,87 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
         loras=MappingProxyType(loras),
         defaults=MappingProxyType(dict(defaults)),
         presets=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in presets.items()}),
+        cluster=cluster,
         **daemon_values,
     )
+
+
+def _devices(d: _Table) -> tuple[str, ...]:
+    """``devices = ["cuda:0", "cuda:1"]``: one worker process per device."""
+    rule = f"a list of devices ({DEVICES_HELP})"
+    value = d.get("devices", list, [], rule)
+    for item in value:
+        ok = isinstance(item, str) and (item in ("cpu", "cuda", "mps") or _is_cuda_index(item))
+        if not ok:
+            raise ConfigError(f"{d.where}: devices must be {rule}, got {show_value(value)}")
+    return tuple(value)
+
+
+def _inbox_name(t: _Table) -> str:
+    """An inbox's ``name``: letters, digits, ``.``, ``_``, ``-`` ("" when not given)."""
+    value = str(t.get("name", str, "", "a name of letters, digits, '.', '_' or '-'"))
+    if "name" in t.data and not _NAME_RE.match(value):
+        raise ConfigError(
+            f"{t.where}: name must be 1..64 letters, digits, '.', '_' or '-', "
+            f"got {show_value(value)}"
+        )
+    return value
+
+
+def _cluster(name: str, data: Any) -> ClusterConfig | None:
+    """``[cluster]`` (and ``$DROPFORGE_DATABASE``): None when no database is named."""
+    t = _Table(f"{name} [cluster]", data)
+    database = str(t.get("database", str, "", "a postgresql:// URL"))
+    host = str(t.get("host_name", str, "", "a host name"))
+    heartbeat = t.number("heartbeat_seconds", 5.0, 0.1, 60.0)
+    timeout = t.number("host_timeout", 30.0, 1.0, 3600.0)
+    poll = t.number("poll_seconds", 5.0, 0.1, 60.0)
+    t.finish()
+    database = os.environ.get(DATABASE_ENV) or database
+    if not database:
+        return None
+    if not database.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{t.where}: database must be a postgresql:// URL, got {show_value(database)}"
+        )
+    if timeout < 2 * heartbeat:
+        raise ConfigError(
+            f"{t.where}: host_timeout must be at least twice heartbeat_seconds "
+            f"({2 * heartbeat:g}), got {show_value(timeout)}"
+        )
+    host = host or socket.gethostname()
+    if not _NAME_RE.match(host):
+        raise ConfigError(
+            f"{t.where}: host_name must be 1..64 letters, digits, '.', '_' or '-', "
+            f"got {show_value(host)}"
+        )
+    return ClusterConfig(database, host, heartbeat, timeout, poll)
+
+
+def _named_inboxes(
+    name: str, inboxes: list[InboxConfig], cluster: ClusterConfig | None
+) -> list[InboxConfig]:
+    """Inbox names identify jobs in a cluster: each must be given there, and unique. On one
+    host an inbox without a name is called after its folder."""
+    seen: set[str] = set()
+    named = []
+    for i, inbox in enumerate(inboxes, 1):
+        where = f"{name} [[inbox]] #{i}"
+        if not inbox.name:
+            if cluster is not None:
+                raise ConfigError(
+                    f"{where}: name is required with [cluster] database (it identifies the "
+                    "inbox on every host)"
+                )
+            named.append(dataclasses.replace(inbox, name=inbox.path.name))
+            continue
+        if inbox.name in seen:
+            raise ConfigError(
+                f"{where}: name {show_value(inbox.name)} is already used by another inbox"
+            )
+        seen.add(inbox.name)
+        named.append(inbox)
+    return named
 
 
 def _string_table(name: str, table: str, data: Any) -> dict[str, str]:

@@ -265,11 +265,11 @@ def test_a_job_whose_last_journal_write_failed_is_recovered_by_the_heartbeat(
     real_mark_done = journal.mark_done
     refusals: list[int] = []
 
-    def full_disk(job_id: int, *, seconds: float) -> None:
+    def full_disk(job_id: int, *, seconds: float, claim: int | None = None) -> bool:
         if not refusals:
             refusals.append(job_id)
             raise sqlite3.OperationalError("database or disk is full")
-        real_mark_done(job_id, seconds=seconds)
+        return real_mark_done(job_id, seconds=seconds, claim=claim)
 
     journal.mark_done = full_disk  # type: ignore[method-assign]
     with capture_logs() as logs:

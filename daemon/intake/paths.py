@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
@@ -147,3 +148,22 @@ def apply_defaults(
         new_task if isinstance(new_task, str) else task,
         new_mask if isinstance(new_mask, str) else mask,
     )
+
+
+_MOUNTED: dict[str, bool] = {}  # root → it was a mount point when last seen present
+_MOUNTED_LOCK = threading.Lock()
+
+
+def root_present(path: str | Path) -> bool:
+    """Whether an inbox or output root is really there: a folder, and still a mount point if
+    it was one when first seen (an unmounted share leaves its empty mount point behind,
+    which must never look like a folder whose files were all deleted)."""
+    key = str(path)
+    if not os.path.isdir(key):
+        return False
+    mounted = os.path.ismount(key)
+    with _MOUNTED_LOCK:
+        if _MOUNTED.get(key) and not mounted:
+            return False
+        _MOUNTED[key] = mounted
+    return True

@@ -69,8 +69,8 @@ def settings_fingerprint(settings: Settings, default_task: str) -> str:
         {
             "defaults": dict(settings.defaults),
             "presets": {k: dict(v) for k, v in settings.presets.items()},
-            "models": {k: settings.model_source(k).describe() for k in settings.models},
-            "loras": dict(settings.loras),
+            "models": {k: settings.model_source(k).key_source() for k in settings.models},
+            "loras": dict(settings.loras) if settings.cluster is None else sorted(settings.loras),
             "default_task": default_task,
             "max_pixels": settings.max_pixels,
         }
@@ -91,8 +91,8 @@ def finish_plan(
         "input": pi.input_sha256,
         "mask": pi.mask.sha256 if pi.mask else None,
         "params": {k: v for k, v in record.items() if k != "force"},
-        "model": {"alias": pi.model.alias, "source": pi.model.describe()},
-        "lora": None if pi.lora is None else {"alias": pi.lora.alias, "path": pi.lora.path},
+        "model": {"alias": pi.model.alias, "source": pi.model.key_source()},
+        "lora": None if pi.lora is None else {"alias": pi.lora.alias, "path": pi.lora.key_path()},
         "outputs": [[o.file, o.seed, o.prompt, o.steps, o.guidance, o.strength] for o in outputs],
     }
     return Plan(

@@ -112,7 +112,7 @@ class WorkerLoop(threading.Thread):
         with self.busy:
             if self.worker.stop.is_set():
                 return False
-            job = self.journal.claim(self.worker.owner, self.worker.lease_seconds())
+            job = self.worker.claim()
             if job is None:
                 return False
             self.current = job
@@ -132,7 +132,7 @@ class WorkerLoop(threading.Thread):
         lease = self.worker.lease_seconds()
         if now - self._last_renew >= lease / 4:
             self._last_renew = now
-            self.journal.renew_lease(job.id, self.worker.owner, lease)
+            self.journal.renew_lease(job.id, self.worker.owner, lease, claim=job.claim)
 
     def stuck_for(self) -> float:
         """Seconds the running job has gone without progress (0 when idle)."""
@@ -155,8 +155,8 @@ class WorkerLoop(threading.Thread):
             log.info("worker.paused", active_hours=self.window.spec, resumes_in=round(until))
         self.paused = note
         with self.busy:
-            while (job := self.journal.claim(self.worker.owner, 60.0)) is not None:
-                self.journal.mark_waiting(job.id, note, retry_in=until)
+            while (job := self.worker.claim(60.0)) is not None:
+                self.journal.mark_waiting(job.id, note, retry_in=until, claim=job.claim)
         return False
 
     def _idle_timeout(self) -> float | None:

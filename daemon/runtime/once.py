@@ -115,11 +115,12 @@ def run_once(
         )
         seen: set[int] = set()
         while True:
-            job = journal.claim(worker.owner, worker.lease_seconds())
+            job = worker.claim()
             if job is None:
                 break
             if job.id in seen:  # claimed again in this run: leave it for a later run
-                journal.mark_waiting(job.id, job.error or "retry later", retry_in=60.0)
+                message = job.error or "retry later"
+                journal.mark_waiting(job.id, message, retry_in=60.0, claim=job.claim)
                 continue
             seen.add(job.id)
             result = worker.run(job)

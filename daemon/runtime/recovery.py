@@ -54,15 +54,16 @@ def recover(settings: Settings, journal: Journal, *, spare: str | None = None) -
     jobs, so temporaries are searched in the output folders of those jobs only, not in the
     whole output tree (a restart over thousands of finished folders stays cheap).
     """
-    running = {job.id: job.out_dir for job in journal.running()}
+    running = {job.id: (job.out_dir, job.claim) for job in journal.running()}
     if not running:
         return 0
     requeued, quarantined = journal.recover(settings.max_attempts, alive=owner_alive, spare=spare)
-    still_running = {job.id for job in journal.running()}
+    still = {job.id: job.claim for job in journal.running()}
     removed = 0
-    for out_dir in sorted({d for i, d in running.items() if i not in still_running}):
-        if os.path.isdir(out_dir):
-            removed += len(remove_stale_temporaries(Path(out_dir)))
+    for job_id, (out_dir, claim) in sorted(running.items()):
+        # Only the dead claim's temporaries: the job may already run again elsewhere.
+        if still.get(job_id) != claim and os.path.isdir(out_dir):
+            removed += len(remove_stale_temporaries(Path(out_dir), claims={claim}))
     if requeued or quarantined or removed:
         log.info(
             "journal.recovered", requeued=requeued, quarantined=quarantined, temporaries=removed

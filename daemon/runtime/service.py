@@ -225,7 +225,8 @@ class Service:
         if loop is not None and loop.is_alive():
             job = loop.current
             if job is not None and self.journal is not None:
-                self.journal.mark_queued(job.id)  # a requeue, not a crash: no attempt counted
+                # A requeue, not a crash: no attempt counted.
+                self.journal.mark_queued(job.id, claim=job.claim)
             log.warning("service.stop_timeout", input=job.input if job else None)
         else:
             if loop is not None:

@@ -14,16 +14,17 @@ import structlog
 
 from daemon.config import Settings
 from daemon.errors import (
-    DependencyMissing,
     DiskFull,
     DropforgeError,
     InputError,
     Interrupted,
+    LeaseLost,
     TransientError,
 )
 from daemon.generators import Generator
 from daemon.intake.candidates import candidate_for
-from daemon.intake.paths import read_small_table
+from daemon.intake.paths import read_small_table, root_present
+from daemon.outputs.files import WriteFence, fenced_writes, remove_stale_temporaries
 from daemon.outputs.folders import escaping_output, foreign_output
 from daemon.outputs.manifest import job_is_done, write_manifest
 from daemon.store.protocols import Journal
@@ -37,6 +38,7 @@ from daemon.values import Clock
 log = structlog.get_logger("dropforge.worker")
 
 DISK_RETRY_S = 60.0  # the longest wait of a job held by a full disk or min_free_mb
+PROGRESS_EVERY_S = 1.0  # step progress is written at most this often (images: always)
 
 
 class Outcome(str, Enum):
@@ -48,6 +50,7 @@ class Outcome(str, Enum):
     waiting = "waiting"
     interrupted = "interrupted"
     vanished = "vanished"
+    lost = "lost"  # another worker holds the job now: this one wrote nothing more
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,30 @@ class JobResult:
     out_dir: str = ""
     generated: int = 0
     kept: int = 0
+
+
+class ProgressThrottle:
+    """Lets a running job's progress reach the job store at most once a ``every`` seconds,
+    except at image boundaries (``done`` changed) and for the first and last step."""
+
+    def __init__(self, clock: Clock, every: float = PROGRESS_EVERY_S) -> None:
+        self._clock = clock
+        self._every = every
+        self._last: tuple[int, float] | None = None
+
+    def due(self, done: int, note: str) -> bool:
+        """Whether this report should be written."""
+        now = self._clock()
+        last = self._last
+        step = note.startswith("step ")
+        finished_step = step and note.partition("/")[0][5:] == note.partition("/")[2]
+        if last is None or last[0] != done or not step or finished_step:
+            self._last = (done, now)
+            return True
+        if now - last[1] >= self._every:
+            self._last = (done, now)
+            return True
+        return False
 
 
 @dataclass
@@ -132,64 +159,80 @@ class Worker:
             else None
         )
         if inbox is None or candidate is None or not candidate.path.is_file():
-            self.journal.delete(job.id)  # the input left the inbox
-            bound.info("job.vanished")
-            return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
+            return self._vanished(job, bound)
         try:
             prepared = prepare(self.settings, self.journal, candidate)
-        except DependencyMissing as exc:
-            self.journal.mark_waiting(job.id, str(exc), retry_in=self.settings.settle_seconds)
-            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
-        except DropforgeError as exc:  # e.g. a file still being written
-            self.journal.mark_waiting(job.id, str(exc), retry_in=self.settings.settle_seconds)
-            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
-        self.journal.update_identity(
-            job.id, prepared.fingerprint, prepared.job_key, str(prepared.out_dir)
-        )
+        except DropforgeError as exc:  # a dependency vanished, or a file still being written
+            return self._wait(job, str(exc), self.settings.settle_seconds)
+        if not self.journal.update_identity(
+            job.id, prepared.fingerprint, prepared.job_key, str(prepared.out_dir), claim=job.claim
+        ):
+            return self._lost(job, bound)
         folders = [prepared.out_dir]
         if prepared.plan is not None:
             folders += [s.out_dir for s in prepared.plan.sequences]
         escape = escaping_output(candidate.inbox.output, folders, candidate.rel)
         if escape is not None:  # before any write, a failed manifest's too
-            self.journal.mark_waiting(job.id, escape)
             bound.warning("job.waiting", error=escape)
-            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, escape)
+            return self._wait(job, escape, None)
         clash = foreign_output(candidate.inbox.output, prepared.out_dir, candidate.rel)
         if clash is not None:  # no manifest: it would replace the other input's
-            self.journal.mark_failed(job.id, clash)
+            if not self.journal.mark_failed(job.id, clash, claim=job.claim):
+                return self._lost(job, bound)
             bound.warning("job.failed", error=clash)
             return JobResult(job.inbox, job.input, Outcome.failed, 0.0, clash)
+        lost = threading.Event()
+        with fenced_writes(WriteFence(job.claim, lambda: self._check_claim(job, lost))):
+            try:
+                return self._run_plan(job, prepared, started, bound, lost)
+            except LeaseLost:
+                return self._lost(job, bound)
+
+    def _run_plan(
+        self,
+        job: Job,
+        prepared: Prepared,
+        started: float,
+        bound: structlog.stdlib.BoundLogger,
+        lost: threading.Event,
+    ) -> JobResult:
+        """Run a prepared job's task (its writes fenced by its claim) and record the end."""
+        candidate = prepared.candidate
         plan = prepared.plan
         if plan is None:
             assert prepared.error is not None
             return self._fail(job, prepared, str(prepared.error), started, bound)
+        # Temporaries of earlier claims of this job (a dead or frozen worker's) go now.
+        for folder in {plan.out_dir, *(s.out_dir for s in plan.sequences)}:
+            if folder.is_dir():
+                remove_stale_temporaries(folder, claims=range(job.claim))
         force = plan.force or job.force
         if not force and job_is_done(plan.out_dir, plan.job_key):
             self._mark_done(job, plan.out_dir, plan.job_key, 0.0)
             self._move_after(prepared, "_done")
             return JobResult(job.inbox, job.input, Outcome.skipped, 0.0, out_dir=str(plan.out_dir))
-        bound.info("job.started", task=plan.task.value, outputs=len(plan.outputs))
+        bound.info("job.started", task=plan.task.value, outputs=len(plan.outputs), claim=job.claim)
         self.progress.on_start(job, len(plan.outputs))
         try:
-            ran = TASKS[plan.task].run(self._context(job, bound), prepared, force, started)
+            ran = TASKS[plan.task].run(self._context(job, bound, lost), prepared, force, started)
         except InputError as exc:
             if not candidate.path.is_file():
                 # Gone since it was planned (deleted, or its share unmounted): not a bad
                 # input. No failed manifest; a rescan queues it again if it comes back.
-                self.journal.delete(job.id)
-                bound.info("job.vanished", error=str(exc))
-                return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
+                return self._vanished(job, bound, str(exc))
             return self._fail(job, prepared, str(exc), started, bound)
         except Interrupted:
-            self.journal.mark_queued(job.id)
+            if lost.is_set():
+                raise LeaseLost(job.id, job.claim) from None
+            if not self.journal.mark_queued(job.id, claim=job.claim):
+                raise LeaseLost(job.id, job.claim) from None
             bound.info("job.interrupted")
             return JobResult(job.inbox, job.input, Outcome.interrupted, self.clock() - started)
         except TransientError as exc:
             # Space is freed by hand: look again every minute rather than backing off to 1 h.
             retry_in = min(backoff(job.waits), DISK_RETRY_S) if isinstance(exc, DiskFull) else None
-            self.journal.mark_waiting(job.id, str(exc), retry_in=retry_in)
             bound.warning("job.waiting", error=str(exc))
-            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
+            return self._wait(job, str(exc), retry_in)
         except Exception as exc:  # a bug must not stop the daemon; record it where users look
             bound.exception("job.crashed")
             message = f"internal error ({type(exc).__name__}: {exc}); please report it"
@@ -212,18 +255,27 @@ class Worker:
             ran.kept,
         )
 
-    def _context(self, job: Job, bound: structlog.stdlib.BoundLogger) -> JobContext:
+    def _context(
+        self, job: Job, bound: structlog.stdlib.BoundLogger, lost: threading.Event
+    ) -> JobContext:
         """What the job's task may use: narrow values, not this worker."""
+        throttle = ProgressThrottle(self.clock)
+
+        def record(done: int, total: int, note: str) -> None:
+            if throttle.due(done, note) and not self.journal.set_progress(
+                job.id, done, total, note, claim=job.claim
+            ):
+                lost.set()
+                raise LeaseLost(job.id, job.claim)
+
         return JobContext(
             settings=self.settings,
             generator=lambda: self.generator,
             device_name=self.device_name,
-            should_stop=self.stop.is_set,
+            should_stop=lambda: self.stop.is_set() or lost.is_set(),
             clock=self.clock,
             progress=JobProgress(
-                record=lambda done, total, note: self.journal.set_progress(
-                    job.id, done, total, note
-                ),
+                record=record,
                 on_image=lambda done, total: self.progress.on_image(job, done, total),
                 on_step=lambda step, steps: self.progress.on_step(job, step, steps),
             ),
@@ -231,9 +283,43 @@ class Worker:
             log=bound,
         )
 
+    def _check_claim(self, job: Job, lost: threading.Event) -> None:
+        """Raise LeaseLost unless the job's claim is still the live one (before a rename)."""
+        if lost.is_set() or not self.journal.holds(job.id, job.claim):
+            lost.set()
+            raise LeaseLost(job.id, job.claim)
+
+    def _lost(self, job: Job, bound: structlog.stdlib.BoundLogger) -> JobResult:
+        """Another worker holds the job now: record nothing, leave everything to it."""
+        bound.warning("job.lost", claim=job.claim)
+        return JobResult(job.inbox, job.input, Outcome.lost, 0.0, "claim lost")
+
+    def _wait(self, job: Job, message: str, retry_in: float | None) -> JobResult:
+        """Send the job to waiting (when its claim still holds)."""
+        if not self.journal.mark_waiting(job.id, message, retry_in=retry_in, claim=job.claim):
+            return self._lost(job, log.bind(job_id=job.id, input=job.input))
+        return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, message)
+
+    def _vanished(
+        self, job: Job, bound: structlog.stdlib.BoundLogger, error: str = ""
+    ) -> JobResult:
+        """The input is gone: forget its job; in a cluster, unless its inbox is unmounted or
+        gone on this host (then the shared row goes back to the queue, for a host that sees
+        it; on one host the next rescan queues it again)."""
+        inbox = self._inboxes.get(job.inbox)
+        shared = self.settings.cluster is not None
+        if shared and inbox is not None and not root_present(inbox.path):
+            self.journal.mark_queued(job.id, claim=job.claim)
+            bound.warning("job.released", reason="inbox missing on this host")
+            return JobResult(job.inbox, job.input, Outcome.interrupted, 0.0, "inbox missing")
+        self.journal.delete(job.id, claim=job.claim)  # the input left the inbox
+        bound.info("job.vanished", **({"error": error} if error else {}))
+        return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
+
     def _mark_done(self, job: Job, out_dir: Path, job_key: str, seconds: float) -> None:
         """Record the job done, and its output folder's stamp for the next rescan."""
-        self.journal.mark_done(job.id, seconds=seconds)
+        if not self.journal.mark_done(job.id, seconds=seconds, claim=job.claim):
+            raise LeaseLost(job.id, job.claim)
         self.journal.set_output_stamps([(str(out_dir), job_key, folder_stamp(out_dir))])
 
     def _fail(
@@ -248,9 +334,12 @@ class Worker:
         manifest = failed_manifest(prepared, message, started, finished, self.device_name())
         try:
             write_manifest(prepared.out_dir, manifest)
+        except LeaseLost:
+            raise
         except (OSError, DropforgeError) as exc:  # e.g. disk full: the journal still records it
             bound.error("manifest.unwritable", error=str(exc))
-        self.journal.mark_failed(job.id, message)
+        if not self.journal.mark_failed(job.id, message, claim=job.claim):
+            raise LeaseLost(job.id, job.claim)
         bound.warning("job.failed", error=message)
         self._move_after(prepared, "_failed")
         return JobResult(
@@ -291,6 +380,29 @@ class Worker:
                 f"only {free_mb} MB free on {probe}, below min_free_mb = "
                 f"{self.settings.min_free_mb}: free some space; the job resumes by itself"
             )
+
+    def claimable_inboxes(self) -> list[str] | None:
+        """The inboxes whose jobs this worker may claim: those whose inbox and output folders
+        are here (an unmounted share's jobs are left to hosts that see it); None for all.
+
+        On one host a missing output folder is made at the first write; in a cluster it
+        must exist, as a share's folder that is not there may be an unmounted share.
+        """
+        cluster = self.settings.cluster is not None
+        present = [
+            str(i.path)
+            for i in self.settings.inboxes
+            if root_present(i.path)
+            and (root_present(i.output) or (not cluster and not i.output.exists()))
+        ]
+        if not cluster and len(present) == len(self.settings.inboxes):
+            return None  # on one host, jobs of inboxes no longer configured are claimed too
+        return present
+
+    def claim(self, lease_seconds: float | None = None) -> Job | None:
+        """Claim the next job this worker may run."""
+        lease = self.lease_seconds() if lease_seconds is None else lease_seconds
+        return self.journal.claim(self.owner, lease, inboxes=self.claimable_inboxes())
 
     def unload(self) -> None:
         """Release the generator's pipelines (idle unload, shutdown)."""

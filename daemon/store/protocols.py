@@ -10,7 +10,7 @@ provides them; a shared job store on another engine pairs with a local scan cach
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,8 +46,14 @@ class JobStore(Protocol):
         """
         ...
 
-    def update_identity(self, job_id: int, fingerprint: str, job_key: str, out_dir: str) -> None:
-        """Record what a claimed job is actually about to do (its inputs may have changed)."""
+    def update_identity(
+        self, job_id: int, fingerprint: str, job_key: str, out_dir: str, *, claim: int | None = None
+    ) -> bool:
+        """Record what a claimed job is actually about to do (its inputs may have changed).
+
+        With ``claim`` (here and in every write below) the write happens only while that
+        claim is the job's live one, and False says it was refused: the claim was lost.
+        """
         ...
 
     def get_job(self, inbox: str, input: str) -> Job | None:
@@ -62,7 +68,7 @@ class JobStore(Protocol):
         """input → the compared columns of its job, for every job of one inbox."""
         ...
 
-    def delete(self, job_id: int) -> bool:
+    def delete(self, job_id: int, *, claim: int | None = None) -> bool:
         """Remove a job row (its input left the inbox); True when there was one."""
         ...
 
@@ -70,28 +76,45 @@ class JobStore(Protocol):
         """Put a job back to queued with a fresh attempt count; False if it is leased or gone."""
         ...
 
-    def claim(self, owner: str, lease_seconds: float) -> Job | None:
-        """Take the oldest runnable job (queued, or waiting and due) and lease it to owner."""
+    def claim(
+        self, owner: str, lease_seconds: float, *, inboxes: Collection[str] | None = None
+    ) -> Job | None:
+        """Take the oldest runnable job (queued, or waiting and due) and lease it to owner,
+        with a new fencing number (``Job.claim``); only jobs of ``inboxes`` when given."""
         ...
 
-    def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+    def holds(self, job_id: int, claim: int) -> bool:
+        """Whether ``claim`` is still the live claim of a running job (checked before every
+        output is renamed into place)."""
+        ...
+
+    def renew_lease(
+        self, job_id: int, owner: str, lease_seconds: float, *, claim: int | None = None
+    ) -> bool:
         """Extend owner's lease on a running job; False when owner no longer holds it."""
         ...
 
-    def mark_done(self, job_id: int, *, seconds: float) -> None:
+    def mark_done(self, job_id: int, *, seconds: float, claim: int | None = None) -> bool:
         """The job's outputs are complete (and its force flag spent)."""
         ...
 
-    def mark_failed(self, job_id: int, error: str) -> None:
+    def mark_failed(self, job_id: int, error: str, *, claim: int | None = None) -> bool:
         """The input is bad; terminal until the input or its sidecar changes."""
         ...
 
-    def mark_waiting(self, job_id: int, error: str, *, retry_in: float | None = None) -> None:
+    def mark_waiting(
+        self,
+        job_id: int,
+        error: str,
+        *,
+        retry_in: float | None = None,
+        claim: int | None = None,
+    ) -> bool:
         """The cause is outside the input: retry later (default: exponential backoff); a
         claim that ends here does not count toward attempts."""
         ...
 
-    def mark_queued(self, job_id: int) -> None:
+    def mark_queued(self, job_id: int, *, claim: int | None = None) -> bool:
         """A stop interrupted the job: queue it again without counting the claim."""
         ...
 
@@ -107,7 +130,9 @@ class JobStore(Protocol):
         the jobs of owner ``spare`` are left alone."""
         ...
 
-    def set_progress(self, job_id: int, done: int, total: int, note: str = "") -> None:
+    def set_progress(
+        self, job_id: int, done: int, total: int, note: str = "", *, claim: int | None = None
+    ) -> bool:
         """Record how far a running job has come (shown by ``dropforge status``)."""
         ...
 

@@ -55,6 +55,7 @@ class Job:
     progress_note: str
     force: bool
     deps: tuple[str, ...]
+    claim: int = 0  # the fencing number of the latest claim (0: never claimed)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:

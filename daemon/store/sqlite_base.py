@@ -86,7 +86,12 @@ _FOLDER_MARK_TRIGGERS = [
     )
 ]
 
-_ADDED = [_OUTPUT_STAMPS, _VERIFIED_INPUTS, _FOLDER_MARKS, *_FOLDER_MARK_TRIGGERS]
+# Fencing: every claim takes a new number, and a worker's later writes of the job name it, so a
+# process that lost its claim (frozen past its lease, say) cannot overwrite the new owner's.
+_CLAIM_COLUMN = "ALTER TABLE jobs ADD COLUMN claim INTEGER NOT NULL DEFAULT 0"
+_CLAIM_INDEX = "CREATE INDEX IF NOT EXISTS jobs_claim_number ON jobs (claim)"
+
+_ADDED = [_OUTPUT_STAMPS, _VERIFIED_INPUTS, _FOLDER_MARKS, *_FOLDER_MARK_TRIGGERS, _CLAIM_INDEX]
 _ADDED_NAMES = {
     "output_stamps",
     "verified_inputs",
@@ -94,6 +99,7 @@ _ADDED_NAMES = {
     "folder_marks_insert",
     "folder_marks_delete",
     "folder_marks_update",
+    "jobs_claim_number",
 }
 
 _Database = TypeVar("_Database", bound="SqliteDatabase")
@@ -140,6 +146,9 @@ class SqliteDatabase:
                     f"uses ({SCHEMA_VERSION}); move the file aside to start a fresh journal"
                 )
             # Added without a version bump: older journals gain them, older code ignores them.
+            columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+            if "claim" not in columns:
+                db.execute(_CLAIM_COLUMN)
             for statement in _ADDED:
                 db.execute(statement)
 

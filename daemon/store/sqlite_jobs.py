@@ -6,7 +6,7 @@ import json
 import os
 import shlex
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,11 @@ _REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_b
     lease_owner = NULL, lease_expires = NULL, progress_done = 0, progress_total = 0,
     progress_note = '', updated_at = :now"""
 _NOT_LEASED = "NOT (state = 'running' AND lease_expires > :now)"
+
+
+def _fence(claim: int | None) -> str:
+    """The condition a write of a claimed job adds: that claim is still the live one."""
+    return "" if claim is None else " AND state = 'running' AND claim = :claim"
 
 
 class SqliteJobStore(SqliteDatabase):
@@ -91,14 +96,24 @@ class SqliteJobStore(SqliteDatabase):
             ).fetchone()
             return Job.from_row(new), True
 
-    def update_identity(self, job_id: int, fingerprint: str, job_key: str, out_dir: str) -> None:
+    def update_identity(
+        self, job_id: int, fingerprint: str, job_key: str, out_dir: str, *, claim: int | None = None
+    ) -> bool:
         """Record what a claimed job is actually about to do (its inputs may have changed)."""
         with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET fingerprint = ?, job_key = ?, out_dir = ?, updated_at = ?"
-                " WHERE id = ?",
-                (fingerprint, job_key, out_dir, self.clock(), job_id),
+            cursor = db.execute(
+                "UPDATE jobs SET fingerprint = :fp, job_key = :key, out_dir = :out,"
+                f" updated_at = :now WHERE id = :id{_fence(claim)}",
+                {
+                    "fp": fingerprint,
+                    "key": job_key,
+                    "out": out_dir,
+                    "now": self.clock(),
+                    "id": job_id,
+                    "claim": claim,
+                },
             )
+            return cursor.rowcount > 0
 
     def get_job(self, inbox: str, input: str) -> Job | None:
         """The job of one input, or None."""
@@ -112,10 +127,11 @@ class SqliteJobStore(SqliteDatabase):
             raise JobNotFound(job_id)
         return Job.from_row(rows[0])
 
-    def delete(self, job_id: int) -> bool:
+    def delete(self, job_id: int, *, claim: int | None = None) -> bool:
         """Remove a job row (its input left the inbox); True when there was one."""
         with self._tx() as db:
-            return db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+            sql = f"DELETE FROM jobs WHERE id = :id{_fence(claim)}"
+            return db.execute(sql, {"id": job_id, "claim": claim}).rowcount > 0
 
     def requeue(self, job_id: int, *, force: bool = False) -> bool:
         """Put a job back to queued with a fresh attempt count; False if it is leased or gone."""
@@ -132,15 +148,22 @@ class SqliteJobStore(SqliteDatabase):
         ).fetchall()
         return {int(r[0]) for r in rows}
 
-    def claim(self, owner: str, lease_seconds: float) -> Job | None:
-        """Take the oldest runnable job (queued, or waiting and due) and lease it to owner."""
+    def claim(
+        self, owner: str, lease_seconds: float, *, inboxes: Collection[str] | None = None
+    ) -> Job | None:
+        """Take the oldest runnable job (queued, or waiting and due) and lease it to owner,
+        with a new fencing number; only jobs of ``inboxes`` when given."""
         now = self.clock()
+        only = ""
+        if inboxes is not None:
+            only = " AND inbox IN (SELECT value FROM json_each(:inboxes))"
+        params = {"now": now, "inboxes": json.dumps(sorted(inboxes or ()))}
         with self._tx() as db:
             row = db.execute(
                 "SELECT min(id) FROM (SELECT min(id) AS id FROM jobs WHERE state = 'queued'"
-                " UNION ALL SELECT min(id) FROM jobs WHERE state = 'waiting'"
-                " AND coalesce(not_before, 0) <= :now)",
-                {"now": now},
+                f"{only} UNION ALL SELECT min(id) FROM jobs WHERE state = 'waiting'"
+                f" AND coalesce(not_before, 0) <= :now{only})",
+                params,
             ).fetchone()
             if row[0] is None:
                 return None
@@ -148,42 +171,76 @@ class SqliteJobStore(SqliteDatabase):
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1,"
                 " lease_owner = :owner, lease_expires = :expires, started_at = :now,"
                 " finished_at = NULL, seconds = NULL, progress_done = 0, progress_total = 0,"
-                " progress_note = '', updated_at = :now WHERE id = :id RETURNING *",
+                " progress_note = '', updated_at = :now,"
+                " claim = (SELECT coalesce(max(claim), 0) + 1 FROM jobs) WHERE id = :id"
+                " RETURNING *",
                 {"owner": owner, "expires": now + lease_seconds, "now": now, "id": row[0]},
             ).fetchone()
             return Job.from_row(claimed)
 
-    def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+    def holds(self, job_id: int, claim: int) -> bool:
+        """Whether ``claim`` is still the live claim of a running job."""
+        rows = self._query(
+            "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND claim = ?", (job_id, claim)
+        )
+        return bool(rows)
+
+    def renew_lease(
+        self, job_id: int, owner: str, lease_seconds: float, *, claim: int | None = None
+    ) -> bool:
         """Extend owner's lease on a running job; False when owner no longer holds it."""
         now = self.clock()
         with self._tx() as db:
             cursor = db.execute(
-                "UPDATE jobs SET lease_expires = ?, updated_at = ?"
-                " WHERE id = ? AND state = 'running' AND lease_owner = ?",
-                (now + lease_seconds, now, job_id, owner),
+                "UPDATE jobs SET lease_expires = :expires, updated_at = :now"
+                f" WHERE id = :id AND state = 'running' AND lease_owner = :owner{_fence(claim)}",
+                {
+                    "expires": now + lease_seconds,
+                    "now": now,
+                    "id": job_id,
+                    "owner": owner,
+                    "claim": claim,
+                },
             )
             return cursor.rowcount > 0
 
-    def mark_done(self, job_id: int, *, seconds: float) -> None:
+    def mark_done(self, job_id: int, *, seconds: float, claim: int | None = None) -> bool:
         """The job's outputs are complete."""
-        self._finish(job_id, "done", None, seconds)
+        return self._finish(job_id, "done", None, seconds, claim)
 
-    def mark_failed(self, job_id: int, error: str) -> None:
+    def mark_failed(self, job_id: int, error: str, *, claim: int | None = None) -> bool:
         """The input is bad; terminal until the input or its sidecar changes."""
-        self._finish(job_id, "failed", error, None)
+        return self._finish(job_id, "failed", error, None, claim)
 
-    def _finish(self, job_id: int, state: str, error: str | None, seconds: float | None) -> None:
+    def _finish(
+        self, job_id: int, state: str, error: str | None, seconds: float | None, claim: int | None
+    ) -> bool:
         now = self.clock()
         with self._tx() as db:
             # A forced regeneration is spent once it has ended one way or the other.
-            db.execute(
-                "UPDATE jobs SET state = ?, error = ?, seconds = ?, finished_at = ?,"
-                " updated_at = ?, not_before = NULL, lease_owner = NULL, lease_expires = NULL,"
-                " force = 0 WHERE id = ?",
-                (state, error, seconds, now, now, job_id),
+            cursor = db.execute(
+                "UPDATE jobs SET state = :state, error = :error, seconds = :seconds,"
+                " finished_at = :now, updated_at = :now, not_before = NULL, lease_owner = NULL,"
+                f" lease_expires = NULL, force = 0 WHERE id = :id{_fence(claim)}",
+                {
+                    "state": state,
+                    "error": error,
+                    "seconds": seconds,
+                    "now": now,
+                    "id": job_id,
+                    "claim": claim,
+                },
             )
+            return cursor.rowcount > 0
 
-    def mark_waiting(self, job_id: int, error: str, *, retry_in: float | None = None) -> None:
+    def mark_waiting(
+        self,
+        job_id: int,
+        error: str,
+        *,
+        retry_in: float | None = None,
+        claim: int | None = None,
+    ) -> bool:
         """The cause is outside the input: retry later (default: exponential backoff).
 
         A claim that ends here does not count toward attempts.
@@ -192,26 +249,28 @@ class SqliteJobStore(SqliteDatabase):
         with self._tx() as db:
             row = db.execute("SELECT waits FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                return
+                return False
             delay = backoff(row["waits"]) if retry_in is None else retry_in
-            db.execute(
-                "UPDATE jobs SET state = 'waiting', error = ?, not_before = ?, waits = waits + 1,"
-                " attempts = CASE WHEN state = 'running' THEN max(attempts - 1, 0)"
-                " ELSE attempts END, lease_owner = NULL, lease_expires = NULL, updated_at = ?"
-                " WHERE id = ?",
-                (error, now + delay, now, job_id),
+            cursor = db.execute(
+                "UPDATE jobs SET state = 'waiting', error = :error, not_before = :due,"
+                " waits = waits + 1, attempts = CASE WHEN state = 'running'"
+                " THEN max(attempts - 1, 0) ELSE attempts END, lease_owner = NULL,"
+                f" lease_expires = NULL, updated_at = :now WHERE id = :id{_fence(claim)}",
+                {"error": error, "due": now + delay, "now": now, "id": job_id, "claim": claim},
             )
+            return cursor.rowcount > 0
 
-    def mark_queued(self, job_id: int) -> None:
+    def mark_queued(self, job_id: int, *, claim: int | None = None) -> bool:
         """A stop interrupted the job: queue it again without counting the claim."""
         with self._tx() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE jobs SET state = 'queued', not_before = NULL,"
                 " attempts = CASE WHEN state = 'running' THEN max(attempts - 1, 0)"
-                " ELSE attempts END, lease_owner = NULL, lease_expires = NULL, updated_at = ?"
-                " WHERE id = ?",
-                (self.clock(), job_id),
+                " ELSE attempts END, lease_owner = NULL, lease_expires = NULL,"
+                f" updated_at = :now WHERE id = :id{_fence(claim)}",
+                {"now": self.clock(), "id": job_id, "claim": claim},
             )
+            return cursor.rowcount > 0
 
     def recover(
         self,
@@ -265,14 +324,24 @@ class SqliteJobStore(SqliteDatabase):
                 )
         return len(rows) - len(doomed), len(doomed)
 
-    def set_progress(self, job_id: int, done: int, total: int, note: str = "") -> None:
+    def set_progress(
+        self, job_id: int, done: int, total: int, note: str = "", *, claim: int | None = None
+    ) -> bool:
         """Record how far a running job has come (shown by ``dropforge status``)."""
         with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET progress_done = ?, progress_total = ?, progress_note = ?,"
-                " updated_at = ? WHERE id = ?",
-                (done, total, note, self.clock(), job_id),
+            cursor = db.execute(
+                "UPDATE jobs SET progress_done = :done, progress_total = :total,"
+                f" progress_note = :note, updated_at = :now WHERE id = :id{_fence(claim)}",
+                {
+                    "done": done,
+                    "total": total,
+                    "note": note,
+                    "now": self.clock(),
+                    "id": job_id,
+                    "claim": claim,
+                },
             )
+            return cursor.rowcount > 0
 
     def counts(self) -> dict[JobState, int]:
         """Number of jobs in every state, zeros included."""

@@ -202,8 +202,10 @@ def plan_sequences(
                     "start": start.dep.sha256,
                     "end": end.dep.sha256,
                     "params": {k: v for k, v in params.items() if k != "force"},
-                    "model": {"alias": model.alias, "source": model.describe()},
-                    "lora": None if lora is None else {"alias": lora.alias, "path": lora.path},
+                    "model": {"alias": model.alias, "source": model.key_source()},
+                    "lora": None
+                    if lora is None
+                    else {"alias": lora.alias, "path": lora.key_path()},
                     "frames": [[f.t, f.file, f.seed] for f in frames],
                 }
             )
