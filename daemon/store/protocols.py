@@ -10,11 +10,12 @@ provides them; a shared job store on another engine pairs with a local scan cach
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Iterable
+import threading
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from daemon.store.rows import FolderMark, Job, JobDigest
+from daemon.store.rows import FolderMark, Host, Job, JobDigest
 from daemon.values import Clock, JobState
 
 
@@ -256,3 +257,44 @@ class Journal(JobStore, ScanCache, Protocol):
     def __enter__(self) -> Journal: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class HostRegistry(Protocol):
+    """The hosts of a cluster sharing one job store: heartbeat rows, shared settings, wake-ups."""
+
+    host_timeout: float
+
+    def join(
+        self,
+        owner: str,
+        *,
+        host: str,
+        pid: int,
+        device: str,
+        version: str,
+        settings: Mapping[str, str],
+    ) -> None:
+        """Register a worker process; raise ConfigError (naming the keys) when its settings
+        differ from those of the cluster's live hosts."""
+        ...
+
+    def beat(self, owner: str, *, device: str, job_id: int | None, job_input: str | None) -> bool:
+        """The process is alive; False when its row is gone (it must join again)."""
+        ...
+
+    def leave(self, owner: str) -> None:
+        """The process stops."""
+        ...
+
+    def hosts(self, *, live_only: bool = True) -> list[Host]:
+        """The cluster's worker processes."""
+        ...
+
+    def forget_hosts(self, older_than: float) -> int:
+        """Delete rows of hosts silent for ``older_than`` seconds."""
+        ...
+
+    def listen(self, on_wake: Callable[[], None], stop: threading.Event) -> None:
+        """Block, calling ``on_wake`` whenever a job became runnable, until ``stop`` is set."""
+        ...

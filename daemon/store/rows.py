@@ -110,3 +110,18 @@ def stat_key(st: os.stat_result) -> tuple[int, int, str]:
     """What the stat cache compares: size, mtime in nanoseconds and inode (as text)."""
     # Inodes are stored as text: some filesystems report values beyond SQLite's int64.
     return st.st_size, st.st_mtime_ns, str(st.st_ino)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One worker process of a cluster, as its heartbeat row says; times by the database."""
+
+    owner: str
+    host: str
+    pid: int
+    device: str
+    version: str
+    started_at: float
+    beat_at: float
+    job_id: int | None
+    job_input: str | None
