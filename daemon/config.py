@@ -218,6 +218,15 @@ def _is_clock(text: str) -> bool:
     )
 
 
+def redact_url(url: str) -> str:
+    """A database URL without its password, for messages, logs and ``dropforge status``."""
+    head, at, tail = url.rpartition("@")
+    if not at or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, user = head.partition("//")
+    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"
+
+
 def default_config_path() -> Path:
     """``$DROPFORGE_CONFIG`` if set, else ``./config.toml``."""
     return Path(os.environ.get("DROPFORGE_CONFIG") or "config.toml")

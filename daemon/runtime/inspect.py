@@ -9,10 +9,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from daemon.config import InboxConfig, Settings, display_path
+from daemon.config import redact_url as redact
 from daemon.errors import ConfigError, DropforgeError
 from daemon.intake.candidates import candidate_for
 from daemon.intake.names import FileKind, classify
 from daemon.store.open import open_journal
+from daemon.store.protocols import HostRegistry
 from daemon.tasks.prepare import prepare
 from daemon.values import JobState
 
@@ -94,9 +96,10 @@ def collect_status(settings: Settings, *, now: float) -> dict[str, Any]:
     """Queue counts, running jobs with progress, waiting jobs, recent failures, and the
     inbox folders that are missing (an unmounted share: their files wait until it returns)."""
     missing = [display_path(i.path, settings) for i in settings.inboxes if not i.path.is_dir()]
-    if not settings.journal_path.exists():
+    if settings.cluster is None and not settings.journal_path.exists():
         return {
             "journal": str(settings.journal_path),
+            "hosts": [],
             "counts": {s.value: 0 for s in JobState},
             "running": [],
             "waiting": [],
@@ -130,8 +133,23 @@ def collect_status(settings: Settings, *, now: float) -> dict[str, Any]:
             {"input": j.input, "inbox": j.inbox, "state": j.state.value, "error": j.error}
             for j in journal.recent_failures(10)
         ]
+        hosts = [
+            {
+                "host": h.host,
+                "owner": h.owner,
+                "device": h.device,
+                "version": h.version,
+                "job": h.job_input,
+                "last_beat": round(max(0.0, journal.clock() - h.beat_at), 1),
+            }
+            for h in (journal.hosts() if isinstance(journal, HostRegistry) else [])
+        ]
+    where = str(settings.journal_path)
+    if settings.cluster is not None:
+        where = redact(settings.cluster.database)
     return {
-        "journal": str(settings.journal_path),
+        "journal": where,
+        "hosts": hosts,
         "counts": {s.value: counts.get(s, 0) for s in JobState},
         "running": running,
         "waiting": waiting,
@@ -144,12 +162,19 @@ def format_status(status: dict[str, Any]) -> str:
     """Human-readable status."""
     counts = status["counts"]
     lines = ["Jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items())]
+    for h in status.get("hosts", []):
+        job = h["job"] or "idle"
+        lines.append(
+            f"Host: {h['owner']} ({h['device']}, dropforge {h['version']}): {job};"
+            f" last beat {h['last_beat']:.1f} s ago"
+        )
     for folder in status["missing_inboxes"]:
         lines.append(f"Inbox missing: {folder} (unmounted or removed; its files wait for it)")
     for r in status["running"]:
         progress = f"image {r['images_done']}/{r['images_total']}"
         note = f", {r['note']}" if r["note"] else ""
-        lines.append(f"Running: {r['input']} ({progress}{note}, {r['seconds']} s so far)")
+        owner = f" on {r['owner']}" if status.get("hosts") and r["owner"] else ""
+        lines.append(f"Running: {r['input']}{owner} ({progress}{note}, {r['seconds']} s so far)")
     for w in status["waiting"]:
         lines.append(f"Waiting: {w['input']} (retry in {w['retry_in']:.0f} s): {w['error']}")
     if status["failures"]:

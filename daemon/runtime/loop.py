@@ -75,8 +75,10 @@ class WorkerLoop(threading.Thread):
         window: ActiveHours | None,
         monotonic: Clock,
         on_result: Callable[[JobResult], None],
+        park_outside: bool = True,
     ) -> None:
         super().__init__(name="dropforge-worker", daemon=True)
+        self._park_outside = park_outside
         self.worker = worker
         self.journal = worker.journal
         self.window = window
@@ -154,6 +156,8 @@ class WorkerLoop(threading.Thread):
         if self.paused is None:
             log.info("worker.paused", active_hours=self.window.spec, resumes_in=round(until))
         self.paused = note
+        if not self._park_outside:
+            return False  # simply claims nothing: other hosts take the jobs meanwhile
         with self.busy:
             while (job := self.worker.claim(60.0)) is not None:
                 self.journal.mark_waiting(job.id, note, retry_in=until, claim=job.claim)

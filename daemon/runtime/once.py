@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import structlog
@@ -12,10 +13,11 @@ from daemon.config import Settings
 from daemon.generators import Generator
 from daemon.intake.candidates import Candidate
 from daemon.intake.scan import ListedFolder, scan_inbox
+from daemon.runtime.cluster import Membership
 from daemon.runtime.recovery import owner_id, recover, table_reader
 from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
 from daemon.store.open import open_journal
-from daemon.store.protocols import Journal
+from daemon.store.protocols import HostRegistry, Journal
 from daemon.survey.entries import SurveyEntry, Verdict
 from daemon.survey.marks import FolderMarks
 from daemon.survey.survey import BULK_FROM, SurveyPass
@@ -94,7 +96,7 @@ def run_once(
     started = clock()
     preset = str(settings.defaults.get("preset", "standard"))
     report = OnceReport([str(i.path) for i in settings.inboxes], preset)
-    with open_journal(settings, clock=clock) as journal:
+    with open_journal(settings, clock=clock) as journal, member_of(settings, journal):
         recover(settings, journal)
         with SurveyPass(settings, journal) as survey_pass:
             scan = scan_all(settings, journal, survey_pass)
@@ -111,7 +113,12 @@ def run_once(
         if on_planned is not None:
             on_planned(pending)
         worker = Worker(
-            settings, journal, generator_factory, owner=owner_id(), clock=clock, progress=progress
+            settings,
+            journal,
+            generator_factory,
+            owner=owner_id(settings),
+            clock=clock,
+            progress=progress,
         )
         seen: set[int] = set()
         while True:
@@ -131,6 +138,29 @@ def run_once(
         worker.unload()
     report.seconds = clock() - started
     return report
+
+
+@contextlib.contextmanager
+def member_of(settings: Settings, journal: Journal) -> Iterator[None]:
+    """In a cluster, `once` is a member while it runs (so its claims are not taken for a dead
+    host's); on one host, nothing."""
+    if not isinstance(journal, HostRegistry):
+        yield
+        return
+    member = Membership(
+        settings,
+        journal,
+        owner=owner_id(settings),
+        device=lambda: settings.device,
+        current=lambda: None,
+        on_wake=lambda: None,
+    )
+    member.join()
+    member.start()
+    try:
+        yield
+    finally:
+        member.stop()
 
 
 def _tally(report: OnceReport, entries: list[SurveyEntry]) -> None:

@@ -18,15 +18,23 @@ from daemon.store.protocols import Journal, ScanCache
 log = structlog.get_logger("dropforge.runner")
 
 
-def owner_id() -> str:
+def host_name(settings: Settings | None = None) -> str:
+    """This host's name in leases: ``[cluster] host_name``, else the machine's name."""
+    if settings is not None and settings.cluster is not None:
+        return settings.cluster.host_name
+    return socket.gethostname()
+
+
+def owner_id(settings: Settings | None = None) -> str:
     """Identifies this process in job leases."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{host_name(settings)}:{os.getpid()}"
 
 
-def owner_alive(owner: str) -> bool:
-    """Whether the process named in a lease still runs (other hosts: assumed alive)."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
+def owner_alive(owner: str, host: str | None = None) -> bool:
+    """Whether the process named in a lease still runs (other hosts: assumed alive, their
+    heartbeats tell)."""
+    name, _, pid = owner.rpartition(":")
+    if name != (host or socket.gethostname()):
         return True
     if not pid.isdigit() or int(pid) == os.getpid():
         return False
@@ -57,7 +65,10 @@ def recover(settings: Settings, journal: Journal, *, spare: str | None = None) -
     running = {job.id: (job.out_dir, job.claim) for job in journal.running()}
     if not running:
         return 0
-    requeued, quarantined = journal.recover(settings.max_attempts, alive=owner_alive, spare=spare)
+    host = host_name(settings)
+    requeued, quarantined = journal.recover(
+        settings.max_attempts, alive=lambda owner: owner_alive(owner, host), spare=spare
+    )
     still = {job.id: job.claim for job in journal.running()}
     removed = 0
     for job_id, (out_dir, claim) in sorted(running.items()):

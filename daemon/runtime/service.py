@@ -24,13 +24,15 @@ import structlog
 from daemon.config import Settings
 from daemon.generators import Generator
 from daemon.intake.observers import native_observer
+from daemon.intake.paths import root_present
+from daemon.runtime.cluster import FORGET_HOSTS_AFTER, Membership
 from daemon.runtime.loop import ActiveHours, WorkerLoop
 from daemon.runtime.recovery import owner_id, recover
 from daemon.runtime.systemd import Notifier
 from daemon.runtime.watcher import Watcher
 from daemon.runtime.worker import JobResult, Progress, Worker
 from daemon.store.open import open_journal
-from daemon.store.protocols import Journal
+from daemon.store.protocols import HostRegistry, Journal
 from daemon.store.rows import Job
 from daemon.values import Clock, JobState
 
@@ -89,6 +91,7 @@ class Service:
         self.loop: WorkerLoop | None = None
         self.watcher: Watcher | None = None
         self.scheduler: Any = None
+        self.member: Membership | None = None
 
     # --- start and stop ---------------------------------------------------------------
 
@@ -97,6 +100,17 @@ class Service:
         settings = self.settings
         self._started_at = self._monotonic()
         journal = self.journal = open_journal(settings, clock=self._clock)
+        owner = owner_id(settings)
+        if isinstance(journal, HostRegistry):
+            self.member = Membership(
+                settings,
+                journal,
+                owner=owner,
+                device=lambda: self.loop.worker.device_name() if self.loop else "none",
+                current=lambda: self.loop.current if self.loop else None,
+                on_wake=lambda: self.loop.wake() if self.loop else None,
+            )
+            self.member.join()  # refused (ConfigError) when the settings differ
         recover(settings, journal)
         progress = Progress(
             on_start=lambda job, total: self._beat(job),
@@ -107,13 +121,18 @@ class Service:
             settings,
             journal,
             self._factory,
-            owner=owner_id(),
+            owner=owner,
             stop=self.stop_event,
             clock=self._clock,
             progress=progress,
         )
         self.loop = WorkerLoop(
-            worker, window=self.window, monotonic=self._monotonic, on_result=self._on_result
+            worker,
+            window=self.window,
+            monotonic=self._monotonic,
+            on_result=self._on_result,
+            # In a cluster a host outside its hours leaves the jobs to the others.
+            park_outside=settings.cluster is None,
         )
         self.watcher = Watcher(
             settings,
@@ -135,6 +154,8 @@ class Service:
         self.notifier.status("starting: scanning the inboxes")
         self.watcher.start()
         self.loop.start()
+        if self.member is not None:
+            self.member.start()
         self.scheduler = self._schedule()
 
     def _beat(self, job: Job) -> None:
@@ -167,6 +188,15 @@ class Service:
             self.heartbeat, interval, seconds=beat / 2 if beat else HEARTBEAT_S, id="heartbeat"
         )
         scheduler.add_job(self.prune, interval, hours=24, id="prune")
+        cluster = settings.cluster
+        if cluster is not None:
+            # A dead host's jobs are reclaimed within host_timeout + one of these checks, and
+            # an idle host looks for work now and then in case a notification was lost.
+            scheduler.add_job(
+                self.reclaim, interval, seconds=cluster.heartbeat_seconds, id="reclaim"
+            )
+            assert self.loop is not None
+            scheduler.add_job(self.loop.wake, interval, seconds=cluster.poll_seconds, id="poll")
         if self.window is not None:
             opens = {"hour": self.window.start // 60, "minute": self.window.start % 60}
             scheduler.add_job(self.wake_for_due, "cron", id="active-hours", **opens)
@@ -216,6 +246,8 @@ class Service:
         self.stop_event.set()  # first: the running job stops at its next step meanwhile
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        if self.member is not None:
+            self.member.stop()
         if self.watcher is not None:
             self.watcher.stop(timeout=max(0.0, deadline - self._monotonic()))
         loop = self.loop
@@ -269,10 +301,28 @@ class Service:
         """Delete old done jobs and unseen cache rows."""
         if self.journal is None:
             return 0
-        removed = self.journal.prune(PRUNE_AFTER_S)
+        removed = self.journal.prune(PRUNE_AFTER_S, exists=self._exists_or_unmounted)
+        if isinstance(self.journal, HostRegistry):
+            self.journal.forget_hosts(FORGET_HOSTS_AFTER)
         if removed:
             log.info("journal.pruned", rows=removed)
         return removed
+
+    def _exists_or_unmounted(self, path: str) -> bool:
+        """For pruning: a file counts as there when it is, and when its inbox is missing or
+        unmounted here (an unmounted share must never make rows go)."""
+        if os.path.exists(path):
+            return True
+        roots = [i.path for i in self.settings.inboxes if path.startswith(str(i.path) + os.sep)]
+        return any(not root_present(root) for root in roots)
+
+    def reclaim(self) -> int:
+        """Requeue the jobs of dead hosts (and of this host's dead processes); log how many."""
+        try:
+            return self.recover_orphans()
+        except Exception:  # the database away for a moment: the next check tries again
+            log.exception("cluster.reclaim_failed")
+            return 0
 
     def health(self) -> Health:
         """Observers and intake alive, worker alive and not stuck beyond its lease."""

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import dict_row
 
+from daemon.config import redact_url as redact
 from daemon.errors import ConfigError
 from daemon.store.pg_schema import ensure_schema
 from daemon.store.portable import PortablePaths
@@ -27,15 +28,6 @@ DB_NOW = "extract(epoch from now())::float8"
 CONNECT_TIMEOUT_S = 10
 
 _Base = TypeVar("_Base", bound="PostgresDatabase")
-
-
-def redact(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    head, at, tail = url.rpartition("@")
-    if not at or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, user = head.partition("//")
-    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"
 
 
 def connect(url: str) -> psycopg.Connection[dict[str, Any]]:

@@ -17,8 +17,9 @@ from typing import Any
 import psycopg
 import structlog
 
+from daemon.config import redact_url as redact
 from daemon.errors import ConfigError
-from daemon.store.pg_base import PostgresDatabase, connect, redact
+from daemon.store.pg_base import PostgresDatabase, connect
 from daemon.store.pg_schema import CHANNEL, HOSTS, SETTINGS
 from daemon.store.rows import Host
 
