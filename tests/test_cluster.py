@@ -1,0 +1,107 @@
+"""A cluster of three daemons on one PostgreSQL, killed and frozen, loses and duplicates nothing.
+
+Each simulated host has its own state folder and its own bindfs view of the shared inbox and
+outbox (plain paths where FUSE does not work); the daemons run the real service on the fast
+fake generator (tests/cluster/daemon_main.py). bench/soak_cluster.py runs the same with
+a hundred kills.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.harness import Cluster, fuse_problem, verify_outputs
+from tests.cluster.soak import KillLoop
+
+INPUTS = 60
+KILLS = 10
+SEED = 14
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
+    """A cluster folder on the session's PostgreSQL; every daemon stopped afterwards."""
+    made = Cluster(tmp_path, pg_url)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def test_bindfs_views_do_not_see_each_others_events(tmp_path: Path) -> None:
+    """Two bindfs views of one folder show the same files (what makes them a share)."""
+    problem = fuse_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    made = Cluster(tmp_path, "postgresql://unused")
+    made.build(["a", "b"])
+    try:
+        (made.hosts[0].view / "inbox" / "x.txt").write_text("x\n", encoding="utf-8")
+        assert (made.hosts[1].view / "inbox" / "x.txt").read_text(encoding="utf-8") == "x\n"
+        assert made.views
+    finally:
+        made.close()
+
+
+def test_three_daemons_survive_ten_kills(cluster: Cluster) -> None:
+    """60 inputs, 10 kill -9s of random daemons mid-job and restarts: one done manifest per
+    input, no image made twice, no temporary left, every reclaim within the target, and
+    status lists the live hosts."""
+    cluster.build(["a", "b", "c"])
+    cluster.start()
+    loop = KillLoop(cluster, random.Random(SEED))
+    inputs = loop.run(kills=KILLS, inputs=INPUTS)
+    print("\n".join(loop.lines()))
+    status = cluster.status(cluster.hosts[0])
+    assert sorted(h["host"] for h in status["hosts"]) == ["a", "b", "c"]
+    assert status["counts"]["done"] == INPUTS
+    rows = cluster.rows()
+    assert len(rows) == INPUTS and {r["state"] for r in rows} == {"done"}
+    assert verify_outputs(cluster, inputs) == []
+    assert len(loop.reclaims) == KILLS
+    assert max(loop.reclaims) <= loop.target, loop.reclaims
+    assert loop.by_heartbeat >= 3  # killed hosts left down: others reclaimed their jobs
+    if fuse_problem() is None:
+        assert cluster.views
+
+
+def test_a_frozen_host_writes_nothing_after_it_wakes(cluster: Cluster) -> None:
+    """A host stopped (SIGSTOP) past its host timeout loses its job to another host; woken
+    (SIGCONT), it writes nothing more: no output, no manifest, no journal change."""
+    cluster.host_timeout = 2.0
+    cluster.step_seconds = 0.15
+    cluster.build(["a", "b"], steps=6, count=3)
+    cluster.start()
+    cluster.drop(0, 1)
+    cluster.wait(
+        lambda: any(cluster.owner_host(r["lease_owner"]) for r in cluster.rows()), 30, "a claim"
+    )
+    row = cluster.rows()[0]
+    frozen = cluster.owner_host(row["lease_owner"])
+    assert frozen is not None
+    frozen.signal(signal.SIGSTOP)
+    cluster.wait(lambda: cluster.rows()[0]["state"] == "done", 60, "the other host to finish")
+    finished = cluster.rows()[0]
+    assert finished["claim"] > row["claim"]
+    woke = time.time()
+    frozen.signal(signal.SIGCONT)
+    cluster.wait(
+        lambda: any(e["event"] == "job.lost" for e in frozen.events()), 30, "the frozen host"
+    )
+    time.sleep(1.0)  # whatever it would still do, it has done by now
+    assert cluster.rows()[0] == finished
+    late = [
+        e
+        for e in frozen.events()
+        if e["event"] in ("output.written", "job.done", "job.failed")
+        and datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp() >= woke
+    ]
+    assert late == []
+    assert verify_outputs(cluster, ["p000.txt"]) == []
