@@ -19,6 +19,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def cmd_run(args: argparse.Namespace) -> int:
     """`dropforge run`."""
     from daemon.runtime.logs import configure_logging
+    from daemon.runtime.pool import on_device, worker_devices
     from daemon.runtime.service import Service
 
     settings = load_settings(args.config)
@@ -27,7 +28,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=logging.INFO,
         logfile=settings.state_dir / "logs" / "dropforge.log",
     )
-    return Service(settings, generator_factory(settings)).run()
+    devices = worker_devices(settings)  # one worker process per device
+    first = on_device(settings, devices[0])
+    return Service(
+        first,
+        generator_factory(first),
+        extra_devices=devices[1:],
+        make_factory=generator_factory,
+    ).run()
 
 
 def cmd_service(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, NoReturn
@@ -27,6 +27,7 @@ from daemon.intake.observers import native_observer
 from daemon.intake.paths import root_present
 from daemon.runtime.cluster import FORGET_HOSTS_AFTER, Membership
 from daemon.runtime.loop import ActiveHours, WorkerLoop
+from daemon.runtime.pool import FactoryMaker, WorkerPool
 from daemon.runtime.recovery import owner_id, recover
 from daemon.runtime.systemd import Notifier
 from daemon.runtime.watcher import Watcher
@@ -71,6 +72,8 @@ class Service:
         retry_tick: float = 15.0,
         on_result: Callable[[JobResult], None] = lambda result: None,
         hard_exit: Callable[[int], NoReturn] = os._exit,
+        extra_devices: Sequence[str] = (),
+        make_factory: FactoryMaker | None = None,
     ) -> None:
         self.settings = settings
         self._factory = generator_factory
@@ -92,6 +95,10 @@ class Service:
         self.watcher: Watcher | None = None
         self.scheduler: Any = None
         self.member: Membership | None = None
+        self.pool: WorkerPool | None = None
+        if extra_devices:
+            assert make_factory is not None, "worker processes need a generator factory maker"
+            self.pool = WorkerPool(settings, list(extra_devices), make_factory)
 
     # --- start and stop ---------------------------------------------------------------
 
@@ -137,7 +144,7 @@ class Service:
         self.watcher = Watcher(
             settings,
             journal,
-            on_queued=self.loop.wake,
+            on_queued=self._queued,
             on_ready=self._ready,
             clock=self._monotonic,
             wall_clock=self._clock,
@@ -154,9 +161,18 @@ class Service:
         self.notifier.status("starting: scanning the inboxes")
         self.watcher.start()
         self.loop.start()
+        if self.pool is not None:
+            self.pool.start()
         if self.member is not None:
             self.member.start()
         self.scheduler = self._schedule()
+
+    def _queued(self) -> None:
+        """A job was queued: wake this process's worker and every worker process."""
+        if self.loop is not None:
+            self.loop.wake()
+        if self.pool is not None:
+            self.pool.wake()
 
     def _beat(self, job: Job) -> None:
         if self.loop is not None:
@@ -248,6 +264,8 @@ class Service:
             self.scheduler.shutdown(wait=False)
         if self.member is not None:
             self.member.stop()
+        if self.pool is not None:
+            self.pool.stop(max(0.0, deadline - self._monotonic()))
         if self.watcher is not None:
             self.watcher.stop(timeout=max(0.0, deadline - self._monotonic()))
         loop = self.loop
@@ -345,6 +363,8 @@ class Service:
         """Repair what can be repaired, check health, feed systemd's watchdog when healthy."""
         if self.watcher is not None:
             self.watcher.ensure_observers()
+        if self.pool is not None:
+            self.pool.ensure()
         try:
             self.recover_orphans()
         except Exception:  # e.g. the journal's disk still full: the next beat tries again

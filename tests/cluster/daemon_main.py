@@ -8,13 +8,24 @@ daemons in a few seconds each.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from collections.abc import Callable
 
 from daemon.app import load_settings
+from daemon.config import Settings
+from daemon.generators import Generator
 from daemon.runtime.logs import configure_logging
+from daemon.runtime.pool import on_device, worker_devices
 from daemon.runtime.service import Service
 from tests.fakes import SolidGenerator
+
+
+def fake_factory(settings: Settings, step_seconds: float) -> Callable[[], Generator]:
+    """The fake generator in place of diffusers (module level: worker processes import it)."""
+    generator = SolidGenerator(step_seconds=step_seconds)
+    return lambda: generator
 
 
 def main(argv: list[str]) -> int:
@@ -22,9 +33,15 @@ def main(argv: list[str]) -> int:
     config, step_seconds = argv[0], float(argv[1])
     settings = load_settings(config)
     configure_logging("json", level=logging.INFO, logfile=settings.state_dir / "logs" / "d.log")
-    generator = SolidGenerator(step_seconds=step_seconds)
+    devices = worker_devices(settings)
+    first = on_device(settings, devices[0])
     try:
-        return Service(settings, lambda: generator).run()
+        return Service(
+            first,
+            fake_factory(first, step_seconds),
+            extra_devices=devices[1:],
+            make_factory=functools.partial(fake_factory, step_seconds=step_seconds),
+        ).run()
     except Exception as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

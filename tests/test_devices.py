@@ -1,0 +1,60 @@
+"""Several GPUs in one box: one worker process per device on one SQLite journal."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from daemon.config import load_config
+from daemon.runtime.pool import on_device, worker_devices
+from tests.cluster.harness import Host
+from tests.helpers import write_config
+
+
+def test_devices_are_listed_or_found(tmp_path: Path) -> None:
+    """`devices` names the workers; `device = "auto"` takes every GPU when there are several."""
+    config = write_config(tmp_path, "org/model", extra_daemon='devices = ["cuda:0", "cuda:1"]')
+    assert worker_devices(load_config(config)) == ["cuda:0", "cuda:1"]
+    settings = on_device(load_config(config), "auto")
+    assert settings.devices == () and settings.device == "auto"
+    assert worker_devices(settings, count=lambda: 3) == ["cuda:0", "cuda:1", "cuda:2"]
+    assert worker_devices(settings, count=lambda: 1) == ["auto"]
+
+
+def test_two_worker_processes_share_one_journal(tmp_path: Path) -> None:
+    """`devices = ["cpu", "cpu"]`: the daemon and its worker process both run jobs from one
+    SQLite journal, each input exactly once."""
+    config = write_config(
+        tmp_path, "org/model", extra_daemon='devices = ["cpu", "cpu"]\nsettle_seconds = 0.2'
+    )
+    host = Host("one", tmp_path, tmp_path)
+    for i in range(12):
+        (tmp_path / "inbox" / f"p{i:02d}.txt").write_text(f"prompt {i}\n", encoding="utf-8")
+    host.start(step_seconds=0.15)
+    journal = tmp_path / "state" / "journal.sqlite3"
+
+    def done() -> int:
+        if not journal.exists():
+            return 0
+        with sqlite3.connect(journal) as db:
+            return int(db.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0])
+
+    deadline = time.monotonic() + 90
+    while done() < 12:
+        assert time.monotonic() < deadline, "the jobs did not finish"
+        time.sleep(0.1)
+    assert host.stop() == 0
+    logs = tmp_path / "state" / "logs"
+    per_process = {}
+    for name in ("d.log", "worker-1.log"):
+        lines = (logs / name).read_text(encoding="utf-8").splitlines()
+        events = [json.loads(line) for line in lines if line.startswith("{")]
+        per_process[name] = sorted(e["input"] for e in events if e["event"] == "job.done")
+    assert all(per_process.values()), per_process
+    everything = sorted(i for inputs in per_process.values() for i in inputs)
+    assert everything == [f"p{i:02d}.txt" for i in range(12)]
+    for i in range(12):
+        manifest = json.loads((tmp_path / "outbox" / f"p{i:02d}" / "manifest.json").read_text())
+        assert manifest["status"] == "done"
