@@ -26,7 +26,7 @@ def test_devices_are_listed_or_found(tmp_path: Path) -> None:
 def test_two_worker_processes_share_one_journal(tmp_path: Path) -> None:
     """`devices = ["cpu", "cpu"]`: the daemon and its worker process both run jobs from one
     SQLite journal, each input exactly once."""
-    config = write_config(
+    write_config(
         tmp_path, "org/model", extra_daemon='devices = ["cpu", "cpu"]\nsettle_seconds = 0.2'
     )
     host = Host("one", tmp_path, tmp_path)

@@ -1,0 +1,211 @@
+"""What only the cluster's store does: names instead of paths, folder marks across hosts,
+shared settings, the schema's versions, the database clock, wake-ups and unmounted shares."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from daemon.config import load_config
+from daemon.errors import ConfigError
+from daemon.runtime.cluster import shared_settings
+from daemon.runtime.worker import Worker
+from daemon.store.cluster import ClusterJournal
+from daemon.store.portable import InboxPlace, PortablePaths
+from daemon.store.rows import FolderMark
+from daemon.values import JobState
+from tests.fakes import SolidGenerator
+from tests.helpers import write_config
+
+
+def journal_at(url: str, tmp_path: Path, mount: str, name: str = "cache") -> ClusterJournal:
+    """A host's store: it mounts the share at ``mount``."""
+    paths = PortablePaths([InboxPlace("share", f"{mount}/inbox", f"{mount}/outbox")])
+    return ClusterJournal(url, paths, tmp_path / f"{name}.sqlite3")
+
+
+def test_hosts_with_different_mounts_share_one_job(pg_url: str, tmp_path: Path) -> None:
+    """A job queued through /mnt/a is the same job through /net/b, with b's paths."""
+    with (
+        journal_at(pg_url, tmp_path, "/mnt/a", "a") as a,
+        journal_at(pg_url, tmp_path, "/net/b", "b") as b,
+    ):
+        job, _ = a.upsert_job(
+            inbox="/mnt/a/inbox",
+            input="x/cat.png",
+            kind="image",
+            fingerprint="fp",
+            job_key="key",
+            out_dir="/mnt/a/outbox/x/cat",
+        )
+        seen = b.get_job("/net/b/inbox", "x/cat.png")
+        assert seen is not None and seen.id == job.id
+        assert (seen.inbox, seen.out_dir) == ("/net/b/inbox", "/net/b/outbox/x/cat")
+        with psycopg.connect(pg_url) as conn:
+            stored = conn.execute("SELECT inbox, out_dir FROM dropforge_jobs").fetchall()
+        assert stored == [("share", "x/cat")]
+
+
+def test_a_folder_mark_does_not_survive_another_hosts_change(pg_url: str, tmp_path: Path) -> None:
+    """Host a marks folder x/ done; host b retries one of its jobs; a's mark is forgotten."""
+    mark = FolderMark("x/", "listing", "near", "", "watched", "[]", 1)
+    with (
+        journal_at(pg_url, tmp_path, "/mnt/a", "a") as a,
+        journal_at(pg_url, tmp_path, "/net/b", "b") as b,
+    ):
+        job, _ = a.upsert_job(
+            inbox="/mnt/a/inbox",
+            input="x/cat.png",
+            kind="image",
+            fingerprint="fp",
+            job_key="key",
+            out_dir="/mnt/a/outbox/x/cat",
+        )
+        a.mark_done(job.id, seconds=1.0)
+        a.set_folder_marks([("/mnt/a/inbox", mark, {"x/cat.png": "fp"})])
+        assert a.folder_marks("/mnt/a/inbox") == {"x/": mark}
+        assert b.retry(inputs=[("/net/b/inbox", "x/cat.png")]) == 1
+        assert a.folder_marks("/mnt/a/inbox") == {}
+        b.claim("b:1", 60)
+        b.mark_done(job.id, seconds=1.0)
+        a.set_folder_marks([("/mnt/a/inbox", mark, {"x/cat.png": "fp"})])
+        assert a.folder_marks("/mnt/a/inbox") == {"x/": mark}
+        b.delete(job.id)  # the input left the inbox, seen by b
+        assert a.folder_marks("/mnt/a/inbox") == {}
+
+
+def test_a_host_with_other_settings_is_refused(pg_url: str, tmp_path: Path) -> None:
+    """The first live host registers the settings; a host with other steps is refused,
+    naming the key; once no host is alive, new settings are taken."""
+    config = write_config(tmp_path, "org/model", steps=4)
+    other = tmp_path / "other"
+    other.mkdir()
+    changed = write_config(other, "org/model", steps=9)
+    with journal_at(pg_url, tmp_path, "/mnt/a") as store:
+        store.join(
+            "a:1",
+            host="a",
+            pid=1,
+            device="cpu",
+            version="0",
+            settings=shared_settings(load_config(config)),
+        )
+        with pytest.raises(ConfigError) as refused:
+            store.join(
+                "b:2",
+                host="b",
+                pid=2,
+                device="cpu",
+                version="0",
+                settings=shared_settings(load_config(changed)),
+            )
+        assert str(refused.value) == (
+            "settings differ from the cluster's (registered by host a): [presets.standard] "
+            "steps; make config.toml the same on every host, or stop every host to change them"
+        )
+        store.leave("a:1")
+        store.join(
+            "b:2",
+            host="b",
+            pid=2,
+            device="cpu",
+            version="0",
+            settings=shared_settings(load_config(changed)),
+        )
+        assert [h.owner for h in store.hosts()] == ["b:2"]
+
+
+def test_a_newer_schema_is_refused(pg_url: str, tmp_path: Path) -> None:
+    """A database upgraded by a newer dropforge is not used by an older one."""
+    journal_at(pg_url, tmp_path, "/mnt/a").close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO dropforge_schema (version) VALUES (99)")
+    try:
+        with pytest.raises(ConfigError, match="holds job-store schema 99, newer than this"):
+            journal_at(pg_url, tmp_path, "/mnt/a")
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM dropforge_schema WHERE version = 99")
+
+
+def test_leases_use_the_database_clock(pg_url: str, tmp_path: Path) -> None:
+    """Without an injected clock, claims and leases are stamped by the database's clock."""
+    with journal_at(pg_url, tmp_path, "/mnt/a") as store:
+        store.upsert_job(
+            inbox="/mnt/a/inbox",
+            input="a.png",
+            kind="image",
+            fingerprint="f",
+            job_key="k",
+            out_dir="/mnt/a/outbox/a",
+        )
+        with psycopg.connect(pg_url) as conn:
+            before = conn.execute("SELECT extract(epoch from clock_timestamp())::float8").fetchone()
+        job = store.claim("a:1", 600)
+        with psycopg.connect(pg_url) as conn:
+            after = conn.execute("SELECT extract(epoch from clock_timestamp())::float8").fetchone()
+        assert job is not None and job.started_at is not None and job.lease_expires is not None
+        assert before is not None and after is not None
+        assert before[0] <= job.started_at <= after[0]
+        assert job.lease_expires == pytest.approx(job.started_at + 600)
+
+
+def test_a_queued_job_wakes_a_listening_host(pg_url: str, tmp_path: Path) -> None:
+    """LISTEN/NOTIFY: a job queued by one host wakes another that listens."""
+    woken = threading.Event()
+    stop = threading.Event()
+    with (
+        journal_at(pg_url, tmp_path, "/mnt/a", "a") as a,
+        journal_at(pg_url, tmp_path, "/net/b", "b") as b,
+    ):
+        listener = threading.Thread(target=b.listen, args=(woken.set, stop), daemon=True)
+        listener.start()
+        try:
+            while not woken.is_set():  # the listener may not be listening yet: queue again
+                a.upsert_job(
+                    inbox="/mnt/a/inbox",
+                    input="a.png",
+                    kind="image",
+                    fingerprint="f",
+                    job_key="k",
+                    out_dir="/mnt/a/outbox/a",
+                    force=True,
+                )
+                job = a.get_job("/mnt/a/inbox", "a.png")
+                assert job is not None
+                a.mark_done(job.id, seconds=0)
+                woken.wait(0.5)
+        finally:
+            stop.set()
+            listener.join(5)
+    assert woken.is_set()
+
+
+def test_an_unmounted_share_is_never_claimed_from(pg_url: str, tmp_path: Path) -> None:
+    """A cluster host whose outbox (or inbox) is missing claims none of that inbox's jobs."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[cluster]\ndatabase = "{pg_url}"\nhost_name = "a"\n\n[[inbox]]\nname = "share"\n'
+        'path = "inbox"\noutput = "outbox"\n\n[models]\ndefault = "org/model"\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "inbox").mkdir()
+    settings = load_config(config)
+    with journal_at(pg_url, tmp_path, str(tmp_path)) as store:
+        store.upsert_job(
+            inbox=str(tmp_path / "inbox"),
+            input="a.txt",
+            kind="prompt",
+            fingerprint="f",
+            job_key="k",
+            out_dir=str(tmp_path / "outbox" / "a"),
+        )
+        worker = Worker(settings, store, SolidGenerator, owner="a:1")
+        assert worker.claimable_inboxes() == []  # no outbox: it may be an unmounted share
+        assert worker.claim() is None
+        (tmp_path / "outbox").mkdir()
+        job = worker.claim()
+        assert job is not None and job.state is JobState.running
