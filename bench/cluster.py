@@ -1,0 +1,151 @@
+"""Benchmarks of the cluster's job store on a local PostgreSQL (run by hand).
+
+    python bench/cluster.py            # starts a throw-away server like the tests do
+
+- claim latency p50 / p99: one claim + mark_done round trip per job, measured per claim;
+- jobs per second of 1 and 4 daemons (`tests.cluster.daemon_main`: the real service on the
+  fast fake generator, 1 step, 1 image, 64x64) over 400 prompt files;
+- idle-host wake-up: a job queued by one host, claimed by an idle other (NOTIFY);
+- the embedded SQLite journal's claim latency, for comparison.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from daemon.store.cluster import ClusterJournal
+from daemon.store.portable import InboxPlace, PortablePaths
+from daemon.store.sqlite import SqliteJournal
+from tests.cluster.harness import Cluster
+from tests.pg_server import clear_tables, start_server, stop_server
+
+
+def claims(store: Any, n: int) -> list[float]:
+    """Milliseconds per claim over ``n`` queued jobs."""
+    for i in range(n):
+        store.upsert_job(
+            inbox="/s/inbox",
+            input=f"{i:05}.png",
+            kind="image",
+            fingerprint="f",
+            job_key="k",
+            out_dir=f"/s/outbox/{i:05}",
+        )
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        job = store.claim("bench:1", 600)
+        times.append((time.perf_counter() - t) * 1000)
+        store.mark_done(job.id, seconds=0.0, claim=job.claim)
+    return times
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def throughput(url: str, daemons: int, inputs: int = 400) -> float:
+    """Jobs per second of ``daemons`` daemons over ``inputs`` prompt files."""
+    # On tmpfs where there is room: each job's fsyncs would otherwise set the pace (see
+    # reliability.md "Load"), not the job store.
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    with tempfile.TemporaryDirectory(dir=shm) as root:
+        cluster = Cluster(Path(root), url, step_seconds=0.0)
+        cluster.build([f"h{i}" for i in range(daemons)], steps=1, count=1)
+        try:
+            cluster.start()
+            cluster.wait(lambda: cluster.rows() is not None, 30, "start")
+            time.sleep(3)
+            cluster.drop(0, inputs)
+            first = time.monotonic()
+            cluster.wait(lambda: any(r["state"] == "done" for r in cluster.rows()), 120, "first")
+            t0 = time.monotonic()
+            cluster.wait(
+                lambda: sum(r["state"] == "done" for r in cluster.rows()) == inputs, 600, "all"
+            )
+            seconds = time.monotonic() - t0
+            print(f"  {daemons} daemon(s): first job done {t0 - first:.1f} s after the drop")
+        finally:
+            cluster.close()
+            clear_tables(url)
+    return (inputs - 1) / seconds
+
+
+def wake_up(url: str, tries: int = 20) -> list[float]:
+    """Seconds from a job queued on host A to its claim by idle host B (woken by NOTIFY)."""
+    paths = PortablePaths([InboxPlace("s", "/s/inbox", "/s/outbox")])
+    results = []
+    with tempfile.TemporaryDirectory() as root:
+        a = ClusterJournal(url, paths, Path(root) / "a.sqlite3")
+        b = ClusterJournal(url, paths, Path(root) / "b.sqlite3")
+        woken = threading.Event()
+        stop = threading.Event()
+        listener = threading.Thread(target=b.listen, args=(woken.set, stop), daemon=True)
+        listener.start()
+        time.sleep(1.0)
+        for i in range(tries):
+            woken.clear()
+            t = time.perf_counter()
+            a.upsert_job(
+                inbox="/s/inbox",
+                input=f"w{i}.png",
+                kind="image",
+                fingerprint="f",
+                job_key="k",
+                out_dir=f"/s/outbox/w{i}",
+            )
+            assert woken.wait(10)
+            job = b.claim("b:1", 600)
+            results.append(time.perf_counter() - t)
+            assert job is not None
+            b.mark_done(job.id, seconds=0.0, claim=job.claim)
+        stop.set()
+        a.close()
+        b.close()
+    clear_tables(url)
+    return results
+
+
+def main() -> None:
+    only_throughput = "--throughput" in sys.argv
+    server = start_server()
+    if isinstance(server, str):
+        sys.exit(server)
+    url = server.url()
+    try:
+        if only_throughput:
+            for daemons in (1, 4):
+                print(f"throughput {daemons} daemon(s): {throughput(url, daemons):.0f} jobs/s")
+            return
+        paths = PortablePaths([InboxPlace("s", "/s/inbox", "/s/outbox")])
+        with tempfile.TemporaryDirectory() as root:
+            with ClusterJournal(url, paths, Path(root) / "c.sqlite3") as store:
+                pg = claims(store, 2000)
+            clear_tables(url)
+            with SqliteJournal(Path(root) / "j.sqlite3") as journal:
+                lite = claims(journal, 2000)
+        print(f"claim latency PostgreSQL: p50 {pct(pg, 0.5):.2f} ms, p99 {pct(pg, 0.99):.2f} ms")
+        print(
+            f"claim latency SQLite:     p50 {pct(lite, 0.5):.2f} ms, p99 {pct(lite, 0.99):.2f} ms"
+        )
+        wake = wake_up(url)
+        median = statistics.median(wake) * 1000
+        print(f"wake-up (queued on A, claimed by idle B): median {median:.0f} ms,", end=" ")
+        print(f"max {max(wake) * 1000:.0f} ms")
+        for daemons in (1, 4):
+            print(f"throughput {daemons} daemon(s): {throughput(url, daemons):.0f} jobs/s")
+    finally:
+        stop_server(server)
+
+
+if __name__ == "__main__":
+    main()
