@@ -292,7 +292,9 @@ class Worker:
     def _lost(self, job: Job, bound: structlog.stdlib.BoundLogger) -> JobResult:
         """Another worker holds the job now: record nothing, leave everything to it."""
         bound.warning("job.lost", claim=job.claim)
-        return JobResult(job.inbox, job.input, Outcome.lost, 0.0, "claim lost")
+        return JobResult(
+            job.inbox, job.input, Outcome.lost, 0.0, "another worker took the job over"
+        )
 
     def _wait(self, job: Job, message: str, retry_in: float | None) -> JobResult:
         """Send the job to waiting (when its claim still holds)."""
