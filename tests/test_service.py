@@ -35,7 +35,7 @@ from daemon.store.rows import Job
 from daemon.store.sqlite import SqliteJournal
 from daemon.values import JobState
 from tests.fakes import Launch, SolidGenerator, wait_until
-from tests.helpers import snapshot, write_config
+from tests.helpers import SettableClock, snapshot, write_config
 
 MODEL = "./models/none"
 FAST = "settle_seconds = 0.3\nrescan_interval = 3600"
@@ -677,3 +677,20 @@ def test_mapped_network_drives_are_flagged() -> None:
         "Z:\\inbox: Z: is a mapped network drive, which services do not see; "
         "use its UNC path (\\\\server\\share\\...) in config.toml instead"
     ]
+
+
+def test_step_progress_is_written_about_once_a_second() -> None:
+    """Step reports are thinned to one a second; image boundaries always get through."""
+    from daemon.runtime.worker import ProgressThrottle
+
+    clock = SettableClock()
+    throttle = ProgressThrottle(clock)
+    assert throttle.due(0, "")
+    assert not throttle.due(0, "step 1/30")
+    clock.advance(0.5)
+    assert not throttle.due(0, "step 2/30")
+    clock.advance(0.5)
+    assert throttle.due(0, "step 3/30")
+    assert not throttle.due(0, "step 4/30")
+    assert throttle.due(1, "cat-1.png")
+    assert not throttle.due(1, "step 1/30")

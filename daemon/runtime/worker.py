@@ -68,8 +68,8 @@ class JobResult:
 
 
 class ProgressThrottle:
-    """Lets a running job's progress reach the job store at most once a ``every`` seconds,
-    except at image boundaries (``done`` changed) and for the first and last step."""
+    """Lets a running job's progress reach the job store at most once every ``every``
+    seconds, except at image boundaries (``done`` changed) and for notes other than steps."""
 
     def __init__(self, clock: Clock, every: float = PROGRESS_EVERY_S) -> None:
         self._clock = clock
@@ -77,12 +77,11 @@ class ProgressThrottle:
         self._last: tuple[int, float] | None = None
 
     def due(self, done: int, note: str) -> bool:
-        """Whether this report should be written."""
+        """Whether this report should be written (each image's step reports are thinned;
+        the image written after its last step always is)."""
         now = self._clock()
         last = self._last
-        step = note.startswith("step ")
-        finished_step = step and note.partition("/")[0][5:] == note.partition("/")[2]
-        if last is None or last[0] != done or not step or finished_step:
+        if last is None or last[0] != done or not note.startswith("step "):
             self._last = (done, now)
             return True
         if now - last[1] >= self._every:
