@@ -58,3 +58,31 @@ def test_two_worker_processes_share_one_journal(tmp_path: Path) -> None:
     for i in range(12):
         manifest = json.loads((tmp_path / "outbox" / f"p{i:02d}" / "manifest.json").read_text())
         assert manifest["status"] == "done"
+
+
+def test_worker_processes_do_not_outlive_a_killed_daemon(tmp_path: Path) -> None:
+    """kill -9 of `dropforge run` ends its worker processes too (no orphan claims jobs)."""
+    import os
+
+    write_config(tmp_path, "org/model", extra_daemon='devices = ["cpu", "cpu"]')
+    host = Host("one", tmp_path, tmp_path)
+    host.start(step_seconds=0.1)
+    log = tmp_path / "state" / "logs" / "worker-1.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "pool.worker_started" in log.read_text(encoding="utf-8")):
+        assert time.monotonic() < deadline, "the worker process did not start"
+        time.sleep(0.1)
+    started = json.loads(
+        next(line for line in log.read_text().splitlines() if "pool.worker_started" in line)
+    )
+    child = int(started["pid"])
+    host.kill()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the worker process outlived the daemon"
+        time.sleep(0.1)
+    assert "pool.orphaned" in log.read_text(encoding="utf-8")

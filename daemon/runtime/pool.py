@@ -27,7 +27,6 @@ from daemon.generators import Generator
 log = structlog.get_logger("dropforge.pool")
 
 FactoryMaker = Callable[[Settings], Callable[[], Generator]]
-IDLE_CHECK_S = 30.0
 
 
 def cuda_device_count() -> int:
@@ -106,10 +105,14 @@ def child_main(
             member.start()
         loop.start()
         log.info("pool.worker_started", device=device, pid=os.getpid())
+        parent = os.getppid()
         while not stop.is_set():
-            if wake.wait(min(IDLE_CHECK_S, 5.0)):
+            if os.getppid() != parent:  # the daemon died (kill -9): no orphan keeps working
+                log.warning("pool.orphaned", device=device)
+                break
+            if wake.wait(1.0):
                 wake.clear()
-            loop.wake()  # also the fallback poll: a missed wake-up costs at most 5 s
+            loop.wake()  # also the fallback poll: a missed wake-up costs at most a second
             idle = time.monotonic() - loop.idle_since
             if loop.current is None and worker.has_generator and idle > settings.unload_after:
                 with loop.busy:

@@ -121,6 +121,7 @@ class Cluster:
     host_timeout: float = 3.0
     heartbeat: float = 0.5
     step_seconds: float = 0.1
+    rescan_interval: float = 3.0
     hosts: list[Host] = field(default_factory=list)
     views: bool = False
 
@@ -154,7 +155,7 @@ class Cluster:
             device = "cpu"
             min_free_mb = 0
             settle_seconds = 0.2
-            rescan_interval = 3
+            rescan_interval = {self.rescan_interval}
             stop_timeout = 10
             max_attempts = 100
 
