@@ -59,7 +59,9 @@ def throughput(url: str, daemons: int, inputs: int = 400) -> float:
     # reliability.md "Load"), not the job store.
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(dir=shm) as root:
-        cluster = Cluster(Path(root), url, step_seconds=0.0, rescan_interval=300)
+        cluster = Cluster(
+            Path(root), url, step_seconds=0.0, rescan_interval=300, heartbeat=5.0, host_timeout=30.0
+        )
         cluster.build([f"h{i}" for i in range(daemons)], steps=1, count=1)
         try:
             cluster.start()

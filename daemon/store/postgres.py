@@ -110,7 +110,7 @@ class PostgresJobStore(PostgresDatabase):
         )
         with self._tx() as db:
             row = self._run(db, select, args).fetchone()
-            if row is None:
+            if row is None:  # a new input: insert (unless another host just did)
                 new = self._run(
                     db,
                     f"INSERT INTO {JOBS} (inbox, input, folder, kind, fingerprint, job_key,"
@@ -357,15 +357,27 @@ class PostgresJobStore(PostgresDatabase):
         has not beaten for ``host_timeout`` seconds (another host died). Rows other hosts
         are recovering right now are skipped.
         """
+        # Look without locking first: only the rows of dead owners are locked and changed,
+        # so the writes of live workers never wait on a reclaim check.
+        found = self._query(
+            f"SELECT j.id, j.lease_owner, j.lease_expires, h.beat_at, {{now}} AS now_"
+            f" FROM {JOBS} j LEFT JOIN {HOSTS} h ON h.owner = j.lease_owner"
+            " WHERE j.state = 'running'"
+        )
+        suspects = [(r["id"], r["lease_owner"]) for r in found if self._dead(r, alive, spare)]
+        if not suspects:
+            return 0, 0
         with self._tx() as db:
-            rows = self._run(
-                db,
-                f"SELECT j.id, j.inbox, j.input, j.attempts, j.lease_owner, j.lease_expires,"
-                f" h.beat_at, {{now}} AS now_ FROM {JOBS} j LEFT JOIN {HOSTS} h"
-                " ON h.owner = j.lease_owner WHERE j.state = 'running'"
-                " FOR UPDATE OF j SKIP LOCKED",
-            ).fetchall()
-            dead = [r for r in rows if self._dead(r, alive, spare)]
+            dead = [
+                r
+                for r in self._run(
+                    db,
+                    f"SELECT id, inbox, input, attempts, lease_owner FROM {JOBS}"
+                    " WHERE id = ANY(%(ids)s) AND state = 'running' FOR UPDATE SKIP LOCKED",
+                    {"ids": [i for i, _ in suspects]},
+                ).fetchall()
+                if (r["id"], r["lease_owner"]) in set(suspects)
+            ]
             doomed = [r for r in dead if r["attempts"] >= max_attempts]
             for r in doomed:
                 retry_path = shlex.quote(str(Path(self.paths.inbox_path(r["inbox"])) / r["input"]))
