@@ -59,6 +59,11 @@ class PortablePaths:
             return out_dir
         return rel.as_posix() or "."
 
+    def out_dir_names(self, out_dir: str) -> dict[str, str]:
+        """Inbox name → ``out_dir`` as a job of that inbox stores it, for every known inbox
+        (a single UPDATE picks the one of the row's inbox)."""
+        return {name: self.out_dir_name(p.path, out_dir) for name, p in self._by_name.items()}
+
     def out_dir_path(self, name: str, stored: str) -> str:
         """This host's path of a stored output folder."""
         place = self._by_name.get(name)

@@ -104,6 +104,17 @@ class PostgresJobStore(PostgresDatabase):
             "force": force,
             "deps": json.dumps(list(deps)),
         }
+        # A new input (the common case): one statement inserts it and notifies idle hosts.
+        inserted = self._query(
+            f"WITH new AS (INSERT INTO {JOBS} (inbox, input, folder, kind, fingerprint,"
+            " job_key, out_dir, state, created_at, updated_at, force, deps) VALUES (%(inbox)s,"
+            " %(input)s, %(folder)s, %(kind)s, %(fingerprint)s, %(job_key)s, %(out_dir)s,"
+            " 'queued', {now}, {now}, %(force)s, %(deps)s) ON CONFLICT (inbox, input)"
+            f" DO NOTHING RETURNING *) SELECT new.*, pg_notify('{CHANNEL}', '') FROM new",
+            args,
+        )
+        if inserted:
+            return self._job(inserted[0]), True
         select = (
             f"SELECT *, {{now}} AS now_ FROM {JOBS} WHERE inbox = %(inbox)s AND input = %(input)s"
             " FOR UPDATE"
@@ -146,25 +157,20 @@ class PostgresJobStore(PostgresDatabase):
         self, job_id: int, fingerprint: str, job_key: str, out_dir: str, *, claim: int | None = None
     ) -> bool:
         """Record what a claimed job is actually about to do (its inputs may have changed)."""
-        with self._tx() as db:
-            row = db.execute(f"SELECT inbox FROM {JOBS} WHERE id = %s", (job_id,)).fetchone()
-            if row is None:
-                return False
-            local = self.paths.inbox_path(row["inbox"])
-            return bool(
-                self._run(
-                    db,
-                    f"UPDATE {JOBS} SET fingerprint = %(fp)s, job_key = %(key)s, out_dir = %(out)s,"
-                    f" updated_at = {{now}} WHERE id = %(id)s{_fence(claim)}",
-                    {
-                        "fp": fingerprint,
-                        "key": job_key,
-                        "out": self.paths.out_dir_name(local, out_dir),
-                        "id": job_id,
-                        "claim": claim,
-                    },
-                ).rowcount
-            )
+        sql = (
+            f"UPDATE {JOBS} SET fingerprint = %(fp)s, job_key = %(key)s,"
+            " out_dir = coalesce(%(outs)s::jsonb ->> inbox, %(out)s), updated_at = {now}"
+            f" WHERE id = %(id)s{_fence(claim)}"
+        )
+        args = {
+            "fp": fingerprint,
+            "key": job_key,
+            "outs": json.dumps(self.paths.out_dir_names(out_dir)),
+            "out": out_dir,
+            "id": job_id,
+            "claim": claim,
+        }
+        return self._exec(sql, args) > 0
 
     def get_job(self, inbox: str, input: str) -> Job | None:
         """The job of one input, or None."""
@@ -233,20 +239,19 @@ class PostgresJobStore(PostgresDatabase):
             "lease": lease_seconds,
             "inboxes": self.paths.names(inboxes or ()),
         }
-        with self._tx() as db:
-            row = self._run(
-                db,
-                f"WITH next AS (SELECT id FROM {JOBS} WHERE state IN ('queued', 'waiting')"
-                " AND (state = 'queued' OR coalesce(not_before, 0) <= {now})"
-                f"{only} ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                f" UPDATE {JOBS} j SET state = 'running', attempts = attempts + 1,"
-                " lease_owner = %(owner)s, lease_expires = {now} + %(lease)s,"
-                " started_at = {now}, finished_at = NULL, seconds = NULL, progress_done = 0,"
-                " progress_total = 0, progress_note = '', updated_at = {now},"
-                f" claim = nextval('{CLAIMS}') FROM next WHERE j.id = next.id RETURNING j.*",
-                args,
-            ).fetchone()
-        return None if row is None else self._job(row)
+        # One statement (its own transaction): a claim costs one round trip.
+        rows = self._query(
+            f"WITH next AS (SELECT id FROM {JOBS} WHERE state IN ('queued', 'waiting')"
+            " AND (state = 'queued' OR coalesce(not_before, 0) <= {now})"
+            f"{only} ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            f" UPDATE {JOBS} j SET state = 'running', attempts = attempts + 1,"
+            " lease_owner = %(owner)s, lease_expires = {now} + %(lease)s,"
+            " started_at = {now}, finished_at = NULL, seconds = NULL, progress_done = 0,"
+            " progress_total = 0, progress_note = '', updated_at = {now},"
+            f" claim = nextval('{CLAIMS}') FROM next WHERE j.id = next.id RETURNING j.*",
+            args,
+        )
+        return self._job(rows[0]) if rows else None
 
     def holds(self, job_id: int, claim: int) -> bool:
         """Whether ``claim`` is still the live claim of a running job."""

@@ -129,11 +129,14 @@ class Cluster:
     def share(self) -> Path:
         return self.root / "share"
 
-    def build(self, names: list[str], *, steps: int = 4, count: int = 2) -> None:
-        """Make the share, each host's folder, view and config."""
+    def build(
+        self, names: list[str], *, steps: int = 4, count: int = 2, bindfs: bool = True
+    ) -> None:
+        """Make the share, each host's folder, view (bindfs where FUSE works, unless not
+        wanted: a benchmark of the store) and config."""
         (self.share / "inbox").mkdir(parents=True)
         (self.share / "outbox").mkdir()
-        self.views = fuse_problem() is None
+        self.views = bindfs and fuse_problem() is None
         for name in names:
             root = self.root / "hosts" / name
             view = root / "view"
