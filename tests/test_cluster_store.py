@@ -8,16 +8,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.config import load_config
 from daemon.errors import ConfigError
 from daemon.runtime.cluster import shared_settings
-from daemon.runtime.worker import Worker
+from daemon.runtime.worker import Outcome, Worker
 from daemon.store.cluster import ClusterJournal
 from daemon.store.portable import InboxPlace, PortablePaths
 from daemon.store.rows import FolderMark
 from daemon.values import JobState
-from tests.fakes import SolidGenerator
+from tests.fakes import Launch, SolidGenerator, wait_until
 from tests.helpers import write_config
 
 
@@ -255,3 +256,36 @@ def test_status_names_every_live_host() -> None:
         "Host: b:7 (cuda:1, dropforge 0.1.0): idle; last beat 0.4 s ago\n"
         "Running: cat.png on a:101 (image 1/4, step 3/30, 12.0 s so far)\n"
     )
+
+
+def test_an_unmounted_outbox_never_requeues_shared_jobs(
+    pg_url: str, tmp_path: Path, launch: Launch
+) -> None:
+    """With its outbox gone, a host's rescan leaves the done jobs alone (every other host
+    would otherwise make them again) and says why; once back, nothing is redone."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "state"\nsettle_seconds = 0.1\nmin_free_mb = 0\n\n'
+        f'[cluster]\ndatabase = "{pg_url}"\nhost_name = "a"\n\n[[inbox]]\nname = "share"\n'
+        'path = "inbox"\noutput = "outbox"\n\n[models]\ndefault = "org/model"\n\n'
+        "[defaults]\nwidth = 64\nheight = 64\n\n[presets.standard]\nsteps = 2\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "outbox").mkdir()
+    running = launch(config)
+    (tmp_path / "inbox" / "cat.txt").write_text("a cat\n", encoding="utf-8")
+    wait_until(lambda: running.outcomes() == [("cat.txt", Outcome.done)], message="the job")
+    (tmp_path / "outbox").rename(tmp_path / "elsewhere")
+    with capture_logs() as logs:
+        assert running.service.watcher is not None
+        running.service.watcher.request_rescan()
+        wait_until(lambda: any(e["event"] == "outbox.missing" for e in logs), message="warning")
+    journal = running.service.journal
+    assert journal is not None
+    (job,) = journal.jobs()
+    assert job.state is JobState.done
+    (tmp_path / "elsewhere").rename(tmp_path / "outbox")
+    scan = running.rescan()
+    assert (scan["queued"], scan["done"]) == (0, 1)
+    assert running.outcomes() == [("cat.txt", Outcome.done)]

@@ -167,3 +167,14 @@ def root_present(path: str | Path) -> bool:
             return False
         _MOUNTED[key] = mounted
     return True
+
+
+def inbox_available(inbox: InboxConfig, *, shared: bool) -> bool:
+    """Whether an inbox can be worked on here: its folder is present, and so is its output
+    folder (in a cluster it must exist, as a missing one may be an unmounted share; on one
+    host a missing output folder is made at the first write)."""
+    if not root_present(inbox.path):
+        return False
+    if root_present(inbox.output):
+        return True
+    return not shared and not inbox.output.exists()

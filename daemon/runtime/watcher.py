@@ -24,7 +24,7 @@ from daemon.intake.candidates import Candidate, candidate_for
 from daemon.intake.names import INPUT_KINDS, FileKind, classify, is_ignored_dir, is_ignored_name
 from daemon.intake.observers import Observers, native_observer
 from daemon.intake.parts import Parts, parts_of
-from daemon.intake.paths import InboxRoots, inbox_roots
+from daemon.intake.paths import InboxRoots, inbox_available, inbox_roots
 from daemon.intake.scan import scan_inbox
 from daemon.intake.settle import Settled, SettleState, SettleTracker
 from daemon.runtime.arrivals import (
@@ -312,6 +312,8 @@ class Watcher:
         """
         if not os.path.isfile(path):
             return
+        if self.settings.cluster is not None and not inbox_available(state.inbox, shared=True):
+            return  # its outbox is not mounted here: a rescan looks again once it is
         roots = self._batch_roots.get(state.index)
         if roots is None:
             roots = self._batch_roots[state.index] = inbox_roots(state.inbox, self._roots)
@@ -357,6 +359,11 @@ class Watcher:
         started = self._clock()
         if not os.path.isdir(state.root):
             return  # the observers said so; a later rescan looks again
+        if self.settings.cluster is not None and not inbox_available(state.inbox, shared=True):
+            # An unmounted outbox would make every done job look unfinished: requeueing the
+            # shared rows would make the other hosts redo them. Wait for it to return.
+            log.warning("outbox.missing", inbox=state.root, output=str(state.inbox.output))
+            return
         survey_pass = SurveyPass(self.settings, self.journal)
         marks = survey_pass.folder_marks(state.inbox)
         result = scan_inbox(

@@ -23,7 +23,7 @@ from daemon.errors import (
 )
 from daemon.generators import Generator
 from daemon.intake.candidates import candidate_for
-from daemon.intake.paths import read_small_table, root_present
+from daemon.intake.paths import inbox_available, read_small_table, root_present
 from daemon.outputs.files import WriteFence, fenced_writes, remove_stale_temporaries
 from daemon.outputs.folders import escaping_output, foreign_output
 from daemon.outputs.manifest import job_is_done, write_manifest
@@ -390,12 +390,7 @@ class Worker:
         must exist, as a share's folder that is not there may be an unmounted share.
         """
         cluster = self.settings.cluster is not None
-        present = [
-            str(i.path)
-            for i in self.settings.inboxes
-            if root_present(i.path)
-            and (root_present(i.output) or (not cluster and not i.output.exists()))
-        ]
+        present = [str(i.path) for i in self.settings.inboxes if inbox_available(i, shared=cluster)]
         if not cluster and len(present) == len(self.settings.inboxes):
             return None  # on one host, jobs of inboxes no longer configured are claimed too
         return present
