@@ -3,6 +3,7 @@ shared settings, the schema's versions, the database clock, wake-ups and unmount
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -289,3 +290,89 @@ def test_an_unmounted_outbox_never_requeues_shared_jobs(
     scan = running.rescan()
     assert (scan["queued"], scan["done"]) == (0, 1)
     assert running.outcomes() == [("cat.txt", Outcome.done)]
+
+
+def test_cluster_job_keys_do_not_depend_on_where_a_host_keeps_its_model(tmp_path: Path) -> None:
+    """Two hosts with the model folder at different paths plan the same job key and
+    fingerprint in a cluster; on one host they keep the resolved path, as before."""
+    from daemon.intake.candidates import candidate_for
+    from daemon.store.sqlite import SqliteJournal
+    from daemon.tasks.prepare import prepare
+
+    def plan_on(host: str, cluster: bool) -> str:
+        root = tmp_path / host / ("cluster" if cluster else "single")
+        (root / "models" / "sd").mkdir(parents=True)
+        (root / "inbox").mkdir()
+        (root / "inbox" / "cat.txt").write_text("a cat\n", encoding="utf-8")
+        table = '[cluster]\ndatabase = "postgresql://db/x"\nhost_name = "h"\n' if cluster else ""
+        (root / "config.toml").write_text(
+            f'{table}[[inbox]]\nname = "share"\npath = "inbox"\noutput = "outbox"\n\n'
+            '[models]\ndefault = "models/sd"\n',
+            encoding="utf-8",
+        )
+        settings = load_config(root / "config.toml")
+        inbox = settings.inboxes[0]
+        candidate = candidate_for(inbox, inbox.path / "cat.txt")
+        assert candidate is not None
+        with SqliteJournal(root / "j.sqlite3") as journal:
+            prepared = prepare(settings, journal, candidate)
+        assert prepared.plan is not None
+        return f"{prepared.job_key} {prepared.fingerprint}"
+
+    assert plan_on("a", cluster=True) == plan_on("b", cluster=True)
+    assert plan_on("a", cluster=False) != plan_on("b", cluster=False)
+
+
+def test_pruning_runs_on_one_host_at_a_time(pg_url: str, tmp_path: Path) -> None:
+    """While one host holds the prune lock, another host's prune does nothing."""
+    from daemon.store.pg_schema import LOCK_PRUNE
+
+    with journal_at(pg_url, tmp_path, "/mnt/a") as store:
+        job, _ = store.upsert_job(
+            inbox="/mnt/a/inbox",
+            input="gone.png",
+            kind="image",
+            fingerprint="f",
+            job_key="k",
+            out_dir="/mnt/a/outbox/gone",
+        )
+        store.mark_done(job.id, seconds=0)
+        with psycopg.connect(pg_url, autocommit=True) as other:
+            other.execute("SELECT pg_advisory_lock(%s)", (LOCK_PRUNE,))
+            assert store.prune_jobs(0.0, exists=lambda path: False) == 0
+            other.execute("SELECT pg_advisory_unlock(%s)", (LOCK_PRUNE,))
+        assert store.prune_jobs(0.0, exists=lambda path: False) == 1
+
+
+def test_outside_active_hours_a_cluster_host_claims_nothing(
+    pg_url: str, tmp_path: Path, launch: Launch
+) -> None:
+    """Outside its window a host leaves the job queued for the others (no parking as
+    waiting, which would hold the job back from every host)."""
+    from datetime import datetime, timedelta
+
+    opens = datetime.now() + timedelta(hours=2)
+    closes = opens + timedelta(hours=1)
+    window = f"{opens:%H:%M}-{closes:%H:%M}"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "state"\nsettle_seconds = 0.1\nactive_hours = "{window}"\n\n'
+        f'[cluster]\ndatabase = "{pg_url}"\nhost_name = "a"\npoll_seconds = 0.2\n\n'
+        '[[inbox]]\nname = "share"\npath = "inbox"\noutput = "outbox"\n\n'
+        '[models]\ndefault = "org/model"\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "outbox").mkdir()
+    (tmp_path / "inbox" / "cat.txt").write_text("a cat\n", encoding="utf-8")
+    os.utime(tmp_path / "inbox" / "cat.txt", (1e9, 1e9))  # settled: the first scan queues it
+    running = launch(config)  # returns after the first scan
+    loop = running.service.loop
+    assert loop is not None
+    wait_until(lambda: loop.paused is not None, message="the pause")
+    assert not loop._window_open()  # a look at the window now: nothing is claimed or parked
+    journal = running.service.journal
+    assert journal is not None
+    (job,) = journal.jobs()
+    assert (job.state, job.attempts) == (JobState.queued, 0)
+    assert loop.paused == f"outside active_hours {window}; runs from {opens:%H:%M}"
