@@ -1,15 +1,18 @@
-"""The PostgreSQL connection behind a cluster's job store: psycopg 3, imported only here and
+"""The PostgreSQL connections behind a cluster's job store: psycopg 3, imported only here and
 only when ``[cluster] database`` (or ``$DROPFORGE_DATABASE``) names a database.
 
-One connection serves every thread of a process (a lock keeps transactions whole) and is
-opened again after the server went away. Times come from the database's clock: SQL says
-``{now}`` and gets ``extract(epoch from now())``; tests inject a clock instead, as they do
-for the embedded journal, and ``{now}`` becomes that clock's value.
+Threads of a process take a connection from a small pool for each statement or transaction
+(so the intake thread never waits for the worker's round trips, nor the other way round); a
+broken connection is dropped and a new one opened, so the store survives a server restart.
+
+Times come from the database's clock: SQL says ``{now}`` and gets ``extract(epoch from
+now())``; tests inject a clock instead, as they do for the embedded journal, and ``{now}``
+becomes that clock's value.
 """
 
 from __future__ import annotations
 
-import threading
+import queue
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +29,7 @@ from daemon.values import Clock
 
 DB_NOW = "extract(epoch from now())::float8"
 CONNECT_TIMEOUT_S = 10
+MAX_IDLE = 4  # connections a process keeps open between uses
 
 _Base = TypeVar("_Base", bound="PostgresDatabase")
 
@@ -57,15 +61,18 @@ class PostgresDatabase:
         self.host_timeout = host_timeout
         self._injected = clock
         self.clock: Clock = clock if clock is not None else self._database_clock
-        self._lock = threading.RLock()
         self._sql_cache: dict[str, str] = {}
-        self._db = connect(url)
+        self._idle: queue.SimpleQueue[psycopg.Connection[dict[str, Any]]] = queue.SimpleQueue()
+        self._closed = False
+        first = connect(url)
         try:
-            ensure_schema(self._db, redact(url))
-            self._offset = self._measure_offset()
+            ensure_schema(first, redact(url))
         except BaseException:
-            self._db.close()
+            first.close()
             raise
+        self._idle.put(first)
+        self._offset = 0.0
+        self._offset = self._measure_offset()
 
     # --- time -------------------------------------------------------------------------
 
@@ -75,10 +82,12 @@ class PostgresDatabase:
 
     def _measure_offset(self) -> float:
         """How far the database's clock is ahead of this host's (refreshed at heartbeats)."""
-        before = time.time()
-        row = self._db.execute(f"SELECT {DB_NOW} AS now").fetchone()
+        with self._connection() as conn:
+            before = time.time()
+            row = conn.execute(f"SELECT {DB_NOW} AS now").fetchone()
+            after = time.time()
         assert row is not None
-        return float(row["now"]) - (before + time.time()) / 2
+        return float(row["now"]) - (before + after) / 2
 
     def _sql(self, text: str) -> str:
         """``text`` with ``{now}`` as the database's clock (or the injected clock's value)."""
@@ -96,36 +105,48 @@ class PostgresDatabase:
 
     # --- connection ---------------------------------------------------------------------
 
-    def _conn(self) -> psycopg.Connection[dict[str, Any]]:
-        if self._db.closed or self._db.broken:
-            self._db.close()
-            self._db = connect(self.url)
-        return self._db
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        """A connection of the pool for one statement or transaction."""
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = connect(self.url)
+        try:
+            yield conn
+        finally:
+            if conn.closed or conn.broken or self._closed or self._idle.qsize() >= MAX_IDLE:
+                conn.close()
+            else:
+                self._idle.put(conn)
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        """One transaction on the shared connection."""
-        with self._lock:
-            conn = self._conn()
-            with conn.transaction():
-                yield conn
+        """One transaction."""
+        with self._connection() as conn, conn.transaction():
+            yield conn
 
     def _run(self, conn: Any, text: str, args: Mapping[str, Any] | None = None) -> Any:
         """Execute ``text`` (``{now}`` filled in) within a transaction of ``_tx``."""
         return conn.execute(self._sql(text), self._args(args))
 
     def _query(self, text: str, args: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        with self._lock:
-            return self._conn().execute(self._sql(text), self._args(args)).fetchall()
+        with self._connection() as conn:
+            return conn.execute(self._sql(text), self._args(args)).fetchall()
 
     def _exec(self, text: str, args: Mapping[str, Any] | None = None) -> int:
-        with self._lock:
-            return self._conn().execute(self._sql(text), self._args(args)).rowcount
+        with self._connection() as conn:
+            return conn.execute(self._sql(text), self._args(args)).rowcount
 
     def close(self) -> None:
-        """Close the connection; the store cannot be used afterwards."""
-        with self._lock:
-            self._db.close()
+        """Close the idle connections (those in use close when released); the store cannot
+        be used afterwards."""
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
     def __enter__(self: _Base) -> _Base:
         return self

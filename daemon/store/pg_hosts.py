@@ -105,8 +105,7 @@ class PostgresHosts(PostgresDatabase):
     def beat(self, owner: str, *, device: str, job_id: int | None, job_input: str | None) -> bool:
         """This worker process is alive (and runs ``job_id``); False when its row is gone
         (it was taken for dead and must join again)."""
-        with self._lock:
-            self._offset = self._measure_offset()
+        self._offset = self._measure_offset()
         return (
             self._exec(
                 f"UPDATE {HOSTS} SET beat_at = {{now}}, device = %(device)s, job_id = %(job)s,"
