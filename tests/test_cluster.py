@@ -105,3 +105,35 @@ def test_a_frozen_host_writes_nothing_after_it_wakes(cluster: Cluster) -> None:
     ]
     assert late == []
     assert verify_outputs(cluster, ["p000.txt"]) == []
+
+
+def test_a_host_with_other_settings_refuses_to_start(cluster: Cluster) -> None:
+    """`dropforge run` on a host whose config differs from the live hosts' exits 2, naming
+    the keys; the cluster's hosts go on."""
+    import os
+    import subprocess
+    import sys
+
+    cluster.build(["a", "b"])
+    a, b = cluster.hosts
+    a.start(cluster.step_seconds)
+    cluster.wait(lambda: cluster.status(a)["hosts"], 60, "host a to join")
+    b.config.write_text(
+        b.config.read_text(encoding="utf-8").replace("steps = 4", "steps = 9"), encoding="utf-8"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "run", "-c", str(b.config)],
+        cwd=b.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "Error: settings differ from the cluster's (registered by host a): [presets.standard] "
+        "steps; make config.toml the same on every host, or stop every host to change them"
+    )
+    assert [h["host"] for h in cluster.status(a)["hosts"]] == ["a"]
