@@ -376,3 +376,36 @@ def test_outside_active_hours_a_cluster_host_claims_nothing(
     (job,) = journal.jobs()
     assert (job.state, job.attempts) == (JobState.queued, 0)
     assert loop.paused == f"outside active_hours {window}; runs from {opens:%H:%M}"
+
+
+def test_once_joins_the_cluster_while_it_runs(pg_url: str, tmp_path: Path) -> None:
+    """`dropforge once` on a cluster host registers itself (its claims are not a dead host's),
+    processes what is pending from the shared store, and leaves."""
+    from daemon.runtime.once import run_once
+
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "state"\nmin_free_mb = 0\n\n[cluster]\ndatabase = "{pg_url}"\n'
+        'host_name = "a"\n\n[[inbox]]\nname = "share"\npath = "inbox"\noutput = "outbox"\n\n'
+        '[models]\ndefault = "org/model"\n\n[defaults]\nwidth = 64\nheight = 64\n\n'
+        "[presets.standard]\nsteps = 2\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "outbox").mkdir()
+    (tmp_path / "inbox" / "cat.txt").write_text("a cat\n", encoding="utf-8")
+    seen: list[list[str]] = []
+    settings = load_config(config)
+    with journal_at(pg_url, tmp_path, str(tmp_path), "probe") as probe:
+
+        def during(job: object, total: int) -> None:
+            seen.append([h.host for h in probe.hosts()])
+
+        from daemon.runtime.worker import Progress
+
+        report = run_once(settings, SolidGenerator, progress=Progress(on_start=during))
+        assert [(r.rel, r.outcome) for r in report.results] == [("cat.txt", Outcome.done)]
+        assert seen == [["a"]]
+        assert probe.hosts() == []
+        (job,) = probe.jobs()
+        assert (job.inbox, job.state) == (str(tmp_path / "inbox"), JobState.done)
