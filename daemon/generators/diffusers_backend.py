@@ -159,7 +159,8 @@ class DiffusersGenerator:
         progress: _Progress,
     ) -> bool:
         """Make and deliver ``batch``; return False, memory freed, if it ran out of memory."""
-        pipe = model.pipe(request.task)
+        # Set for every batch: an out-of-memory fallback may have derived the pipelines anew.
+        pipe = model.use_sampler(request.task, request.sampler)
         try:
             images = list(pipe(**_image_kwargs(request, batch, progress)).images)
         except Exception as exc:
@@ -233,7 +234,7 @@ class DiffusersGenerator:
         progress: _Progress,
     ) -> bool:
         """Make and deliver tween ``frames``; return False, memory freed, if out of memory."""
-        pipe = model.pipe(Task.variations)
+        pipe = model.use_sampler(Task.variations, request.sampler)
         try:
             kwargs = tweens.batch_kwargs(request, frames, cache, pipe, progress.callback())
             images = list(pipe(**kwargs).images)

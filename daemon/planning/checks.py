@@ -7,7 +7,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from daemon.errors import InputError, did_you_mean
+from daemon.errors import InputError, did_you_mean, show_value
+from daemon.generators.samplers import SAMPLER_NAMES, closest_sampler, find_sampler
 from daemon.values import TASK_NAMES
 
 if TYPE_CHECKING:
@@ -202,6 +203,25 @@ def _strings(source: str, key: str, value: Any, settings: Settings) -> tuple[str
     return tuple(value)
 
 
+def _sampler(source: str, key: str, value: Any, settings: Settings) -> str:
+    # "" keeps the model's own scheduler; names are matched ignoring case and spacing.
+    if isinstance(value, str) and not value:
+        return value
+    found = find_sampler(value) if isinstance(value, str) else None
+    if found is not None:
+        return found.name
+    close = closest_sampler(value) if isinstance(value, str) else None
+    hint = f", did you mean {show_value(close)}?" if close else ""
+    rule = "an A1111 sampler name: " + ", ".join(SAMPLER_NAMES)
+    raise InputError(
+        source,
+        f'{key} must be {rule} (or "" for the model\'s own), got {show_value(value)}{hint}',
+        key=key,
+        rule=rule,
+        value=value,
+    )
+
+
 _RANGES: Mapping[str, Checker] = {
     "guidance": _number(0, 30),
     "strength": _number(0, 1),
@@ -293,4 +313,5 @@ CHECKS: Mapping[str, Checker] = {
     "exclude_sections": _strings,
     "prompt_template": _template,
     "force": _flag,
+    "sampler": _sampler,
 }

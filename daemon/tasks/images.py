@@ -168,6 +168,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
             mask_image=mask,
             lora=lora,
             max_batch=ctx.settings.max_batch,
+            sampler=plan.params.sampler,
         )
         ctx.generator().generate_images(request, events)
         if ctx.should_stop():

@@ -149,6 +149,7 @@ def _run_sequence(
             existing=existing,
             lora=plan.lora,
             max_batch=ctx.settings.max_batch,
+            sampler=params.sampler,
         )
         events = GenerationEvents(
             on_image=lambda index, image: None,
