@@ -154,10 +154,32 @@ def _expression(source: str, key: str, value: Any, settings: Settings) -> str:
     return value
 
 
+TEMPLATE_PLACEHOLDERS = ("{text}", "{subject}", "{setting}", "{time}", "{mood}", "{action}")
+
+
 def _template(source: str, key: str, value: Any, settings: Settings) -> str:
-    if not isinstance(value, str) or "{text}" not in value:
-        raise _bad(source, key, 'a string containing "{text}"', value)
+    if not isinstance(value, str) or not any(p in value for p in TEMPLATE_PLACEHOLDERS):
+        rule = "a string containing " + ", ".join(TEMPLATE_PLACEHOLDERS[:-1])
+        raise _bad(source, key, f"{rule} or {TEMPLATE_PLACEHOLDERS[-1]}", value)
     return _text(source, key, value, settings)
+
+
+def _name_style(source: str, key: str, value: Any, settings: Settings) -> str:
+    if value not in ("plain", "descriptive"):
+        raise _bad(source, key, "plain or descriptive", value)
+    return str(value)
+
+
+def _scene_numbers(source: str, key: str, value: Any, settings: Settings) -> tuple[int, ...]:
+    rule = "a list of 1..1000 unique scene numbers (1 is the first scene)"
+    if not isinstance(value, list) or not 1 <= len(value) <= 1000:
+        raise _bad(source, key, rule, value)
+    check = _integer(1, 100_000)
+    for i, item in enumerate(value, 1):
+        check(source, f"{key}[{i}]", item, settings)
+        if item in value[: i - 1]:
+            raise _bad(source, f"{key}[{i}]", "unique (it repeats an earlier scene)", item)
+    return tuple(value)
 
 
 def _prompts(source: str, key: str, value: Any, settings: Settings) -> tuple[str, ...]:
@@ -314,4 +336,6 @@ CHECKS: Mapping[str, Checker] = {
     "prompt_template": _template,
     "force": _flag,
     "sampler": _sampler,
+    "name_style": _name_style,
+    "scenes": _scene_numbers,
 }

@@ -37,6 +37,27 @@ class Dependency:
 
 
 @dataclass(frozen=True)
+class Scene:
+    """One scene of a prompt file: its text, the parts found in it and the prompt it gets."""
+
+    number: int  # 1-based, in the file (after excluded sections)
+    text: str
+    prompt: str  # what the images are made from: ``made``, or the user's edit
+    made: str  # the prompt made from the text with ``prompt_template``
+    parts: Mapping[str, str]  # subject, setting, time, mood, action
+    name_words: tuple[str, ...] = ()  # for descriptive file names
+    edited: bool = False
+
+
+@dataclass(frozen=True)
+class PromptsFile:
+    """``STEM.prompts.toml``, the editable prompts of a multi-scene prompt file."""
+
+    path: Path  # in the output folder
+    content: str  # what the job writes there (its hash is one of the job's dependencies)
+
+
+@dataclass(frozen=True)
 class PlanInput:
     """Everything known about one input before planning; built by ``daemon.tasks.prepare``."""
 
@@ -51,6 +72,10 @@ class PlanInput:
     scenes: tuple[str, ...] = ()  # prompt files: scene texts, template applied
     mask: Dependency | None = None
     sidecars: tuple[Dependency, ...] = ()  # _defaults.toml chain and the file's own sidecar
+    scene_plans: tuple[Scene, ...] = ()  # prompt files: every scene, parts and edits resolved
+    chapter: int | None = None  # prompt files: the chapter number, for descriptive names
+    prompts_file: PromptsFile | None = None  # multi-scene prompt files
+    notes: tuple[str, ...] = ()  # for the manifest's warnings
 
 
 @dataclass(frozen=True)
@@ -68,6 +93,9 @@ class PlannedOutput:
     scene: int | None = None  # 1-based scene number for multi-scene prompt files
     varied: Mapping[str, float | int] = field(default_factory=dict)
     t: float | None = None
+    # What makes this one image (not its name): an image on disk whose chunk holds it is kept,
+    # whichever job made it, so an edited scene leaves the other scenes' images alone.
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,6 +156,8 @@ class Plan:
     outputs: tuple[PlannedOutput, ...]
     force: bool
     sequences: tuple[SequencePlan, ...] = ()
+    prompts_file: PromptsFile | None = None
+    notes: tuple[str, ...] = ()  # warnings known from planning (an edit that no longer applies)
 
     @property
     def display(self) -> str:

@@ -34,13 +34,13 @@ FALLBACKS: Mapping[str, Any] = MappingProxyType({
     "lora_scale": 1.0, "mesh_resolution": 256, "formats": ("glb",), "texture": False,
     "depth": 2, "paths": None, "pose": None, "start": None, "end": None, "endpoints": None,
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
-    "sampler": "",
+    "sampler": "", "name_style": "plain", "scenes": None,
 })  # fmt: skip
 
 
 # Keys added after the first release: recorded (and so part of job keys) only when set to
 # something other than their fallback, so that adding them left existing job keys unchanged.
-RECORDED_WHEN_SET: frozenset[str] = frozenset({"sampler"})
+RECORDED_WHEN_SET: frozenset[str] = frozenset({"sampler", "name_style", "scenes"})
 
 
 PARAM_KEYS: tuple[str, ...] = tuple(FALLBACKS)
@@ -85,6 +85,8 @@ class Params:
     prompt_template: str = "{text}"
     force: bool = False
     sampler: str = ""  # an A1111 sampler name; "" keeps the model's own scheduler
+    name_style: str = "plain"  # prompt files: "plain" (story-s02-7.png) or "descriptive"
+    scenes: tuple[int, ...] | None = None  # prompt files: the scene numbers to make
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Params:
