@@ -55,7 +55,7 @@ def test_param_keys_are_every_documented_key() -> None:
         "steps", "guidance", "strength", "width", "height", "vary", "mask", "model", "lora",
         "lora_scale", "mesh_resolution", "formats", "texture", "depth", "paths", "pose",
         "start", "end", "endpoints", "exclude_sections", "prompt_template", "force",
-        "sampler", "name_style", "scenes",
+        "sampler", "name_style", "scenes", "fps", "size", "base", "expressions",
     }  # fmt: skip
     assert set(PARAM_KEYS) == expected
     assert len(PARAM_KEYS) == len(expected)
@@ -127,6 +127,14 @@ GOOD: list[tuple[str, Any, Any]] = [
     ("sampler", "", ""),
     ("name_style", "descriptive", "descriptive"),
     ("scenes", [2, 5], (2, 5)),
+    ("fps", 12, 12.0),
+    ("size", "1024 x 1536", "1024x1536"),
+    ("base", "faces/neutral.png", "faces/neutral.png"),
+    (
+        "expressions",
+        [{"id": "ah", "prompt": "mouth open"}],
+        ({"id": "ah", "prompt": "mouth open"},),
+    ),
     ("prompt_template", "panel, {subject}, {mood} mood", "panel, {subject}, {mood} mood"),
 ]
 
@@ -344,6 +352,20 @@ BAD: list[tuple[str, Any, str]] = [
         "{mood} or {action}, got 1",
     ),
     ("name_style", "fancy", 'name_style must be plain or descriptive, got "fancy"'),
+    ("fps", 0, "fps must be 1..60, got 0"),
+    (
+        "size",
+        "1001x1536",
+        'size must be "WIDTHxHEIGHT", each a multiple of 8 in 64..2048, e.g. "1024x1536", '
+        'got "1001x1536"',
+    ),
+    ("base", "../face.png", 'base must be a relative path inside the inbox, got "../face.png"'),
+    ("expressions", [{"id": "ah"}], "expressions[1].prompt is required"),
+    (
+        "expressions",
+        [{"id": "ah", "prompt": "x", "promt": "y"}],
+        "expressions[1].promt: unknown key, did you mean prompt?",
+    ),
     (
         "sampler",
         "Euler b",
@@ -519,6 +541,7 @@ FALLBACK_RESULT: dict[str, Any] = {
     "depth": 2, "paths": None, "pose": None, "start": None, "end": None, "endpoints": None,
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
     "sampler": "", "name_style": "plain", "scenes": None,
+    "fps": 8.0, "size": None, "base": None, "expressions": None,
 }  # fmt: skip
 
 

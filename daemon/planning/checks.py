@@ -304,6 +304,42 @@ def _paths(source: str, key: str, value: Any, settings: Settings) -> tuple[dict[
     return tuple(result)
 
 
+def _frame_size(source: str, key: str, value: Any, settings: Settings) -> str:
+    rule = '"WIDTHxHEIGHT", each a multiple of 8 in 64..2048, e.g. "1024x1536"'
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", value) if isinstance(value, str) else None
+    if match is None:
+        raise _bad(source, key, rule, value)
+    width, height = int(match.group(1)), int(match.group(2))
+    if not all(64 <= n <= 2048 and n % 8 == 0 for n in (width, height)):
+        raise _bad(source, key, rule, value)
+    return f"{width}x{height}"
+
+
+def _expressions(
+    source: str, key: str, value: Any, settings: Settings
+) -> tuple[dict[str, str], ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= 100:
+        raise _bad(source, key, "a list of 1..100 tables {id, prompt}", value)
+    result: list[dict[str, str]] = []
+    for i, table in enumerate(value, 1):
+        where = f"{key}[{i}]"
+        if not isinstance(table, dict):
+            raise _bad(source, where, "a table {id, prompt}", table)
+        for name in table:
+            if name not in ("id", "prompt"):
+                hint = did_you_mean(name, ("id", "prompt"))
+                raise InputError(source, f"{where}.{name}: unknown key{hint}", key=where)
+        for name in ("id", "prompt"):
+            if name not in table:
+                raise InputError(source, f"{where}.{name} is required", key=f"{where}.{name}")
+        expr = _expression(source, f"{where}.id", table["id"], settings)
+        if any(e["id"] == expr for e in result):
+            raise _bad(source, f"{where}.id", "unique (it repeats an earlier id)", expr)
+        prompt = _text(source, f"{where}.prompt", table["prompt"], settings)
+        result.append({"id": expr, "prompt": prompt})
+    return tuple(result)
+
+
 CHECKS: Mapping[str, Checker] = {
     "task": _task,
     "preset": _preset,
@@ -338,4 +374,8 @@ CHECKS: Mapping[str, Checker] = {
     "sampler": _sampler,
     "name_style": _name_style,
     "scenes": _scene_numbers,
+    "fps": _number(1, 60),
+    "size": _frame_size,
+    "base": _relative_path,
+    "expressions": _expressions,
 }

@@ -14,6 +14,7 @@ from typing import Any
 
 from daemon.config import InboxConfig
 from daemon.errors import InputError
+from daemon.intake.names import job_name
 from daemon.outputs.names import sanitize_name
 from daemon.planning.params import Params
 from daemon.values import LoraSource, ModelSource, Task
@@ -108,6 +109,23 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class GeneratedEndpoint:
+    """An endpoint a tween job makes from its ``base`` image by img2img with an expression's
+    prompt, because no ``{expr}__{pose}`` image exists (seed 004's extreme expressions)."""
+
+    dep: Dependency  # absolute path in the job's output folder; sha256 is the image's key
+    expr: str
+    pose: str
+    prompt: str
+    seed: int
+
+    @property
+    def file(self) -> str:
+        """Its name in the job's output folder: ``endpoints/{expr}__{pose}.png``."""
+        return f"endpoints/{self.expr}__{self.pose}.png"
+
+
+@dataclass(frozen=True)
 class Frame:
     """One frame of a sequence: its time, file name and (for tweens) seed."""
 
@@ -129,6 +147,9 @@ class SequencePlan:
     out_dir: Path
     frames: tuple[Frame, ...]
     job_key: str
+    # What the frames' pixels depend on (not the preview's fps): frames holding it are kept.
+    frames_key: str = ""
+    size: tuple[int, int] | None = None  # ``size``: frames made at it, endpoints fitted to it
 
 
 @dataclass(frozen=True)
@@ -158,6 +179,8 @@ class Plan:
     sequences: tuple[SequencePlan, ...] = ()
     prompts_file: PromptsFile | None = None
     notes: tuple[str, ...] = ()  # warnings known from planning (an edit that no longer applies)
+    base: Dependency | None = None  # tweens: the image generated endpoints are made from
+    generated: tuple[GeneratedEndpoint, ...] = ()  # tweens: endpoints the job makes first
 
     @property
     def display(self) -> str:
@@ -191,7 +214,7 @@ class Plan:
 def output_dir(inbox: InboxConfig, rel: str) -> Path:
     """``OUT/a/b/cat`` for ``INBOX/a/b/cat.png`` (``NAME`` for ``NAME.job.toml``)."""
     path = PurePosixPath(rel)
-    stem = path.name[: -len(".job.toml")] if path.name.endswith(".job.toml") else path.stem
+    stem = job_name(path.name)
     parts = [sanitize_name(p) for p in path.parent.parts]
     return inbox.output.joinpath(*parts, sanitize_name(stem))
 

@@ -30,6 +30,8 @@ from daemon.values import Task
 CONTACT_NAME = "contact.png"
 PROMPTS_ROLE = "prompts"
 VARY_INT_KEYS = ("steps",)
+# Keys that mean nothing for an image: left out of its manifest and key.
+_TWEEN_ONLY = frozenset({"fps", "size", "base", "expressions"})
 
 
 # --- plan ------------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ def plan(draft: Draft) -> Plan:
         resolved = params  # each scene's seeds come from its own text: see the outputs
     else:
         resolved = params.replace(seeds=tuple(seeds), seed=seeds[0], count=len(seeds))
-    record = resolved.as_record()
+    record = resolved.as_record(_TWEEN_ONLY)
     if pi.kind == "prompt":
         record["scene_count"] = len(pi.scene_plans)
     plan = finish_plan(pi, task, resolved, record, outputs)

@@ -13,8 +13,11 @@ from typing import Any
 from daemon.config import Settings
 from daemon.errors import ConfigError, InputError, show_value
 from daemon.intake.candidates import Candidate
+from daemon.intake.expressions import read_expressions
+from daemon.intake.names import is_expressions_file
 from daemon.intake.paths import confine
 from daemon.intake.scenes import chapter_number, read_prompt_text, split_scenes
+from daemon.planning.checks import CHECKS
 from daemon.planning.inputs import Hasher, base_dependencies, hash_dependencies, relative
 from daemon.planning.keys import fingerprint, settings_fingerprint, sha256_text
 from daemon.planning.model import (
@@ -58,6 +61,11 @@ def _plan(settings: Settings, hasher: Hasher, candidate: Candidate, deps: list[D
     for path in sidecar_paths:
         display = relative(candidate, path)
         layers.append((display, read_sidecar(path, display, settings.max_sidecar_bytes)))
+    notes: tuple[str, ...] = ()
+    if is_expressions_file(candidate.path.name):
+        # Seed 004's own job file: a layer below its sidecar (expressions.toml), above folders.
+        layer, notes = _expressions_layer(settings, candidate)
+        layers.insert(len(candidate.defaults), (candidate.rel, layer))
     params = resolve_params(settings, layers)
     by_path = {d.path: d for d in deps}
     sidecar_deps = tuple(by_path[relative(candidate, p)] for p in sidecar_paths)
@@ -90,7 +98,7 @@ def _plan(settings: Settings, hasher: Hasher, candidate: Candidate, deps: list[D
         mask = by_path[relative(candidate, candidate.mask)]
 
     kind = candidate.kind.value
-    scene_input: dict[str, Any] = {}
+    scene_input: dict[str, Any] = {"notes": notes} if notes else {}
     if kind == "prompt":
         scene_input = prompt_scenes(hasher, candidate, params, deps)
     draft = Draft(
@@ -173,6 +181,26 @@ def prompt_scenes(
         "prompts_file": prompts,
         "notes": tuple(notes),
     }
+
+
+def _expressions_layer(
+    settings: Settings, candidate: Candidate
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """An ``expressions.json`` as a parameter layer (``base_paths`` → ``paths``), checked with
+    the file's own key names, and a note naming the keys it holds for other tools."""
+    found = read_expressions(candidate.path, candidate.rel, settings.max_sidecar_bytes)
+    layer = {
+        "paths": CHECKS["paths"](candidate.rel, "base_paths", found.values["base_paths"], settings)
+    }
+    if "expressions" in found.values:
+        layer["expressions"] = CHECKS["expressions"](
+            candidate.rel, "expressions", found.values["expressions"], settings
+        )
+    layer = {k: [dict(v) for v in values] for k, values in layer.items()}
+    notes: tuple[str, ...] = ()
+    if found.ignored:
+        notes = (f"{candidate.rel}: keys not used by dropforge: {', '.join(found.ignored)}",)
+    return layer, notes
 
 
 def _innermost(candidate: Candidate) -> str:
