@@ -133,3 +133,58 @@ def test_the_prompt_is_recorded_as_written(
     recorded = manifest(out)
     assert recorded["outputs"][0]["prompt"] == prompt.strip()
     assert recorded["warnings"] == []
+
+
+@pytest.mark.slow
+def test_sdxl_gets_both_encoders_long_prompts_and_pooled_embeddings(tiny_models: Path) -> None:
+    """On a tiny SDXL pipeline, a 146-token prompt becomes two chunks side by side from both
+    encoders, with pooled embeddings, and the pipeline runs on them."""
+    import diffusers
+    import torch
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
+
+    from daemon.generators.conditioning import prompt_kwargs
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(tiny_models / "sd" / "tokenizer"))
+    torch.manual_seed(0)
+    text = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer), projection_dim=32,
+    )  # fmt: skip
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+    )  # fmt: skip
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4,
+    )  # fmt: skip
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text),
+        text_encoder_2=CLIPTextModelWithProjection(text),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=diffusers.EulerDiscreteScheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    long = " ".join(["a red fox in the snow"] * 24)
+    kwargs = prompt_kwargs(pipe, [long, "a (red:1.3) cat"], ["", "blurry"])
+    assert {k: tuple(v.shape) for k, v in kwargs.items()} == {
+        "prompt_embeds": (2, 154, 64),
+        "negative_prompt_embeds": (2, 154, 64),
+        "pooled_prompt_embeds": (2, 32),
+        "negative_pooled_prompt_embeds": (2, 32),
+    }
+    images = pipe(**kwargs, num_inference_steps=1, height=64, width=64).images
+    assert [im.size for im in images] == [(64, 64), (64, 64)]
