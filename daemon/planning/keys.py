@@ -77,6 +77,33 @@ def settings_fingerprint(settings: Settings, default_task: str) -> str:
     )
 
 
+def output_key(pi: PlanInput, task: Task, params: Params, out: PlannedOutput) -> str:
+    """The key of one image: everything that makes its pixels, nothing that only names it.
+
+    A prompt file's own hash is left out (its scene's prompt is in), so editing one scene
+    leaves the keys of the other scenes' images as they were.
+    """
+    lora = pi.lora
+    material = {
+        "generator": GENERATOR_VERSION,
+        "task": task.value,
+        "input": None if pi.kind == "prompt" else pi.input_sha256,
+        "mask": pi.mask.sha256 if pi.mask else None,
+        "model": {"alias": pi.model.alias, "source": pi.model.describe()},
+        "lora": None if lora is None else [lora.alias, lora.path, lora.scale],
+        "size": [params.width, params.height],
+        "sampler": params.sampler,
+        "prompt": out.prompt,
+        "negative_prompt": out.negative_prompt,
+        "seed": out.seed,
+        "steps": out.steps,
+        "guidance": out.guidance,
+        "strength": None if task is Task.text2image else out.strength,
+        "varied": dict(out.varied),
+    }
+    return sha256_text(canonical_json(material))
+
+
 def finish_plan(
     pi: PlanInput,
     task: Task,

@@ -17,7 +17,8 @@ from daemon.values import Task
 
 # Keys that mean nothing for a mesh: left out of its manifest and key.
 _NOT_RECORDED = frozenset(
-    {"prompt", "negative_prompt", "prompts", "count", "seeds", "strength", "vary"}
+    {"prompt", "negative_prompt", "prompts", "count", "seeds", "strength", "vary", "sampler"}
+    | {"name_style", "scenes", "fps", "size", "base", "expressions"}
 )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from daemon.generators.samplers import sampler_for_scheduler
 from daemon.outputs.manifest import (
     Manifest,
     ManifestStatus,
@@ -103,7 +104,7 @@ def parameters_text(
         prompt=prompt,
         negative_prompt=negative_prompt,
         steps=steps,
-        sampler=sampler_name(plan.model),
+        sampler=plan.params.sampler or sampler_name(plan.model),
         guidance=guidance,
         seed=seed,
         width=width,
@@ -115,19 +116,24 @@ def parameters_text(
 
 @functools.lru_cache(maxsize=32)
 def sampler_name(model: ModelSource) -> str:
-    """The scheduler class of a diffusers folder (``DDIMScheduler``…), for the A1111 text.
+    """The A1111 name of a model's own scheduler (``DDIM``, ``PLMS``, ``DPM++ 2M Karras``…).
 
-    Read from ``scheduler/scheduler_config.json`` without importing diffusers; hub ids and
-    single files report ``default``.
+    Read from a diffusers folder's ``scheduler/scheduler_config.json`` without importing
+    diffusers; a scheduler A1111 has no name for keeps its class name; hub ids and single
+    files report ``default``.
     """
     if model.kind != "folder":
         return "default"
     try:
         with open(Path(model.ref) / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
-            name = json.load(f).get("_class_name")
+            config = json.load(f)
+        name = config.get("_class_name")
     except (OSError, ValueError, AttributeError):
         return "default"
-    return name if isinstance(name, str) and name else "default"
+    if not isinstance(name, str) or not name:
+        return "default"
+    found = sampler_for_scheduler(name, config)
+    return found.name if found is not None else name
 
 
 def _size(path: Path) -> int | None:
