@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.config import load_config
+from daemon.config import Settings, load_config
 from daemon.errors import ConfigError
 from daemon.runtime.cluster import shared_settings
 from daemon.runtime.worker import Outcome, Worker
@@ -409,3 +409,42 @@ def test_once_joins_the_cluster_while_it_runs(pg_url: str, tmp_path: Path) -> No
         assert probe.hosts() == []
         (job,) = probe.jobs()
         assert (job.inbox, job.state) == (str(tmp_path / "inbox"), JobState.done)
+
+
+def test_hosts_agree_on_a_multi_scene_prompt_file(pg_url: str, tmp_path: Path) -> None:
+    """A prompt file with scenes depends on a file in the output tree; two hosts that mount
+    the share at different paths still agree on its job: the second finds nothing to do."""
+    from daemon.intake.candidates import candidate_for
+    from daemon.survey.entries import Verdict
+    from daemon.survey.survey import survey
+
+    def host(name: str) -> tuple[Path, Settings]:
+        root = tmp_path / name
+        (root / "share" / "inbox").mkdir(parents=True)
+        (root / "share" / "outbox").mkdir()
+        (root / "share" / "inbox" / "story.md").write_text(
+            "A lighthouse at dusk\n\n* * *\n\nA storm over the harbour\n", encoding="utf-8"
+        )
+        (root / "config.toml").write_text(
+            f'[daemon]\nstate_dir = "state"\n\n[cluster]\ndatabase = "{pg_url}"\n'
+            f'host_name = "{name}"\n\n[[inbox]]\nname = "share"\npath = "share/inbox"\n'
+            'output = "share/outbox"\n\n[models]\ndefault = "org/model"\n',
+            encoding="utf-8",
+        )
+        return root, load_config(root / "config.toml")
+
+    verdicts = []
+    for name in ("a", "b"):
+        root, settings = host(name)
+        inbox = settings.inboxes[0]
+        candidate = candidate_for(inbox, inbox.path / "story.md")
+        assert candidate is not None
+        with journal_at(pg_url, tmp_path, str(root / "share"), name) as store:
+            entry = survey(settings, store, candidate)
+            verdicts.append(entry.verdict)
+            assert entry.job is not None
+            assert entry.job.deps == (str(root / "share/outbox/story/story.prompts.toml"),)
+    assert verdicts == [Verdict.queued, Verdict.pending]
+    with psycopg.connect(pg_url) as conn:
+        stored = conn.execute("SELECT deps FROM dropforge_jobs").fetchall()
+    assert stored == [('["<output>/story/story.prompts.toml"]',)]

@@ -52,10 +52,26 @@ def failure_key(fingerprint: str, message: str) -> str:
     return sha256_text(canonical_json({"failed": fingerprint, "error": message}))
 
 
-def fingerprint(config_fp: str, deps: Sequence[Dependency]) -> str:
-    """Hash of the config and every dependency's content: unchanged ⇒ nothing to redo."""
-    items = sorted((d.path, d.sha256) for d in deps)
+def fingerprint(
+    config_fp: str, deps: Sequence[Dependency], *, output_root: str | None = None
+) -> str:
+    """Hash of the config and every dependency's content: unchanged ⇒ nothing to redo.
+
+    With ``output_root`` (a cluster), dependencies in the output tree, recorded by their
+    absolute path, enter as ``<output>/REL``: hosts mount the share at different places.
+    """
+    items = sorted((_portable(d.path, output_root), d.sha256) for d in deps)
     return sha256_text(canonical_json({"config": config_fp, "deps": items}))
+
+
+def _portable(path: str, output_root: str | None) -> str:
+    if (
+        output_root
+        and path.startswith(output_root)
+        and path[len(output_root) : len(output_root) + 1] in ("/", "\\")
+    ):
+        return "<output>/" + path[len(output_root) + 1 :].replace("\\", "/")
+    return path
 
 
 def config_fingerprint(values: Mapping[str, Any]) -> str:
@@ -89,8 +105,8 @@ def output_key(pi: PlanInput, task: Task, params: Params, out: PlannedOutput) ->
         "task": task.value,
         "input": None if pi.kind == "prompt" else pi.input_sha256,
         "mask": pi.mask.sha256 if pi.mask else None,
-        "model": {"alias": pi.model.alias, "source": pi.model.describe()},
-        "lora": None if lora is None else [lora.alias, lora.path, lora.scale],
+        "model": {"alias": pi.model.alias, "source": pi.model.key_source()},
+        "lora": None if lora is None else [lora.alias, lora.key_path(), lora.scale],
         "size": [params.width, params.height],
         "sampler": params.sampler,
         "prompt": out.prompt,

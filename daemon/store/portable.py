@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePath
 
+OUTPUT = "<output>/"  # how a stored dependency in the output tree begins
+
 
 @dataclass(frozen=True)
 class InboxPlace:
@@ -63,6 +65,27 @@ class PortablePaths:
         """Inbox name → ``out_dir`` as a job of that inbox stores it, for every known inbox
         (a single UPDATE picks the one of the row's inbox)."""
         return {name: self.out_dir_name(p.path, out_dir) for name, p in self._by_name.items()}
+
+    def deps_names(self, inbox_local: str, deps: Iterable[str]) -> list[str]:
+        """A job's extra dependencies as stored: those in the output tree (recorded by their
+        absolute path) as ``<output>/REL``; the others are relative to the inbox already."""
+        place = self._by_path.get(inbox_local)
+        out = []
+        for dep in deps:
+            if place is not None and dep.startswith(place.output + "/"):
+                dep = OUTPUT + dep[len(place.output) + 1 :]
+            out.append(dep)
+        return out
+
+    def deps_paths(self, name: str, stored: Iterable[str]) -> list[str]:
+        """This host's view of stored dependencies."""
+        place = self._by_name.get(name)
+        if place is None:
+            return list(stored)
+        return [
+            place.output + "/" + dep[len(OUTPUT) :] if dep.startswith(OUTPUT) else dep
+            for dep in stored
+        ]
 
     def out_dir_path(self, name: str, stored: str) -> str:
         """This host's path of a stored output folder."""

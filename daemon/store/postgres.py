@@ -19,6 +19,7 @@ from typing import Any
 from daemon.errors import JobNotFound
 from daemon.store.pg_base import PostgresDatabase
 from daemon.store.pg_schema import CHANNEL, CLAIMS, HOSTS, JOB_COLUMNS, JOBS, LOCK_PRUNE
+from daemon.store.portable import OUTPUT
 from daemon.store.rows import Job, JobDigest, backoff
 from daemon.values import JobState
 
@@ -50,7 +51,7 @@ class PostgresJobStore(PostgresDatabase):
         values["inbox"] = self.paths.inbox_path(name)
         values["out_dir"] = self.paths.out_dir_path(name, row["out_dir"])
         values["state"] = JobState(row["state"])
-        values["deps"] = tuple(json.loads(row["deps"]))
+        values["deps"] = tuple(self.paths.deps_paths(name, json.loads(row["deps"])))
         values["claim"] = int(row["claim"])
         return Job(**values)
 
@@ -71,7 +72,9 @@ class PostgresJobStore(PostgresDatabase):
             r["input"]: JobDigest(
                 r["id"],
                 r["fingerprint"],
-                r["deps"],
+                r["deps"]
+                if OUTPUT not in r["deps"]
+                else json.dumps(self.paths.deps_paths(name, json.loads(r["deps"]))),
                 bool(r["force"]),
                 r["state"],
                 self.paths.out_dir_path(name, r["out_dir"]),
@@ -102,7 +105,7 @@ class PostgresJobStore(PostgresDatabase):
             "job_key": job_key,
             "out_dir": self.paths.out_dir_name(inbox, out_dir),
             "force": force,
-            "deps": json.dumps(list(deps)),
+            "deps": json.dumps(self.paths.deps_names(inbox, deps)),
         }
         # A new input (the common case): one statement inserts it and notifies idle hosts.
         inserted = self._query(

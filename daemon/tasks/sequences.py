@@ -131,7 +131,7 @@ def generated_endpoints(
                     "params": {k: record.get(k) for k in _ENDPOINT_KEYS},
                     "model": {
                         "alias": draft.input.model.alias,
-                        "source": draft.input.model.describe(),
+                        "source": draft.input.model.key_source(),
                     },
                 }
             )
