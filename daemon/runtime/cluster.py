@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -21,6 +21,9 @@ from daemon.config import ClusterConfig, Settings
 from daemon.generators import GENERATOR_VERSION
 from daemon.store.protocols import HostRegistry, Journal
 from daemon.store.rows import Job
+
+if TYPE_CHECKING:
+    from daemon.runtime.loop import WorkerLoop
 
 log = structlog.get_logger("dropforge.cluster")
 
@@ -130,3 +133,22 @@ class Membership:
             self.registry.leave(self.owner)
         except Exception:  # the database is gone: the row times out by itself
             log.exception("cluster.leave_failed")
+
+
+def join_cluster(
+    settings: Settings, journal: Journal, owner: str, loop: Callable[[], WorkerLoop | None]
+) -> Membership | None:
+    """In a cluster, this process's membership, joined (ConfigError when its settings differ
+    from the cluster's); None on one host. ``loop`` gives the worker loop once it exists."""
+    if not isinstance(journal, HostRegistry):
+        return None
+    member = Membership(
+        settings,
+        journal,
+        owner=owner,
+        device=lambda: running.worker.device_name() if (running := loop()) else "none",
+        current=lambda: running.current if (running := loop()) else None,
+        on_wake=lambda: running.wake() if (running := loop()) else None,
+    )
+    member.join()
+    return member

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from daemon.config import Settings
-from daemon.intake.paths import read_small_table
+from daemon.intake.paths import read_small_table, root_present
 from daemon.outputs.files import remove_stale_temporaries
 from daemon.store.protocols import Journal, ScanCache
 
@@ -80,3 +80,16 @@ def recover(settings: Settings, journal: Journal, *, spare: str | None = None) -
             "journal.recovered", requeued=requeued, quarantined=quarantined, temporaries=removed
         )
     return requeued
+
+
+def prune_guard(settings: Settings) -> Callable[[str], bool]:
+    """For pruning: a file counts as there when it is, and when its inbox is missing or
+    unmounted here (an unmounted share must never make rows go)."""
+
+    def exists(path: str) -> bool:
+        if os.path.exists(path):
+            return True
+        roots = [i.path for i in settings.inboxes if path.startswith(str(i.path) + os.sep)]
+        return any(not root_present(root) for root in roots)
+
+    return exists

@@ -24,11 +24,10 @@ import structlog
 from daemon.config import Settings
 from daemon.generators import Generator
 from daemon.intake.observers import native_observer
-from daemon.intake.paths import root_present
-from daemon.runtime.cluster import FORGET_HOSTS_AFTER, Membership
+from daemon.runtime.cluster import FORGET_HOSTS_AFTER, Membership, join_cluster
 from daemon.runtime.loop import ActiveHours, WorkerLoop
 from daemon.runtime.pool import FactoryMaker, WorkerPool
-from daemon.runtime.recovery import owner_id, recover
+from daemon.runtime.recovery import owner_id, prune_guard, recover
 from daemon.runtime.systemd import Notifier
 from daemon.runtime.watcher import Watcher
 from daemon.runtime.worker import JobResult, Progress, Worker
@@ -108,16 +107,7 @@ class Service:
         self._started_at = self._monotonic()
         journal = self.journal = open_journal(settings, clock=self._clock)
         owner = owner_id(settings)
-        if isinstance(journal, HostRegistry):
-            self.member = Membership(
-                settings,
-                journal,
-                owner=owner,
-                device=lambda: self.loop.worker.device_name() if self.loop else "none",
-                current=lambda: self.loop.current if self.loop else None,
-                on_wake=lambda: self.loop.wake() if self.loop else None,
-            )
-            self.member.join()  # refused (ConfigError) when the settings differ
+        self.member = join_cluster(settings, journal, owner, lambda: self.loop)
         recover(settings, journal)
         progress = Progress(
             on_start=lambda job, total: self._beat(job),
@@ -319,20 +309,12 @@ class Service:
         """Delete old done jobs and unseen cache rows."""
         if self.journal is None:
             return 0
-        removed = self.journal.prune(PRUNE_AFTER_S, exists=self._exists_or_unmounted)
+        removed = self.journal.prune(PRUNE_AFTER_S, exists=prune_guard(self.settings))
         if isinstance(self.journal, HostRegistry):
             self.journal.forget_hosts(FORGET_HOSTS_AFTER)
         if removed:
             log.info("journal.pruned", rows=removed)
         return removed
-
-    def _exists_or_unmounted(self, path: str) -> bool:
-        """For pruning: a file counts as there when it is, and when its inbox is missing or
-        unmounted here (an unmounted share must never make rows go)."""
-        if os.path.exists(path):
-            return True
-        roots = [i.path for i in self.settings.inboxes if path.startswith(str(i.path) + os.sep)]
-        return any(not root_present(root) for root in roots)
 
     def reclaim(self) -> int:
         """Requeue the jobs of dead hosts (and of this host's dead processes); log how many."""

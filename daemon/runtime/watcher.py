@@ -90,6 +90,7 @@ class Watcher:
         self._roots = [i.output for i in settings.inboxes] + [settings.state_dir]
         self._excluded = tuple(str(p) for p in self._roots)
         self._batch_roots: dict[int, InboxRoots] = {}  # inbox index → roots, for one batch
+        self._batch_available: dict[int, bool] = {}  # inbox index → inbox_available, likewise
         self._reader = table_reader(journal)
         self._rescans: dict[int, str | None] = {}
         self._recheck: dict[tuple[int, str], str] = {}
@@ -242,6 +243,7 @@ class Watcher:
     def _after_batch(self) -> None:
         # Each input is looked at once per batch, however many of its files settled.
         self._batch_roots.clear()  # resolved afresh per batch: folders may be replaced
+        self._batch_available.clear()
         todo: dict[str, tuple[InboxState, float | None]] = {}
         for settled in self._tracker.pop_settled():
             self._guarded(self._settled, settled, todo)
@@ -313,7 +315,7 @@ class Watcher:
         """
         if not os.path.isfile(path):
             return
-        if self.settings.cluster is not None and not inbox_available(state.inbox, shared=True):
+        if self.settings.cluster is not None and not self._available(state):
             return  # its outbox is not mounted here: a rescan looks again once it is
         roots = self._batch_roots.get(state.index)
         if roots is None:
@@ -338,6 +340,13 @@ class Watcher:
                 waited=None if waited is None else round(waited, 3),
             )
         self._survey(state, candidate)
+
+    def _available(self, state: InboxState) -> bool:
+        """Whether the inbox and its output folder are here, looked at once per batch."""
+        found = self._batch_available.get(state.index)
+        if found is None:
+            found = self._batch_available[state.index] = inbox_available(state.inbox, shared=True)
+        return found
 
     def _survey(
         self, state: InboxState, candidate: Candidate, within: SurveyPass | None = None
