@@ -87,6 +87,47 @@ def throughput(url: str, daemons: int, inputs: int = 400) -> float:
     return inputs / seconds
 
 
+def worker_throughput(url: str, daemons: int, inputs: int = 400) -> float:
+    """Jobs per second of ``daemons`` daemons' workers over ``inputs`` jobs queued before they
+    start (intake done beforehand), from the first job done to the last."""
+    from daemon.config import load_config
+    from daemon.intake.candidates import candidate_for
+    from daemon.store.open import open_journal
+    from daemon.survey.survey import survey
+
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    with tempfile.TemporaryDirectory(dir=shm) as root:
+        cluster = Cluster(
+            Path(root),
+            url,
+            step_seconds=0.0,
+            rescan_interval=300,
+            heartbeat=5.0,
+            host_timeout=30.0,
+        )
+        cluster.build([f"h{i}" for i in range(daemons)], steps=1, count=1, bindfs=False)
+        names = cluster.drop(0, inputs)
+        settings = load_config(cluster.hosts[0].config)
+        inbox = settings.inboxes[0]
+        with open_journal(settings) as journal:
+            for name in names:
+                candidate = candidate_for(inbox, inbox.path / name)
+                assert candidate is not None
+                survey(settings, journal, candidate)
+        try:
+            cluster.start()
+            cluster.wait(lambda: any(r["state"] == "done" for r in cluster.rows()), 120, "first")
+            t0 = time.monotonic()
+            cluster.wait(
+                lambda: sum(r["state"] == "done" for r in cluster.rows()) == inputs, 600, "all"
+            )
+            seconds = time.monotonic() - t0
+        finally:
+            cluster.close()
+            clear_tables(url)
+    return (inputs - 1) / seconds
+
+
 def wake_up(url: str, tries: int = 20) -> list[float]:
     """Seconds from a job queued on host A to its claim by idle host B (woken by NOTIFY)."""
     paths = PortablePaths([InboxPlace("s", "/s/inbox", "/s/outbox")])
@@ -123,6 +164,12 @@ def wake_up(url: str, tries: int = 20) -> list[float]:
 
 
 def main() -> None:
+    import logging
+
+    import structlog
+
+    # The bench queues jobs itself (worker_throughput): its own log lines are noise here.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     only_throughput = "--throughput" in sys.argv
     server = start_server()
     if isinstance(server, str):
@@ -132,6 +179,9 @@ def main() -> None:
         if only_throughput:
             for daemons in (1, 4):
                 print(f"throughput {daemons} daemon(s): {throughput(url, daemons):.0f} jobs/s")
+            for daemons in (1, 4):
+                rate = worker_throughput(url, daemons)
+                print(f"workers only, jobs queued beforehand, {daemons} daemon(s): {rate:.0f}")
             return
         paths = PortablePaths([InboxPlace("s", "/s/inbox", "/s/outbox")])
         with tempfile.TemporaryDirectory() as root:
@@ -150,6 +200,9 @@ def main() -> None:
         print(f"max {max(wake) * 1000:.0f} ms")
         for daemons in (1, 4):
             print(f"throughput {daemons} daemon(s): {throughput(url, daemons):.0f} jobs/s")
+        for daemons in (1, 4):
+            rate = worker_throughput(url, daemons)
+            print(f"workers only, jobs queued beforehand, {daemons} daemon(s): {rate:.0f} jobs/s")
     finally:
         stop_server(server)
 
