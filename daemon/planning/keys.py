@@ -83,6 +83,7 @@ def finish_plan(
     params: Params,
     record: Mapping[str, Any],
     outputs: Sequence[PlannedOutput],
+    notes: Sequence[str] = (),
 ) -> Plan:
     """The plan of an image or mesh job, with the key over everything that shapes its outputs."""
     key_material = {
@@ -111,4 +112,5 @@ def finish_plan(
         sidecars=pi.sidecars,
         outputs=tuple(outputs),
         force=params.force,
+        notes=(*pi.notes, *notes),
     )

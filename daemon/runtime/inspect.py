@@ -81,12 +81,17 @@ def check_path(settings: Settings, path: Path) -> CheckResult:
     plan = prepared.plan
     lines.append(f"Task: {plan.task}")
     lines.append(f"Model: {plan.model.alias} ({plan.model.describe()})")
+    if plan.task.makes_images:
+        lines.append(f"Size: {plan.params.width}x{plan.params.height}")
     lines.append("Parameters:")
     for key in sorted(plan.record):
         lines.append(f"  {key} = {json.dumps(plan.record[key], ensure_ascii=False)}")
     lines.append(f"Outputs in {display_path(plan.out_dir, settings)}:")
     lines += [f"  {line}" for line in plan.describe_outputs()]
     lines.append("  manifest.json")
+    if plan.notes:
+        lines.append("Notes:")
+        lines += [f"  {note}" for note in plan.notes]
     return CheckResult(True, "\n".join(lines) + "\n")
 
 

@@ -21,6 +21,7 @@ from daemon.outputs.names import sanitize_name
 from daemon.outputs.png import read_dropforge_chunk, write_png
 from daemon.planning.keys import finish_plan, resolve_seeds, spread
 from daemon.planning.model import Plan, PlannedOutput, output_dir
+from daemon.planning.sizes import choose_size
 from daemon.tasks.context import Draft, JobContext, Prepared, TaskRun
 from daemon.tasks.records import job_manifest, parameters_text
 from daemon.values import Task
@@ -46,6 +47,12 @@ def plan(draft: Draft) -> Plan:
             rule="required for inpaint",
             value=None,
         )
+    notes: list[str] = []
+    if task in (Task.variations, Task.inpaint) and pi.image_size is not None:
+        box = (params.width, params.height)
+        size = choose_size(pi.rel, pi.image_size, box, pi.set_by_sidecars)
+        params = params.replace(width=size.width, height=size.height)
+        notes += [size.note] if size.note else []
     seeds = resolve_seeds(params, pi.input_sha256)
     stem = sanitize_name(output_dir(pi.inbox, pi.rel).name)
     if pi.kind == "prompt":
@@ -95,7 +102,7 @@ def plan(draft: Draft) -> Plan:
     record = resolved.as_record()
     if pi.kind == "prompt":
         record["scenes"] = len(prompts)
-    return finish_plan(pi, task, resolved, record, outputs)
+    return finish_plan(pi, task, resolved, record, outputs, notes)
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -105,19 +112,23 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
     """Make the missing images in batches, then the contact sheet and the manifest."""
     plan = prepared.plan
     assert plan is not None
-    notes: list[str] = []
+    notes: list[str] = list(plan.notes)
     ctx.check_space(plan.out_dir)
     init = mask = None
     if plan.task in (Task.variations, Task.inpaint):
-        loaded = load_input_image(plan.inbox.path / plan.rel, plan.rel, ctx.settings.max_pixels)
+        size = (plan.params.width, plan.params.height)
+        max_pixels = ctx.settings.max_pixels
+        loaded = load_input_image(plan.inbox.path / plan.rel, plan.rel, max_pixels, size)
         init = loaded.image
         notes += loaded.warnings
         if plan.task is Task.inpaint and plan.mask is not None:
+            assert loaded.source_size is not None
             mask_loaded = load_mask(
                 plan.inbox.path / plan.mask.path,
                 plan.mask.path,
-                ctx.settings.max_pixels,
-                init.size,
+                max_pixels,
+                loaded.source_size,
+                size,
             )
             mask = mask_loaded.image
             notes += mask_loaded.warnings

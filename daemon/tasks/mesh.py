@@ -52,7 +52,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
     assert plan is not None
     ctx.check_space(plan.out_dir)
     loaded = load_input_image(plan.inbox.path / plan.rel, plan.rel, ctx.settings.max_pixels)
-    notes = list(loaded.warnings)
+    notes = [*plan.notes, *loaded.warnings]
     formats = plan.params.formats
     ctx.progress.record(0, len(formats), "")
     request = MeshRequest(
