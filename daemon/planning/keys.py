@@ -47,9 +47,14 @@ def spread(low: float, high: float, count: int, index: int) -> float:
     return low + (high - low) * index / (count - 1)
 
 
-def failure_key(fingerprint: str, message: str) -> str:
-    """The job key recorded for an input that could not be planned."""
-    return sha256_text(canonical_json({"failed": fingerprint, "error": message}))
+def failure_key(deps: Sequence[Dependency], message: str) -> str:
+    """The job key recorded for an input that could not be planned: its files and the error.
+
+    The settings are left out: a settings change that leaves the error as it was (an alias
+    the input does not name) leaves the failed job as it is.
+    """
+    items = sorted((d.path, d.sha256) for d in deps)
+    return sha256_text(canonical_json({"failed": items, "error": message}))
 
 
 def fingerprint(config_fp: str, deps: Sequence[Dependency]) -> str:
