@@ -67,7 +67,8 @@ def cmd_once(args: argparse.Namespace) -> int:
         settings.log_format,
         # The report lists failures and waits; the terminal gets log lines only with -v.
         level=logging.INFO if args.verbose else logging.ERROR,
-        logfile=settings.state_dir / "logs" / "dropforge.log",
+        # A dry run writes nothing, not even a log file.
+        logfile=None if args.dry_run else settings.state_dir / "logs" / "dropforge.log",
     )
     if args.dry_run:
         return _print_dry_run(settings)
@@ -89,21 +90,30 @@ def cmd_once(args: argparse.Namespace) -> int:
 def _print_dry_run(settings: Settings) -> int:
     from daemon.runtime.once import dry_run
 
-    prepared = dry_run(settings)
-    failed = 0
-    for item in prepared:
-        print(f"{item.candidate.rel}:")
-        if item.plan is None:
-            failed += 1
-            print(f"  Error: {item.error}")
+    forecasts = dry_run(settings)
+    counts: dict[str, int] = {}
+    for item in forecasts:
+        counts[item.action.value] = counts.get(item.action.value, 0) + 1
+        if item.action.value in ("skip", "later"):
+            print(f"{item.rel}: {item.action} ({item.reason})")
             continue
-        plan = item.plan
+        if item.action.value == "fail":
+            print(f"{item.rel}: fail: {item.reason}")
+            continue
+        print(f"{item.rel}: {item.action} ({item.reason})")
+        plan = item.prepared.plan if item.prepared is not None else None
+        if plan is None:
+            continue
         where = display_path(plan.out_dir, settings)
         print(f"  task {plan.task}, model {plan.model.alias} -> {where}")
         for line in plan.describe_outputs():
             print(f"  {line}")
-    print(f"{len(prepared)} inputs, {failed} with errors (dry run: nothing generated)")
-    return EXIT_FAILED if failed else EXIT_OK
+        for note in plan.notes:
+            print(f"  note: {note}")
+    words = ("make", "remake", "skip", "fail", "later")
+    summary = ", ".join(f"{counts.get(w, 0)} {w}" for w in words)
+    print(f"{len(forecasts)} inputs: {summary} (dry run: nothing generated)")
+    return EXIT_FAILED if any(f.fails_now for f in forecasts) else EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -14,12 +14,12 @@ from daemon.intake.candidates import Candidate
 from daemon.intake.scan import ListedFolder, scan_inbox
 from daemon.runtime.recovery import owner_id, recover, table_reader
 from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
-from daemon.store.open import open_journal
+from daemon.store.open import open_journal, open_journal_copy
 from daemon.store.protocols import Journal
 from daemon.survey.entries import SurveyEntry, Verdict
+from daemon.survey.forecast import Forecast, forecast
 from daemon.survey.marks import FolderMarks
 from daemon.survey.survey import BULK_FROM, SurveyPass
-from daemon.tasks.context import Prepared
 from daemon.tasks.prepare import prepare
 from daemon.values import Clock, JobState
 
@@ -143,8 +143,21 @@ def _tally(report: OnceReport, entries: list[SurveyEntry]) -> None:
             report.deferred.append((entry.candidate.rel, entry.message))
 
 
-def dry_run(settings: Settings) -> list[Prepared]:
-    """Plan every input without queueing anything or loading a model."""
-    with open_journal(settings) as journal:
+def dry_run(settings: Settings) -> list[Forecast]:
+    """What `once` would do with each input, and why; nothing is queued, written or loaded.
+
+    The survey of a real run runs on a private copy of the journal (``open_journal_copy``),
+    over every input (no folder is skipped by its mark, so each is listed).
+    """
+    forecasts: list[Forecast] = []
+    with open_journal_copy(settings) as journal, SurveyPass(settings, journal) as survey_pass:
         candidates = scan_all(settings, journal).candidates
-        return [prepare(settings, journal, c) for c in candidates if c.path.stat().st_size > 0]
+        survey_pass.bulk = len(candidates) >= BULK_FROM
+        for candidate in candidates:
+            before = journal.get_job(str(candidate.inbox.path), candidate.rel)
+            entry = survey_pass.survey(candidate)
+            prepared = None
+            if entry.verdict in (Verdict.queued, Verdict.pending):
+                prepared = prepare(settings, journal, candidate)
+            forecasts.append(forecast(entry, before, prepared))
+    return forecasts
