@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
+from pathlib import Path
+from typing import NoReturn
 
 from daemon.app import generator_factory, load_settings
 from daemon.config import Settings, display_path
@@ -16,7 +19,7 @@ from daemon.errors import DropforgeError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> NoReturn:
     """`dropforge run`."""
     from daemon.runtime.logs import configure_logging
     from daemon.runtime.service import Service
@@ -27,7 +30,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=logging.INFO,
         logfile=settings.state_dir / "logs" / "dropforge.log",
     )
-    return Service(settings, generator_factory(settings)).run()
+    code = Service(settings, generator_factory(settings)).run()
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process at once, after a graceful stop has closed everything dropforge owns.
+
+    The interpreter's own finalisation would next tear down the torch, diffusers and
+    transformers modules one by one, holding the prompt (or systemd's stop) for a second or
+    more after ``service.stopped`` while doing nothing that matters: the journal is closed,
+    every output was written atomically. Logs and standard streams are flushed first.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -83,7 +102,10 @@ def cmd_once(args: argparse.Namespace) -> int:
             progress=display.callbacks(),
             on_planned=display.set_total,
         )
-    print(format_report(report, settings.base_dir), end="")
+    if len(report.missing) < len(settings.inboxes):
+        print(format_report(report, settings.base_dir), end="")
+    for folder in report.missing:
+        print(f"Error: Folder not found: {display_path(Path(folder), settings)}", file=sys.stderr)
     return report.exit_code
 
 
@@ -112,7 +134,8 @@ def _print_dry_run(settings: Settings) -> int:
             print(f"  note: {note}")
     words = ("make", "remake", "skip", "fail", "later")
     summary = ", ".join(f"{counts.get(w, 0)} {w}" for w in words)
-    print(f"{len(forecasts)} inputs: {summary} (dry run: nothing generated)")
+    inputs = "1 input" if len(forecasts) == 1 else f"{len(forecasts)} inputs"
+    print(f"{inputs}: {summary} (dry run: nothing generated)")
     return EXIT_FAILED if any(f.fails_now for f in forecasts) else EXIT_OK
 
 
