@@ -41,6 +41,7 @@ def plan_for(rel: str = "a/cat.png", kind: str = "image", **kw: Any) -> Any:
     mask = kw.pop("mask", None)
     image_size = kw.pop("image_size", None)
     set_by_sidecars = kw.pop("set_by_sidecars", frozenset())
+    sidecars = kw.pop("sidecars", ())
     kinds = {"image": FileKind.image, "prompt": FileKind.prompt, "job": FileKind.job}
     candidate = Candidate(INBOX, INBOX.path / rel, rel, kinds[kind], None, (), None)
     return plan_job(
@@ -61,6 +62,7 @@ def plan_for(rel: str = "a/cat.png", kind: str = "image", **kw: Any) -> Any:
                 mask=mask,
                 image_size=image_size,
                 set_by_sidecars=set_by_sidecars,
+                sidecars=sidecars,
             ),
         )
     )
@@ -234,3 +236,33 @@ def test_choose_size_rounds_to_multiples_of_8_within_64_to_2048(
 
     chosen = choose_size("x.png", source, box)
     assert (chosen.width, chosen.height) == expected
+
+
+def test_random_seeds_are_drawn_once_per_version_of_the_input() -> None:
+    """seed = "random": distinct seeds, the same for the same version, new for a new sidecar,
+    unlike the content-derived default (which keeps its seeds when only a sidecar changes)."""
+    sidecar = (Dependency("a/cat.toml", "11" * 32),)
+    edited = (Dependency("a/cat.toml", "22" * 32),)
+    first = plan_for(seed="random", count=4, sidecars=sidecar)
+    seeds = first.record["seeds"]
+    assert len(set(seeds)) == 4 and all(0 <= s < 2**32 for s in seeds)
+    assert plan_for(seed="random", count=4, sidecars=sidecar).record["seeds"] == seeds
+    assert plan_for(seed="random", count=4, sidecars=edited).record["seeds"] != seeds
+    assert plan_for(seed="random", count=5, sidecars=sidecar).record["seeds"][:4] == seeds
+    assert plan_for("a/dog.png", seed="random", count=4, sidecars=sidecar).record["seeds"] != seeds
+    default = plan_for(count=4, sidecars=sidecar).record["seeds"]
+    assert plan_for(count=4, sidecars=edited).record["seeds"] == default != seeds
+    assert first.record["seed"] == seeds[0]
+
+
+def test_seed_range_picks_count_distinct_seeds_inside_it() -> None:
+    """seed_range = [10, 20] with count = 5 gives five distinct seeds in 10..20; a range of
+    exactly count seeds gives all of them; a smaller one is an error naming the sidecar."""
+    seeds = plan_for(seed_range=(10, 20), count=5).record["seeds"]
+    assert len(set(seeds)) == 5 and all(10 <= s <= 20 for s in seeds)
+    assert plan_for(seed_range=(7, 9), count=3).record["seeds"] == [7, 8, 9]
+    with pytest.raises(InputError) as caught:
+        plan_for(seed_range=(7, 8), count=3)
+    assert (
+        str(caught.value) == "a/cat.png: seed_range must hold at least count (3) seeds, got [7, 8]"
+    )

@@ -34,6 +34,7 @@ FALLBACKS: Mapping[str, Any] = MappingProxyType({
     "lora_scale": 1.0, "mesh_resolution": 256, "formats": ("glb",), "texture": False,
     "depth": 2, "paths": None, "pose": None, "start": None, "end": None, "endpoints": None,
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
+    "seed_range": None,
 })  # fmt: skip
 
 
@@ -54,7 +55,7 @@ class Params:
     negative_prompt: str
     prompts: tuple[str, ...] | None
     count: int
-    seed: int | None
+    seed: int | str | None  # an integer, "random", or None (derived from the content)
     seeds: tuple[int, ...] | None
     steps: int
     guidance: float
@@ -78,6 +79,7 @@ class Params:
     exclude_sections: tuple[str, ...] = ()
     prompt_template: str = "{text}"
     force: bool = False
+    seed_range: tuple[int, int] | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Params:
@@ -108,6 +110,17 @@ def validate_layer(data: Mapping[str, Any], source: str, settings: Settings) -> 
         if check is None:
             raise InputError(source, f"{key}: unknown key{did_you_mean(key, PARAM_KEYS)}", key=key)
         result[key] = check(source, key, value, settings)
+    if "seed_range" in result:
+        for other in ("seed", "seeds"):
+            if other in result:
+                raise InputError(
+                    source,
+                    f"seed_range and {other} cannot both be set, "
+                    f"got {other} = {show_value(result[other])}",
+                    key=other,
+                    rule="not together with seed_range",
+                    value=result[other],
+                )
     if "seeds" in result:
         seeds = result["seeds"]
         if "seed" in result:
@@ -165,10 +178,15 @@ def _apply(result: dict[str, Any], layer: Mapping[str, Any]) -> None:
     if "seeds" in layer:
         result["count"] = len(layer["seeds"])
         result["seed"] = None
+        result["seed_range"] = None
+    elif "seed_range" in layer:
+        result["seed"] = result["seeds"] = None
     elif "seed" in layer or "count" in layer:
         # A later seed or count describes the batch anew; inherited explicit seeds would
         # silently override it.
         result["seeds"] = None
+        if "seed" in layer:
+            result["seed_range"] = None
 
 
 def _config_layer(data: Mapping[str, Any], source: str, settings: Settings) -> dict[str, Any]:

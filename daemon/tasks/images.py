@@ -19,7 +19,7 @@ from daemon.outputs.manifest import read_manifest, remove_obsolete_outputs, writ
 from daemon.outputs.manifest_fields import OutputEntry
 from daemon.outputs.names import sanitize_name
 from daemon.outputs.png import read_dropforge_chunk, write_png
-from daemon.planning.keys import finish_plan, resolve_seeds, spread
+from daemon.planning.keys import finish_plan, input_version, resolve_seeds, spread
 from daemon.planning.model import Plan, PlannedOutput, output_dir
 from daemon.planning.sizes import choose_size
 from daemon.tasks.context import Draft, JobContext, Prepared, TaskRun
@@ -53,7 +53,18 @@ def plan(draft: Draft) -> Plan:
         size = choose_size(pi.rel, pi.image_size, box, pi.set_by_sidecars)
         params = params.replace(width=size.width, height=size.height)
         notes += [size.note] if size.note else []
-    seeds = resolve_seeds(params, pi.input_sha256)
+    if params.seed_range is not None and params.seeds is None:
+        first, last = params.seed_range
+        if last - first + 1 < params.count:
+            raise InputError(
+                draft.sidecar_display,
+                f"seed_range must hold at least count ({params.count}) seeds, "
+                f"got [{first}, {last}]",
+                key="seed_range",
+                rule=f"at least {params.count} seeds",
+                value=[first, last],
+            )
+    seeds = resolve_seeds(params, pi.input_sha256, version=input_version(pi))
     stem = sanitize_name(output_dir(pi.inbox, pi.rel).name)
     if pi.kind == "prompt":
         prompts, tag = list(pi.scenes), "s"

@@ -11,7 +11,7 @@ from daemon.outputs.files import atomic_write_bytes, sha256_file
 from daemon.outputs.manifest import read_manifest, remove_obsolete_outputs, write_manifest
 from daemon.outputs.manifest_fields import OutputEntry
 from daemon.outputs.names import sanitize_name
-from daemon.planning.keys import finish_plan, resolve_seeds
+from daemon.planning.keys import finish_plan, input_version, resolve_seeds
 from daemon.planning.model import Plan, PlannedOutput, output_dir
 from daemon.tasks.context import Draft, JobContext, Prepared, TaskRun
 from daemon.tasks.records import job_manifest
@@ -27,7 +27,8 @@ def plan(draft: Draft) -> Plan:
     """One seed, one file per requested format (``cat.glb``, ``cat.ply``…)."""
     pi = draft.input
     params = pi.params
-    seed = resolve_seeds(params.replace(seeds=None), pi.input_sha256, count=1)[0]
+    version = input_version(pi)
+    seed = resolve_seeds(params.replace(seeds=None), pi.input_sha256, count=1, version=version)[0]
     stem = sanitize_name(output_dir(pi.inbox, pi.rel).name)
     outputs = [
         PlannedOutput(

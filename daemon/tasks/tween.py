@@ -137,7 +137,7 @@ def _run_sequence(
             steps=params.steps,
             guidance=params.guidance,
             strength=params.strength,
-            seed=params.seed or 0,
+            seed=int(params.seed or 0),  # resolved by the planner
             times_needed=needed,
             existing=existing,
             lora=plan.lora,
