@@ -237,15 +237,16 @@ def _finish(
         items = []
         for out in plan.outputs:
             if out.index in thumbs:  # made in this run: shrunk when it was written
-                items.append((thumbs[out.index], f"seed {out.seed}"))
+                items.append((thumbs[out.index], tile_label(plan, out)))
                 continue
             with Image.open(plan.out_dir / out.file) as im:  # kept from an earlier run
-                items.append((contact_thumbnail(im), f"seed {out.seed}"))
+                items.append((contact_thumbnail(im), tile_label(plan, out)))
         sheet = contact_sheet(items)
+        tiles = "; ".join(" ".join(label.split("\n")) for _, label in items)
         contact = write_png(
             plan.out_dir / CONTACT_NAME,
             sheet,
-            f"contact sheet of {plan.rel}",
+            f"contact sheet of {plan.rel}: {tiles}",
             {"job_key": plan.job_key, "index": -1},
         )
         ctx.log.info("output.written", file=CONTACT_NAME, role="contact")
@@ -258,6 +259,17 @@ def _finish(
     )
     write_manifest(plan.out_dir, manifest)
     remove_obsolete_outputs(plan.out_dir, old, manifest)
+
+
+def tile_label(plan: Plan, out: PlannedOutput) -> str:
+    """A contact-sheet tile's label: its seed, under its scene (or prompt) when there are
+    several (``scene 2`` / ``seed 7``)."""
+    if out.scene is not None:
+        return f"scene {out.scene}\nseed {out.seed}"
+    prompts = plan.params.prompts or ()
+    if len(prompts) > 1:
+        return f"prompt {out.index // (len(plan.outputs) // len(prompts)) + 1}\nseed {out.seed}"
+    return f"seed {out.seed}"
 
 
 def _parameters(plan: Plan, out: PlannedOutput) -> str:
