@@ -82,7 +82,8 @@ class MeshRequest:
     seed: int
     resolution: int  # marching-cubes grid points per axis, in MESH_RESOLUTIONS
     formats: tuple[MeshFormat, ...] = ("glb",)
-    texture: bool = False  # keep the model's vertex colours
+    texture: bool = False  # the model's colours baked into a texture (PLY: vertex colours)
+    name: str = "mesh"  # file stem the OBJ's companions are named after (NAME.mtl, …)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,8 @@ class Generator(Protocol):
 
     def generate_mesh(self, request: MeshRequest, events: GenerationEvents) -> dict[str, bytes]:
         """Make the mesh of ``request``; return format (``glb``, ``ply``, ``obj``) → file bytes.
+
+        A textured OBJ comes with ``mtl`` and ``png`` entries (its material and texture).
 
         Steps are reported through ``events.on_step``. Raises ``ModelUnavailable``,
         ``OutOfMemory``, ``InputError`` (the model found no surface in the image) or

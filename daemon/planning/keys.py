@@ -130,8 +130,13 @@ def finish_plan(
     record: Mapping[str, Any],
     outputs: Sequence[PlannedOutput],
     notes: Sequence[str] = (),
+    key_extra: Mapping[str, Any] | None = None,
 ) -> Plan:
-    """The plan of an image or mesh job, with the key over everything that shapes its outputs."""
+    """The plan of an image or mesh job, with the key over everything that shapes its outputs.
+
+    ``key_extra`` is hashed into the key as well: a task's way of making one kind of its
+    outputs anew (say, after a change to how textures are made) without touching other keys.
+    """
     key_material = {
         "generator": GENERATOR_VERSION,
         "task": task.value,
@@ -142,6 +147,8 @@ def finish_plan(
         "lora": None if pi.lora is None else {"alias": pi.lora.alias, "path": pi.lora.path},
         "outputs": [[o.file, o.seed, o.prompt, o.steps, o.guidance, o.strength] for o in outputs],
     }
+    if key_extra:
+        key_material["extra"] = dict(key_extra)
     return Plan(
         job_key=sha256_text(canonical_json(key_material)),
         task=task,

@@ -43,8 +43,15 @@ def plan(draft: Draft) -> Plan:
         )
         for i, fmt in enumerate(params.formats)
     ]
+    if params.texture and "obj" in params.formats:
+        # The OBJ's material and texture, named as the generator names them in the MTL.
+        for companion in (f"{stem}.mtl", f"{stem}-texture.png"):
+            outputs.append(dataclasses.replace(outputs[0], index=len(outputs), file=companion))
     resolved = params.replace(task=Task.mesh.value, seed=seed)
-    return finish_plan(pi, Task.mesh, resolved, resolved.as_record(_NOT_RECORDED), outputs)
+    record = resolved.as_record(_NOT_RECORDED)
+    # Textures used to be vertex colours; baked textures are made anew (other meshes are not).
+    extra = {"texture": "baked"} if params.texture else None
+    return finish_plan(pi, Task.mesh, resolved, record, outputs, key_extra=extra)
 
 
 def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> TaskRun:
@@ -66,6 +73,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
         resolution=plan.params.mesh_resolution,
         formats=cast(tuple[MeshFormat, ...], formats),
         texture=plan.params.texture,
+        name=plan.outputs[0].file.rsplit(".", 1)[0],
     )
     events = GenerationEvents(
         on_image=lambda index, image: None,
