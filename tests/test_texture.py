@@ -16,7 +16,8 @@ import trimesh
 from PIL import Image
 
 from daemon.cli import main
-from daemon.generators.texture import bake
+from daemon.errors import Interrupted
+from daemon.generators.texture import Baked, _rasterize, bake, grid_unwrap
 from tests.helpers import manifest, noise_image, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,20 +63,86 @@ def khronos_report(path: Path) -> dict[str, Any]:
     return report
 
 
+def colour_error(baked: Baked) -> float:
+    """The 95th percentile, over triangles, of |texture - expected colour| near each corner
+    (80 % of the way to it): the colours are the vertices' positions as RGB."""
+    texture = np.asarray(baked.texture, dtype=np.float64)
+    size = texture.shape[0]
+    colors = np.round((baked.vertices * 0.5 + 0.5) * 255)
+    weights = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    uv = np.einsum("ck,fkd->fcd", weights, baked.uv[baked.faces]).reshape(-1, 2)
+    expected = np.einsum("ck,fkd->fcd", weights, colors[baked.faces]).reshape(-1, 3)
+    x = np.clip((uv[:, 0] * size).astype(int), 0, size - 1)
+    y = np.clip(((1 - uv[:, 1]) * size).astype(int), 0, size - 1)
+    return float(np.percentile(np.abs(texture[y, x] - expected).max(axis=1), 95))
+
+
+def coloured_sphere(subdivisions: int) -> tuple[Any, np.ndarray]:
+    """An icosphere and a colour per vertex (its position as RGB)."""
+    sphere = trimesh.creation.icosphere(subdivisions=subdivisions)
+    return sphere, np.round((sphere.vertices * 0.5 + 0.5) * 255).astype(np.uint8)
+
+
 def test_baked_texture_shows_each_vertex_its_own_colour() -> None:
     """Sampling the baked texture at a vertex's UV gives that vertex's colour back."""
-    sphere = trimesh.creation.icosphere(subdivisions=3)
-    colors = np.round((sphere.vertices * 0.5 + 0.5) * 255).astype(np.uint8)
-    baked = bake(sphere.vertices, sphere.faces, colors)
-    texture = np.asarray(baked.texture, dtype=np.int16)
-    size = texture.shape[0]
-    x = np.clip((baked.uv[:, 0] * size).astype(int), 0, size - 1)
-    y = np.clip(((1 - baked.uv[:, 1]) * size).astype(int), 0, size - 1)
-    seen = texture[y, x]
-    original = np.linalg.norm(baked.vertices[:, None] - sphere.vertices[None], axis=2).argmin(1)
-    error = np.abs(seen - colors[original].astype(np.int16)).max(axis=1)
-    assert np.percentile(error, 95) <= 12, np.percentile(error, 95)
+    sphere, colors = coloured_sphere(3)
+    notes: list[str] = []
+    baked = bake(sphere.vertices, sphere.faces, colors, on_warning=notes.append)
+    assert (baked.unwrapped_by, notes) == ("xatlas", [])
+    assert colour_error(baked) <= 12
     assert len(baked.vertices) == len(baked.uv) and baked.faces.max() < len(baked.vertices)
+
+
+def test_triangle_patches_bake_the_same_colours() -> None:
+    """The fallback unwrap (each triangle its own patch) also shows every vertex its colour."""
+    sphere, colors = coloured_sphere(2)
+    vmapping, faces, uv = grid_unwrap(sphere.faces, 256)
+    assert faces.shape == sphere.faces.shape and uv.min() > 0 and uv.max() < 1
+    assert (sphere.faces.reshape(-1) == vmapping).all()
+    baked = Baked(
+        sphere.vertices[vmapping],
+        faces,
+        uv,
+        Image.fromarray(_rasterize(uv, faces, colors[vmapping].astype(np.float32), 256)),
+        "triangles",
+    )
+    assert colour_error(baked) <= 12
+
+
+def test_a_mesh_that_crashes_xatlas_still_gets_its_texture() -> None:
+    """A closed 81,920-face sphere crashes xatlas (jpcy/xatlas#146) in its child process: the
+    caller lives on, and the triangles are packed one by one, with a note saying so."""
+    sphere, colors = coloured_sphere(6)
+    notes: list[str] = []
+    baked = bake(sphere.vertices, sphere.faces, colors, on_warning=notes.append)
+    if baked.unwrapped_by == "xatlas":  # an xatlas without that bug: nothing to fall back from
+        assert notes == []
+    else:
+        assert notes == [
+            "texture: xatlas crashed on this mesh (exit code -11); each triangle was given "
+            "its own patch instead"
+        ]
+    assert len(baked.faces) == len(sphere.faces)
+    assert colour_error(baked) <= 16
+
+
+def test_a_stop_request_ends_the_unwrap() -> None:
+    """A stop requested while xatlas works ends the bake with Interrupted at once."""
+    sphere, colors = coloured_sphere(5)
+    with pytest.raises(Interrupted):
+        bake(sphere.vertices, sphere.faces, colors, should_stop=lambda: True)
+
+
+def test_xatlas_taking_too_long_falls_back_to_triangle_patches() -> None:
+    """Past its time limit the unwrap is abandoned for triangle patches, with a note."""
+    sphere, colors = coloured_sphere(2)
+    notes: list[str] = []
+    baked = bake(sphere.vertices, sphere.faces, colors, on_warning=notes.append, timeout=0)
+    assert baked.unwrapped_by == "triangles"
+    assert notes == [
+        "texture: xatlas took longer than 0 s on this mesh; each triangle was given its own "
+        "patch instead"
+    ]
 
 
 @pytest.mark.slow

@@ -115,14 +115,20 @@ def to_trimesh(decoded: Any, texture: bool) -> Any:
 
 
 def export(
-    mesh: Any, formats: Iterable[MeshFormat], *, texture: bool = False, name: str = "mesh"
+    mesh: Any,
+    formats: Iterable[MeshFormat],
+    *,
+    texture: bool = False,
+    name: str = "mesh",
+    events: GenerationEvents | None = None,
 ) -> dict[str, bytes]:
     """Return format → file bytes: glb (glTF binary), ply (binary) and obj (text).
 
     With ``texture`` (the mesh carries vertex colours), the colours are baked into a texture
     (``texture.bake``): the GLB gets TEXCOORD_0 and a baseColorTexture; the OBJ comes with
     ``mtl`` (``NAME.mtl``) and ``png`` (``NAME-texture.png``, which the MTL names); the PLY
-    keeps its vertex colours.
+    keeps its vertex colours. ``events``: the bake honours stop requests and reports its
+    notes (a fallback) as warnings.
     """
     formats = tuple(formats)
     files: dict[str, bytes] = {}
@@ -131,7 +137,15 @@ def export(
         from daemon.generators.texture import bake, textured_mesh
 
         colors = mesh.visual.vertex_colors[:, :3]
-        textured = textured_mesh(bake(mesh.vertices, mesh.faces, colors), f"{name}-texture")
+        events = events or GenerationEvents(on_image=lambda index, image: None)
+        baked = bake(
+            mesh.vertices,
+            mesh.faces,
+            colors,
+            should_stop=events.should_stop,
+            on_warning=events.on_warning,
+        )
+        textured = textured_mesh(baked, f"{name}-texture")
     for fmt in formats:
         if textured is not None and fmt == "obj":
             obj: Any = importlib.import_module("trimesh.exchange.obj")  # untyped
@@ -170,4 +184,4 @@ def make_mesh(
         raise InputError(request.display, NO_SURFACE) from None
     events.on_step(request.steps + 1, request.steps + 1)
     mesh = to_trimesh(decoded, request.texture)
-    return export(mesh, request.formats, texture=request.texture, name=request.name)
+    return export(mesh, request.formats, texture=request.texture, name=request.name, events=events)

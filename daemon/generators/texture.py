@@ -7,8 +7,15 @@ numpy, xatlas, Pillow and trimesh are imported on first use (the CLI starts with
 
 from __future__ import annotations
 
+import math
+import multiprocessing
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
+
+from daemon.errors import Interrupted
 
 if TYPE_CHECKING:
     import numpy as np
@@ -19,6 +26,7 @@ _SIZES = ((20_000, 512), (200_000, 1024))
 _LARGEST = 2048
 _PADDING = 2  # texels xatlas leaves between charts
 _DILATE = 8  # rounds of filling empty texels from their filled neighbours
+XATLAS_TIMEOUT_S = 300.0  # longer, and the mesh's triangles are packed one by one instead
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,7 @@ class Baked:
     faces: np.ndarray  # (F, 3) int
     uv: np.ndarray  # (V', 2) float in 0..1, v up (glTF and OBJ convention as trimesh writes)
     texture: Image.Image  # RGB
+    unwrapped_by: str  # "xatlas", or "triangles" when xatlas could not unwrap it
 
 
 def texture_size(faces: int) -> int:
@@ -39,18 +48,57 @@ def texture_size(faces: int) -> int:
     return _LARGEST
 
 
-def bake(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> Baked:
+def _never() -> bool:
+    return False
+
+
+def _ignore(message: str) -> None:
+    return None
+
+
+def bake(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    colors: np.ndarray,
+    *,
+    should_stop: Callable[[], bool] = _never,
+    on_warning: Callable[[str], None] = _ignore,
+    timeout: float = XATLAS_TIMEOUT_S,
+) -> Baked:
     """Unwrap ``vertices``/``faces`` and bake the per-vertex ``colors`` (uint8 RGB) into a
-    texture, interpolating across each triangle as a renderer would."""
+    texture, interpolating across each triangle as a renderer would.
+
+    xatlas runs in a child process: it crashes on some closed surfaces (jpcy/xatlas#146) and
+    can take very long on large meshes, and neither may take the daemon down or hold a stop.
+    When it fails, or takes longer than ``timeout``, each triangle is given its own patch of
+    the texture instead (``grid_unwrap``), and ``on_warning`` says so.
+    """
     import numpy as np
-    import xatlas
     from PIL import Image
 
     size = texture_size(len(faces))
+    found = _unwrap_isolated(vertices, faces, size, should_stop, timeout)
+    by = "xatlas"
+    if isinstance(found, str):
+        on_warning(f"texture: xatlas {found}; each triangle was given its own patch instead")
+        size = grid_size(len(faces), size)
+        found, by = grid_unwrap(faces, size), "triangles"
+    vmapping, indices, uv = found
+    rgb = _rasterize(uv, indices, colors[vmapping].astype(np.float32), size)
+    return Baked(vertices[vmapping], indices.astype(np.int64), uv, Image.fromarray(rgb, "RGB"), by)
+
+
+Unwrapped = tuple["np.ndarray", "np.ndarray", "np.ndarray"]  # vmapping, faces, uv
+
+
+def xatlas_unwrap(vertices: np.ndarray, faces: np.ndarray, size: int) -> Unwrapped:
+    """xatlas's charts, packed for a ``size``² texture (in this process: see ``bake``)."""
+    import numpy as np
+    import xatlas
+
     atlas = xatlas.Atlas()
-    atlas.add_mesh(
-        np.ascontiguousarray(vertices, np.float32), np.ascontiguousarray(faces, np.uint32)
-    )
+    positions = np.ascontiguousarray(vertices, np.float32)
+    atlas.add_mesh(positions, np.ascontiguousarray(faces, np.uint32))
     charts = xatlas.ChartOptions()
     charts.max_iterations = 0  # one growing pass: half the time, a few more charts
     pack = xatlas.PackOptions()
@@ -59,8 +107,78 @@ def bake(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> Baked:
     pack.bilinear = True
     atlas.generate(chart_options=charts, pack_options=pack)
     vmapping, indices, uv = atlas[0]
-    rgb = _rasterize(uv, indices, colors[vmapping].astype(np.float32), size)
-    return Baked(vertices[vmapping], indices.astype(np.int64), uv, Image.fromarray(rgb, "RGB"))
+    return vmapping, indices, uv
+
+
+def _unwrap_child(conn: Connection, vertices: np.ndarray, faces: np.ndarray, size: int) -> None:
+    conn.send(xatlas_unwrap(vertices, faces, size))
+    conn.close()
+
+
+def _unwrap_isolated(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    size: int,
+    should_stop: Callable[[], bool],
+    timeout: float,
+) -> Unwrapped | str:
+    """``xatlas_unwrap`` in a child process; what went wrong, as words, when it failed."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_unwrap_child, args=(sender, vertices, faces, size), daemon=True)
+    child.start()
+    sender.close()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if receiver.poll(0.2):
+                try:
+                    found: Unwrapped = receiver.recv()
+                    return found
+                except EOFError:  # it ended without an answer
+                    child.join()
+                    return f"crashed on this mesh (exit code {child.exitcode})"
+            if should_stop():
+                raise Interrupted("stop requested")
+            if time.monotonic() > deadline:
+                return f"took longer than {timeout:g} s on this mesh"
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receiver.close()
+
+
+def grid_size(faces: int, size: int) -> int:
+    """A texture side giving each cell of ``grid_unwrap`` about 8 texels (at most 2048)."""
+    side = math.ceil(math.sqrt((faces + 1) // 2))
+    while size < _LARGEST and size < side * 8:
+        size *= 2
+    return size
+
+
+def grid_unwrap(faces: np.ndarray, size: int) -> Unwrapped:
+    """Each triangle its own patch: two triangles per square cell of a grid over the texture,
+    a texel of margin around each. Always works; seams everywhere (colours are per vertex, so
+    nothing is lost)."""
+    import numpy as np
+
+    count = len(faces)
+    side = int(np.ceil(np.sqrt((count + 1) // 2)))
+    cell = 1.0 / side
+    margin = min(1.5 / size, cell / 6)
+    index = np.arange(count)
+    slot = index // 2
+    u0 = (slot % side) * cell
+    v0 = (slot // side) * cell
+    near, far = margin, cell - margin
+    # The cell's lower-left half and its upper-right half, a margin apart along the diagonal.
+    lower = np.stack([[near, near], [far - margin, near], [near, far - margin]])
+    upper = np.stack([[far, far], [near + margin, far], [far, near + margin]])
+    corners = np.where((index % 2 == 0)[:, None, None], lower[None], upper[None])
+    uv = (corners + np.stack([u0, v0], axis=1)[:, None, :]).reshape(-1, 2)
+    corners_of = np.arange(count * 3).reshape(count, 3)  # every triangle its own vertices
+    return np.asarray(faces).reshape(-1), corners_of, uv
 
 
 def _rasterize(uv: np.ndarray, faces: np.ndarray, colors: np.ndarray, size: int) -> np.ndarray:
