@@ -5,7 +5,8 @@ references (``ModelSource``, ``LoraSource``) and ``Task`` come from ``daemon.val
 
 Nothing here imports torch or diffusers: the backend modules do, and only they, on first use
 (``diffusers_backend`` with ``loading``, ``residents``, ``mesh`` and ``tween``, and ``tiny``).
-``subdivision`` (tween frame times and seeds) and ``cubes`` are plain arithmetic.
+``subdivision`` (tween frame times and seeds) and ``cubes`` are plain arithmetic; ``texture``
+bakes a mesh's colours into a UV-mapped texture (xatlas in a child process).
 """
 
 from __future__ import annotations
