@@ -12,6 +12,7 @@ import pytest
 
 from daemon.config import Settings, settings_from_mapping
 from daemon.errors import ConfigError, InputError
+from daemon.generators.samplers import SAMPLER_NAMES
 from daemon.planning.params import (
     PARAM_KEYS,
     check_settings,
@@ -54,6 +55,7 @@ def test_param_keys_are_every_documented_key() -> None:
         "steps", "guidance", "strength", "width", "height", "vary", "mask", "model", "lora",
         "lora_scale", "mesh_resolution", "formats", "texture", "depth", "paths", "pose",
         "start", "end", "endpoints", "exclude_sections", "prompt_template", "force",
+        "sampler", "name_style", "scenes", "fps", "size", "base", "expressions",
         "seed_range",
     }  # fmt: skip
     assert set(PARAM_KEYS) == expected
@@ -122,6 +124,19 @@ GOOD: list[tuple[str, Any, Any]] = [
     ("exclude_sections", [], ()),
     ("prompt_template", "graphic novel panel, {text}", "graphic novel panel, {text}"),
     ("force", False, False),
+    ("sampler", "dpm++ 2m karras", "DPM++ 2M Karras"),
+    ("sampler", "", ""),
+    ("name_style", "descriptive", "descriptive"),
+    ("scenes", [2, 5], (2, 5)),
+    ("fps", 12, 12.0),
+    ("size", "1024 x 1536", "1024x1536"),
+    ("base", "faces/neutral.png", "faces/neutral.png"),
+    (
+        "expressions",
+        [{"id": "ah", "prompt": "mouth open"}],
+        ({"id": "ah", "prompt": "mouth open"},),
+    ),
+    ("prompt_template", "panel, {subject}, {mood} mood", "panel, {subject}, {mood} mood"),
     ("seed", "random", "random"),
     ("seed_range", [0, 999999], (0, 999999)),
     ("seed_range", [7, 7], (7, 7)),
@@ -347,9 +362,44 @@ BAD: list[tuple[str, Any, str]] = [
     (
         "prompt_template",
         "panel, {txt}",
-        'prompt_template must be a string containing "{text}", got "panel, {txt}"',
+        "prompt_template must be a string containing {text}, {subject}, {setting}, {time}, "
+        '{mood} or {action}, got "panel, {txt}"',
     ),
-    ("prompt_template", 1, 'prompt_template must be a string containing "{text}", got 1'),
+    (
+        "prompt_template",
+        1,
+        "prompt_template must be a string containing {text}, {subject}, {setting}, {time}, "
+        "{mood} or {action}, got 1",
+    ),
+    ("name_style", "fancy", 'name_style must be plain or descriptive, got "fancy"'),
+    ("fps", 0, "fps must be 1..60, got 0"),
+    (
+        "size",
+        "1001x1536",
+        'size must be "WIDTHxHEIGHT", each a multiple of 8 in 64..2048, e.g. "1024x1536", '
+        'got "1001x1536"',
+    ),
+    ("base", "../face.png", 'base must be a relative path inside the inbox, got "../face.png"'),
+    ("expressions", [{"id": "ah"}], "expressions[1].prompt is required"),
+    (
+        "expressions",
+        [{"id": "ah", "prompt": "x", "promt": "y"}],
+        "expressions[1].promt: unknown key, did you mean prompt?",
+    ),
+    (
+        "sampler",
+        "Euler b",
+        "sampler must be an A1111 sampler name: "
+        + ", ".join(SAMPLER_NAMES)
+        + ' (or "" for the model\'s own), got "Euler b", did you mean "Euler a"?',
+    ),
+    (
+        "scenes",
+        [],
+        "scenes must be a list of 1..1000 unique scene numbers (1 is the first scene), got []",
+    ),
+    ("scenes", [2, 0], "scenes[2] must be 1..100000, got 0"),
+    ("scenes", [2, 2], "scenes[2] must be unique (it repeats an earlier scene), got 2"),
     ("force", "true", 'force must be true or false, got "true"'),
     ("force", 0, "force must be true or false, got 0"),
 ]
@@ -520,6 +570,8 @@ FALLBACK_RESULT: dict[str, Any] = {
     "lora_scale": 1.0, "mesh_resolution": 256, "formats": ("glb",), "texture": False,
     "depth": 2, "paths": None, "pose": None, "start": None, "end": None, "endpoints": None,
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
+    "sampler": "", "name_style": "plain", "scenes": None,
+    "fps": 8.0, "size": None, "base": None, "expressions": None,
     "seed_range": None,
 }  # fmt: skip
 

@@ -12,7 +12,7 @@ from daemon.errors import InputError
 from daemon.intake.candidates import Candidate
 from daemon.intake.names import FileKind
 from daemon.planning.keys import resolve_seeds
-from daemon.planning.model import Dependency, PlanInput, output_dir
+from daemon.planning.model import Dependency, PlanInput, Scene, output_dir
 from daemon.planning.params import FALLBACKS, Params
 from daemon.tasks.context import Draft
 from daemon.tasks.prepare import plan_job
@@ -37,7 +37,7 @@ class NoHashing:
 
 def plan_for(rel: str = "a/cat.png", kind: str = "image", **kw: Any) -> Any:
     """Build a plan for one input with the given parameter overrides."""
-    scenes = kw.pop("scenes", ())
+    scene_texts = kw.pop("scene_texts", ())
     mask = kw.pop("mask", None)
     image_size = kw.pop("image_size", None)
     set_by_sidecars = kw.pop("set_by_sidecars", frozenset())
@@ -58,7 +58,10 @@ def plan_for(rel: str = "a/cat.png", kind: str = "image", **kw: Any) -> Any:
                 input_bytes=10,
                 params=params(**kw),
                 model=MODEL,
-                scenes=scenes,
+                scenes=tuple(scene_texts),
+                scene_plans=tuple(
+                    Scene(n, text, text, text, {}) for n, text in enumerate(scene_texts, 1)
+                ),
                 mask=mask,
                 image_size=image_size,
                 set_by_sidecars=set_by_sidecars,
@@ -92,7 +95,7 @@ def test_seeds_wrap_inside_the_seed_space() -> None:
 
 def test_prompt_file_scenes_are_named_by_scene_and_seed() -> None:
     """Two scenes × seeds 7 and 8 give story-s01-7.png … story-s02-8.png."""
-    plan = plan_for("story.md", "prompt", count=2, seed=7, scenes=("one", "two"))
+    plan = plan_for("story.md", "prompt", count=2, seed=7, scene_texts=("one", "two"))
     assert [o.file for o in plan.outputs] == [
         "story-s01-7.png",
         "story-s01-8.png",
@@ -138,7 +141,7 @@ def test_force_does_not_change_the_key() -> None:
 def test_task_must_suit_the_input() -> None:
     """A prompt file cannot be img2img'd."""
     with pytest.raises(InputError) as err:
-        plan_for("notes.txt", "prompt", task="variations", scenes=("x",))
+        plan_for("notes.txt", "prompt", task="variations", scene_texts=("x",))
     assert str(err.value) == (
         'notes.txt: task must be one of text2image for a prompt file, got "variations"'
     )
@@ -212,7 +215,7 @@ def test_sidecar_width_or_height_force_the_size() -> None:
 
 def test_text2image_ignores_image_sizes() -> None:
     """A prompt file is drawn at the configured size."""
-    plan = plan_for("story.txt", kind="prompt", scenes=("a fox",))
+    plan = plan_for("story.txt", kind="prompt", scene_texts=("a fox",))
     assert (plan.params.width, plan.params.height) == (512, 512)
 
 

@@ -16,27 +16,11 @@ import pytest
 
 from daemon.errors import JobNotFound
 from daemon.store.protocols import JobStore
-from daemon.store.rows import Job
 from daemon.store.sqlite import SqliteJournal
 from daemon.values import JobState
+from tests.helpers import JOB_INBOX, SettableClock, add_job
 
-INBOX = "/srv/inbox"
-
-
-class Clock:
-    """A settable clock for the store."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-Opener = Callable[[Clock], Any]  # opens a new handle on the test's one store
+Opener = Callable[[SettableClock], Any]  # opens a new handle on the test's one store
 
 
 def _sqlite(tmp_path: Path) -> Opener:
@@ -54,37 +38,23 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SettableClock:
+    return SettableClock()
 
 
 @pytest.fixture
-def store(opener: Opener, clock: Clock) -> Iterator[JobStore]:
+def store(opener: Opener, clock: SettableClock) -> Iterator[JobStore]:
     with opener(clock) as handle:
         yield handle
 
 
-def add(store: JobStore, input: str = "cat.png", **kw: Any) -> tuple[Job, bool]:
-    """Upsert a job with defaults for every field not given."""
-    args: dict[str, Any] = {
-        "inbox": INBOX,
-        "input": input,
-        "kind": "image",
-        "fingerprint": "fp1",
-        "job_key": "key1",
-        "out_dir": f"/srv/outbox/{input}",
-    }
-    args.update(kw)
-    return store.upsert_job(**args)
-
-
-def test_new_job_is_queued(store: JobStore, clock: Clock) -> None:
+def test_new_job_is_queued(store: JobStore, clock: SettableClock) -> None:
     """A new input becomes a queued job with the given identity."""
-    job, changed = add(store, deps=["_defaults.toml", "a/mask.png"])
+    job, changed = add_job(store, deps=["_defaults.toml", "a/mask.png"])
     assert changed
     assert job.state is JobState.queued
     assert (job.inbox, job.input, job.kind, job.fingerprint, job.job_key) == (
-        INBOX,
+        JOB_INBOX,
         "cat.png",
         "image",
         "fp1",
@@ -93,18 +63,18 @@ def test_new_job_is_queued(store: JobStore, clock: Clock) -> None:
     assert (job.attempts, job.waits, job.error, job.force) == (0, 0, None, False)
     assert job.created_at == job.updated_at == clock.now
     assert job.deps == ("_defaults.toml", "a/mask.png")
-    assert store.get_job(INBOX, "cat.png") == job
-    assert store.get_job(INBOX, "dog.png") is None
+    assert store.get_job(JOB_INBOX, "cat.png") == job
+    assert store.get_job(JOB_INBOX, "dog.png") is None
 
 
-def test_unchanged_job_is_left_alone(store: JobStore, clock: Clock) -> None:
+def test_unchanged_job_is_left_alone(store: JobStore, clock: SettableClock) -> None:
     """Upserting the same fingerprint and key leaves a finished job finished."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_done(job.id, seconds=4.0)
     done = store.get(job.id)
     clock.advance(10)
-    again, changed = add(store)
+    again, changed = add_job(store)
     assert not changed
     assert again == done
     assert again.state is JobState.done
@@ -112,10 +82,10 @@ def test_unchanged_job_is_left_alone(store: JobStore, clock: Clock) -> None:
 
 @pytest.mark.parametrize("change", [{"fingerprint": "fp2"}, {"job_key": "key2"}])
 def test_changed_identity_starts_over(
-    store: JobStore, clock: Clock, change: dict[str, str]
+    store: JobStore, clock: SettableClock, change: dict[str, str]
 ) -> None:
     """A changed fingerprint or job key requeues a failed job with fresh counters."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_waiting(job.id, "no model", retry_in=5)
     clock.advance(5)
@@ -123,7 +93,7 @@ def test_changed_identity_starts_over(
     store.mark_failed(job.id, "cat.png: not an image")
     failed = store.get(job.id)
     assert (failed.attempts, failed.waits, failed.error) == (1, 1, "cat.png: not an image")
-    again, changed = add(store, out_dir="/srv/outbox/new", **change)
+    again, changed = add_job(store, out_dir="/srv/outbox/new", **change)
     assert changed
     assert again.id == job.id
     assert again.state is JobState.queued
@@ -133,29 +103,29 @@ def test_changed_identity_starts_over(
 
 def test_force_requeues_an_unchanged_job_once(store: JobStore) -> None:
     """force requeues a done job and sets the flag; a repeat while queued changes nothing."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.mark_done(job.id, seconds=1.0)
-    forced, changed = add(store, force=True)
+    forced, changed = add_job(store, force=True)
     assert changed
     assert (forced.state, forced.force) == (JobState.queued, True)
-    assert add(store, force=True) == (forced, False)
+    assert add_job(store, force=True) == (forced, False)
 
 
-def test_running_job_is_not_reset_under_a_live_lease(store: JobStore, clock: Clock) -> None:
+def test_running_job_is_not_reset_under_a_live_lease(store: JobStore, clock: SettableClock) -> None:
     """A changed input does not disturb a running job until its lease has expired."""
-    add(store)
+    add_job(store)
     running = store.claim("w", 60)
     assert running is not None
-    assert add(store, fingerprint="fp2") == (running, False)
+    assert add_job(store, fingerprint="fp2") == (running, False)
     clock.advance(61)
-    job, changed = add(store, fingerprint="fp2")
+    job, changed = add_job(store, fingerprint="fp2")
     assert changed
     assert (job.state, job.fingerprint, job.lease_owner) == (JobState.queued, "fp2", None)
 
 
 def test_update_identity_and_delete(store: JobStore) -> None:
     """update_identity rewrites the identity in place; delete removes the row."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.update_identity(job.id, "fp9", "key9", "/srv/outbox/x")
     updated = store.get(job.id)
     assert (updated.fingerprint, updated.job_key, updated.out_dir) == (
@@ -169,10 +139,10 @@ def test_update_identity_and_delete(store: JobStore) -> None:
         store.get(job.id)
 
 
-def test_claim_takes_jobs_in_arrival_order(store: JobStore, clock: Clock) -> None:
+def test_claim_takes_jobs_in_arrival_order(store: JobStore, clock: SettableClock) -> None:
     """claim returns the oldest runnable job and leases it."""
-    first, _ = add(store, "b.png")
-    second, _ = add(store, "a.png")
+    first, _ = add_job(store, "b.png")
+    second, _ = add_job(store, "a.png")
     clock.advance(5)
     job = store.claim("host:1", 600)
     assert job is not None
@@ -183,12 +153,12 @@ def test_claim_takes_jobs_in_arrival_order(store: JobStore, clock: Clock) -> Non
     assert store.claim("host:1", 600) is None
 
 
-def test_waiting_job_is_claimed_when_due(store: JobStore, clock: Clock) -> None:
+def test_waiting_job_is_claimed_when_due(store: JobStore, clock: SettableClock) -> None:
     """A waiting job is skipped until its not_before, then taken in arrival order."""
-    early, _ = add(store, "early.png")
+    early, _ = add_job(store, "early.png")
     assert store.claim("w", 60) is not None
     store.mark_waiting(early.id, "model not available", retry_in=100)
-    late, _ = add(store, "late.png")
+    late, _ = add_job(store, "late.png")
     claimed = store.claim("w", 60)
     assert claimed is not None and claimed.id == late.id
     store.mark_done(late.id, seconds=1)
@@ -198,9 +168,9 @@ def test_waiting_job_is_claimed_when_due(store: JobStore, clock: Clock) -> None:
     assert again is not None and again.id == early.id
 
 
-def test_backoff_grows_and_caps(store: JobStore, clock: Clock) -> None:
+def test_backoff_grows_and_caps(store: JobStore, clock: SettableClock) -> None:
     """Default waits back off 30 s, 60 s, 120 s … up to one hour, without counting attempts."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     delays = []
     for _ in range(9):
         assert store.claim("w", 60) is not None
@@ -215,9 +185,9 @@ def test_backoff_grows_and_caps(store: JobStore, clock: Clock) -> None:
     assert (final.error, final.lease_owner) == ("disk below min_free_mb", None)
 
 
-def test_mark_done_records_seconds_and_clears_lease(store: JobStore, clock: Clock) -> None:
+def test_mark_done_records_seconds_and_clears_lease(store: JobStore, clock: SettableClock) -> None:
     """mark_done ends the job, records its time and spends the force flag."""
-    job, _ = add(store, force=True)
+    job, _ = add_job(store, force=True)
     store.claim("w", 60)
     clock.advance(7)
     store.mark_done(job.id, seconds=6.5)
@@ -228,7 +198,7 @@ def test_mark_done_records_seconds_and_clears_lease(store: JobStore, clock: Cloc
 
 def test_mark_failed_records_error(store: JobStore) -> None:
     """mark_failed ends the job with the user-facing error."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_failed(job.id, "cat.toml: count must be 1..20, got 50")
     failed = store.get(job.id)
@@ -241,7 +211,7 @@ def test_mark_failed_records_error(store: JobStore) -> None:
 
 def test_mark_queued_does_not_count_the_claim(store: JobStore) -> None:
     """A job interrupted by a stop goes back to queued with its claim uncounted."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_queued(job.id)
     queued = store.get(job.id)
@@ -250,9 +220,9 @@ def test_mark_queued_does_not_count_the_claim(store: JobStore) -> None:
     assert store.get(job.id).attempts == 0
 
 
-def test_renew_lease_only_for_the_owner(store: JobStore, clock: Clock) -> None:
+def test_renew_lease_only_for_the_owner(store: JobStore, clock: SettableClock) -> None:
     """The owner can extend its lease; anyone else is told it does not hold it."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w1", 60)
     clock.advance(50)
     assert store.renew_lease(job.id, "w1", 60)
@@ -264,7 +234,7 @@ def test_renew_lease_only_for_the_owner(store: JobStore, clock: Clock) -> None:
 
 def test_set_progress(store: JobStore) -> None:
     """set_progress records images done of total and a note; a new claim resets it."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.set_progress(job.id, 2, 4, "step 3/20")
     running = store.running()
@@ -279,8 +249,8 @@ def test_set_progress(store: JobStore) -> None:
 
 def test_recover_requeues_or_quarantines(store: JobStore) -> None:
     """At start-up running jobs return to the queue, or to quarantine after max_attempts claims."""
-    crashy, _ = add(store, "my cat.png")
-    fresh, _ = add(store, "dog.png")
+    crashy, _ = add_job(store, "my cat.png")
+    fresh, _ = add_job(store, "dog.png")
     for _ in range(2):
         store.claim("dead:1", 60)
         store.recover(max_attempts=3)
@@ -298,10 +268,10 @@ def test_recover_requeues_or_quarantines(store: JobStore) -> None:
     assert store.recover(max_attempts=3) == (0, 0)
 
 
-def test_two_handles_never_claim_the_same_job(opener: Opener, clock: Clock) -> None:
+def test_two_handles_never_claim_the_same_job(opener: Opener, clock: SettableClock) -> None:
     """Four threads over two handles on one store claim every job exactly once."""
     with opener(clock) as first, opener(clock) as second:
-        ids = {add(first, f"{n:03}.png")[0].id for n in range(60)}
+        ids = {add_job(first, f"{n:03}.png")[0].id for n in range(60)}
         claimed: list[list[int]] = [[] for _ in range(4)]
         barrier = threading.Barrier(4)
 
@@ -326,8 +296,8 @@ def test_two_handles_never_claim_the_same_job(opener: Opener, clock: Clock) -> N
 def test_counts_include_zeros(store: JobStore) -> None:
     """counts names every state, zeros included, in enum order."""
     assert store.counts() == {s: 0 for s in JobState}
-    add(store, "a.png")
-    add(store, "b.png")
+    add_job(store, "a.png")
+    add_job(store, "b.png")
     store.claim("w", 60)
     assert list(store.counts().items()) == [
         (JobState.queued, 1),
@@ -341,9 +311,9 @@ def test_counts_include_zeros(store: JobStore) -> None:
 
 def test_jobs_filter_and_limit(store: JobStore) -> None:
     """jobs lists rows in arrival order, filtered by state and limited."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
-    c = add(store, "c.png")[0]
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
+    c = add_job(store, "c.png")[0]
     store.mark_failed(b.id, "bad")
     assert [j.id for j in store.jobs()] == [a.id, b.id, c.id]
     assert [j.id for j in store.jobs(limit=2)] == [a.id, b.id]
@@ -352,12 +322,12 @@ def test_jobs_filter_and_limit(store: JobStore) -> None:
     assert store.jobs([]) == []
 
 
-def test_recent_failures_newest_first(store: JobStore, clock: Clock) -> None:
+def test_recent_failures_newest_first(store: JobStore, clock: SettableClock) -> None:
     """recent_failures lists failed and quarantined jobs, the newest first."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
-    c = add(store, "c.png")[0]
-    add(store, "d.png")
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
+    c = add_job(store, "c.png")[0]
+    add_job(store, "d.png")
     store.mark_failed(c.id, "c broke")
     clock.advance(1)
     store.claim("w", 60)  # a
@@ -375,14 +345,16 @@ def test_recent_failures_newest_first(store: JobStore, clock: Clock) -> None:
 
 def test_retry_by_input_and_state(store: JobStore) -> None:
     """retry requeues named inputs and whole states, counting each job once."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
-    c = add(store, "c.png")[0]
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
+    c = add_job(store, "c.png")[0]
     for job in (a, b, c):
         store.claim("w", 60)
         store.mark_failed(job.id, "bad")
     store.mark_done(c.id, seconds=1)
-    count = store.retry(inputs=[(INBOX, "a.png"), (INBOX, "c.png")], states=[JobState.failed])
+    count = store.retry(
+        inputs=[(JOB_INBOX, "a.png"), (JOB_INBOX, "c.png")], states=[JobState.failed]
+    )
     assert count == 3
     for job in (a, b, c):
         again = store.get(job.id)
@@ -392,16 +364,16 @@ def test_retry_by_input_and_state(store: JobStore) -> None:
             None,
             False,
         )
-    assert store.retry(inputs=[(INBOX, "missing.png")]) == 0
+    assert store.retry(inputs=[(JOB_INBOX, "missing.png")]) == 0
 
 
 def test_retry_force_and_live_lease(store: JobStore) -> None:
     """retry --force sets the flag; a job running under a live lease is not touched."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
     store.mark_done(a.id, seconds=1)
     store.claim("w", 60)  # b
-    assert store.retry(inputs=[(INBOX, "a.png"), (INBOX, "b.png")], force=True) == 1
+    assert store.retry(inputs=[(JOB_INBOX, "a.png"), (JOB_INBOX, "b.png")], force=True) == 1
     assert store.get(a.id).force
     assert store.get(b.id).state is JobState.running
     assert not store.requeue(b.id)
@@ -409,7 +381,7 @@ def test_retry_force_and_live_lease(store: JobStore) -> None:
 
 def test_requeue_quarantined(store: JobStore) -> None:
     """requeue releases a quarantined job with a fresh attempt count."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.recover(max_attempts=1)
     assert store.requeue(job.id, force=True)

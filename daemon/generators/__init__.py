@@ -69,6 +69,7 @@ class ImageRequest:
     mask_image: Image.Image | None = None  # inpaint: white = repaint
     lora: LoraSource | None = None
     max_batch: int = 8
+    sampler: str = ""  # an A1111 name (generators.samplers); "" keeps the model's own
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class TweenRequest:
     existing: Mapping[float, Image.Image] = field(default_factory=dict)
     lora: LoraSource | None = None
     max_batch: int = 8
+    sampler: str = ""  # an A1111 name (generators.samplers); "" keeps the model's own
 
 
 def _never() -> bool:

@@ -67,13 +67,17 @@ def draw_seeds(version: str, count: int, low: int, high: int) -> list[int]:
     return seeds
 
 
-def input_version(pi: PlanInput) -> str:
+def input_version(pi: PlanInput, *, content: str | None = None) -> str:
     """A hash of what makes this version of an input: its path and content, its sidecar
-    stack and its mask (not the settings, so that a settings change draws no new seeds)."""
+    stack and its mask (not the settings, so that a settings change draws no new seeds).
+
+    ``content`` replaces the input's own hash: one scene's text of a prompt file, so that
+    editing a scene draws new seeds for that scene only.
+    """
     return sha256_text(
         canonical_json(
             {
-                "input": [pi.rel, pi.input_sha256],
+                "input": [pi.rel, content or pi.input_sha256],
                 "sidecars": [[d.path, d.sha256] for d in pi.sidecars],
                 "mask": pi.mask.sha256 if pi.mask else None,
             }
@@ -121,6 +125,33 @@ def settings_fingerprint(settings: Settings, default_task: str) -> str:
             "max_pixels": settings.max_pixels,
         }
     )
+
+
+def output_key(pi: PlanInput, task: Task, params: Params, out: PlannedOutput) -> str:
+    """The key of one image: everything that makes its pixels, nothing that only names it.
+
+    A prompt file's own hash is left out (its scene's prompt is in), so editing one scene
+    leaves the keys of the other scenes' images as they were.
+    """
+    lora = pi.lora
+    material = {
+        "generator": GENERATOR_VERSION,
+        "task": task.value,
+        "input": None if pi.kind == "prompt" else pi.input_sha256,
+        "mask": pi.mask.sha256 if pi.mask else None,
+        "model": {"alias": pi.model.alias, "source": pi.model.describe()},
+        "lora": None if lora is None else [lora.alias, lora.path, lora.scale],
+        "size": [params.width, params.height],
+        "sampler": params.sampler,
+        "prompt": out.prompt,
+        "negative_prompt": out.negative_prompt,
+        "seed": out.seed,
+        "steps": out.steps,
+        "guidance": out.guidance,
+        "strength": None if task is Task.text2image else out.strength,
+        "varied": dict(out.varied),
+    }
+    return sha256_text(canonical_json(material))
 
 
 def finish_plan(

@@ -34,8 +34,17 @@ FALLBACKS: Mapping[str, Any] = MappingProxyType({
     "lora_scale": 1.0, "mesh_resolution": 256, "formats": ("glb",), "texture": False,
     "depth": 2, "paths": None, "pose": None, "start": None, "end": None, "endpoints": None,
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
+    "sampler": "", "name_style": "plain", "scenes": None,
+    "fps": 8.0, "size": None, "base": None, "expressions": None,
     "seed_range": None,
 })  # fmt: skip
+
+
+# Keys added after the first release: recorded (and so part of job keys) only when set to
+# something other than their fallback, so that adding them left existing job keys unchanged.
+RECORDED_WHEN_SET: frozenset[str] = frozenset(
+    {"sampler", "name_style", "scenes", "fps", "size", "base", "expressions", "seed_range"}
+)
 
 
 PARAM_KEYS: tuple[str, ...] = tuple(FALLBACKS)
@@ -79,6 +88,13 @@ class Params:
     exclude_sections: tuple[str, ...] = ()
     prompt_template: str = "{text}"
     force: bool = False
+    sampler: str = ""  # an A1111 sampler name; "" keeps the model's own scheduler
+    name_style: str = "plain"  # prompt files: "plain" (story-s02-7.png) or "descriptive"
+    scenes: tuple[int, ...] | None = None  # prompt files: the scene numbers to make
+    fps: float = 8.0  # tweens: frames per second of preview.gif (and players)
+    size: str | None = None  # tweens: "WxH" of the frames; None keeps the endpoints' size
+    base: str | None = None  # tweens: the image endpoints are generated from
+    expressions: tuple[Mapping[str, str], ...] | None = None  # tweens: [{id, prompt}]
     seed_range: tuple[int, int] | None = None
 
     @classmethod
@@ -96,6 +112,8 @@ class Params:
         for f in dataclasses.fields(self):
             if f.name not in omit:
                 value = getattr(self, f.name)
+                if f.name in RECORDED_WHEN_SET and value == FALLBACKS[f.name]:
+                    continue
                 if isinstance(value, tuple):
                     value = [dict(v) if isinstance(v, Mapping) else v for v in value]
                 record[f.name] = dict(value) if f.name == "vary" else value

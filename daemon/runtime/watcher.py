@@ -280,7 +280,8 @@ class Watcher:
             if present:
                 self._merge_parts(state, path)
             stem = name[: -len(".toml")]
-            concerned = siblings(path, stem, (FileKind.image, FileKind.prompt))
+            # (FileKind.job: expressions.toml is the sidecar of expressions.json)
+            concerned = siblings(path, stem, (FileKind.image, FileKind.prompt, FileKind.job))
         elif kind is FileKind.mask:
             stem = name.rpartition(".")[0][: -len(".mask")]
             concerned = siblings(path, stem, (FileKind.image,))

@@ -8,18 +8,18 @@ from typing import cast
 from daemon.generators import GenerationEvents, MeshFormat, MeshRequest
 from daemon.intake.images import load_input_image
 from daemon.outputs.files import atomic_write_bytes, sha256_file
-from daemon.outputs.manifest import read_manifest, remove_obsolete_outputs, write_manifest
 from daemon.outputs.manifest_fields import OutputEntry
 from daemon.outputs.names import sanitize_name
 from daemon.planning.keys import finish_plan, input_version, resolve_seeds
 from daemon.planning.model import Plan, PlannedOutput, output_dir
 from daemon.tasks.context import Draft, JobContext, Prepared, TaskRun
-from daemon.tasks.records import job_manifest
+from daemon.tasks.records import job_manifest, replace_manifest
 from daemon.values import Task
 
 # Keys that mean nothing for a mesh: left out of its manifest and key.
 _NOT_RECORDED = frozenset(
-    {"prompt", "negative_prompt", "prompts", "count", "seeds", "strength", "vary"}
+    {"prompt", "negative_prompt", "prompts", "count", "seeds", "strength", "vary", "sampler"}
+    | {"name_style", "scenes", "fps", "size", "base", "expressions"}
 )
 
 
@@ -88,12 +88,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
         atomic_write_bytes(path, meshes[path.suffix.lstrip(".")])
         files.append(OutputEntry(out.file, sha256_file(path), path.stat().st_size, seed=out.seed))
         ctx.progress.on_image(len(files), len(plan.outputs))
-    old = read_manifest(plan.out_dir)
-    manifest = dataclasses.replace(
-        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
-        outputs=tuple(files),
-        warnings=tuple(notes),
+    replace_manifest(
+        prepared, job_manifest(prepared, started, ctx.clock(), ctx.device_name()), files, notes
     )
-    write_manifest(plan.out_dir, manifest)
-    remove_obsolete_outputs(plan.out_dir, old, manifest)
     return TaskRun(len(files), 0, tuple(notes))

@@ -4,7 +4,8 @@ refuse (corrupt, over ``max_pixels``, a mask of the wrong size) is refused by ``
 the same message, before anything is queued or generated.
 
 A probe decodes the file, so its result is remembered by content hash: a job file re-planned at
-every rescan does not decode its endpoints again.
+every rescan does not decode its endpoints again. Endpoints a tween job makes itself (from its
+``base``) do not exist yet and are not probed.
 """
 
 from __future__ import annotations
@@ -54,9 +55,16 @@ def endpoint_mismatch(
 
 
 def check_endpoints(settings: Settings, plan: Plan) -> None:
-    """Probe every tween endpoint of ``plan``; both ends of a sequence must match in size."""
+    """Probe a tween's base image and every endpoint file of ``plan`` (not the endpoints the
+    job makes itself); without ``size`` both ends of a sequence must match in size."""
+    inbox = plan.inbox.path
+    if plan.base is not None:
+        probe_dependency(settings, inbox, plan.base)
+    made = {g.dep for g in plan.generated}
     for seq in plan.sequences:
-        start = probe_dependency(settings, plan.inbox.path, seq.start).size
-        end = probe_dependency(settings, plan.inbox.path, seq.end).size
-        if start != end:
+        start, end = (
+            None if dep in made else probe_dependency(settings, inbox, dep).size
+            for dep in (seq.start, seq.end)
+        )
+        if seq.size is None and start is not None and end is not None and start != end:
             raise endpoint_mismatch(seq, start, end)
