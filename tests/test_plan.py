@@ -269,3 +269,15 @@ def test_seed_range_picks_count_distinct_seeds_inside_it() -> None:
     assert (
         str(caught.value) == "a/cat.png: seed_range must hold at least count (3) seeds, got [7, 8]"
     )
+
+
+def test_random_seeds_of_a_scene_survive_an_edit_of_another_scene() -> None:
+    """seed = "random" in a multi-scene file: editing scene 2 redraws only scene 2's seeds."""
+    before = plan_for("story.txt", kind="prompt", scene_texts=("a fox", "a owl"), seed="random")
+    after = plan_for("story.txt", kind="prompt", scene_texts=("a fox", "an owl"), seed="random")
+    seeds = {(o.scene, o.seed) for o in before.outputs}, {(o.scene, o.seed) for o in after.outputs}
+    scene_1 = [{s for n, s in found if n == 1} for found in seeds]
+    scene_2 = [{s for n, s in found if n == 2} for found in seeds]
+    assert scene_1[0] == scene_1[1] and scene_2[0] != scene_2[1]
+    default = plan_for("story.txt", kind="prompt", scene_texts=("a fox", "a owl"))
+    assert {o.seed for o in default.outputs} != {o.seed for o in before.outputs}
