@@ -17,7 +17,7 @@ import pytest
 from daemon.errors import ConfigError, FileChangedError
 from daemon.store import sqlite_base
 from daemon.store.sqlite import SqliteJournal
-from tests.helpers import SettableClock, add_job
+from tests.helpers import JOB_INBOX, SettableClock, add_job
 
 
 @pytest.fixture
@@ -36,6 +36,24 @@ def sha(data: bytes) -> str:
 
 
 # --- the database file ---------------------------------------------------------------------
+
+
+def test_a_copy_reads_the_journal_and_writes_nothing_back(
+    journal: SqliteJournal, tmp_path: Path
+) -> None:
+    """A copy (for the dry run) has the file's rows; its writes stay in memory."""
+    add_job(journal, "cat.png")
+    before = journal.path.read_bytes()
+    with SqliteJournal(journal.path, copy=True) as copy:
+        assert copy.get_job(JOB_INBOX, "cat.png") is not None
+        add_job(copy, "dog.png")
+        assert copy.get_job(JOB_INBOX, "dog.png") is not None
+    assert journal.get_job(JOB_INBOX, "dog.png") is None
+    assert journal.path.read_bytes() == before
+    missing = tmp_path / "none" / "journal.sqlite3"
+    with SqliteJournal(missing, copy=True) as empty:
+        assert empty.jobs() == []
+    assert not missing.parent.exists()
 
 
 def test_database_is_wal_with_schema_version(journal: SqliteJournal) -> None:

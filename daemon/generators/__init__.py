@@ -5,7 +5,8 @@ references (``ModelSource``, ``LoraSource``) and ``Task`` come from ``daemon.val
 
 Nothing here imports torch or diffusers: the backend modules do, and only they, on first use
 (``diffusers_backend`` with ``loading``, ``residents``, ``mesh`` and ``tween``, and ``tiny``).
-``subdivision`` (tween frame times and seeds) and ``cubes`` are plain arithmetic.
+``subdivision`` (tween frame times and seeds) and ``cubes`` are plain arithmetic; ``texture``
+bakes a mesh's colours into a UV-mapped texture (xatlas in a child process).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class MeshRequest:
     seed: int
     resolution: int  # marching-cubes grid points per axis, in MESH_RESOLUTIONS
     formats: tuple[MeshFormat, ...] = ("glb",)
-    texture: bool = False  # keep the model's vertex colours
+    texture: bool = False  # the model's colours baked into a texture (PLY: vertex colours)
+    name: str = "mesh"  # file stem the OBJ's companions are named after (NAME.mtl, …)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class Generator(Protocol):
 
     def generate_mesh(self, request: MeshRequest, events: GenerationEvents) -> dict[str, bytes]:
         """Make the mesh of ``request``; return format (``glb``, ``ply``, ``obj``) → file bytes.
+
+        A textured OBJ comes with ``mtl`` and ``png`` entries (its material and texture).
 
         Steps are reported through ``events.on_step``. Raises ``ModelUnavailable``,
         ``OutOfMemory``, ``InputError`` (the model found no surface in the image) or

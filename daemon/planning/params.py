@@ -36,13 +36,14 @@ FALLBACKS: Mapping[str, Any] = MappingProxyType({
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
     "sampler": "", "name_style": "plain", "scenes": None,
     "fps": 8.0, "size": None, "base": None, "expressions": None,
+    "seed_range": None,
 })  # fmt: skip
 
 
 # Keys added after the first release: recorded (and so part of job keys) only when set to
 # something other than their fallback, so that adding them left existing job keys unchanged.
 RECORDED_WHEN_SET: frozenset[str] = frozenset(
-    {"sampler", "name_style", "scenes", "fps", "size", "base", "expressions"}
+    {"sampler", "name_style", "scenes", "fps", "size", "base", "expressions", "seed_range"}
 )
 
 
@@ -63,7 +64,7 @@ class Params:
     negative_prompt: str
     prompts: tuple[str, ...] | None
     count: int
-    seed: int | None
+    seed: int | str | None  # an integer, "random", or None (derived from the content)
     seeds: tuple[int, ...] | None
     steps: int
     guidance: float
@@ -94,6 +95,7 @@ class Params:
     size: str | None = None  # tweens: "WxH" of the frames; None keeps the endpoints' size
     base: str | None = None  # tweens: the image endpoints are generated from
     expressions: tuple[Mapping[str, str], ...] | None = None  # tweens: [{id, prompt}]
+    seed_range: tuple[int, int] | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Params:
@@ -126,6 +128,17 @@ def validate_layer(data: Mapping[str, Any], source: str, settings: Settings) -> 
         if check is None:
             raise InputError(source, f"{key}: unknown key{did_you_mean(key, PARAM_KEYS)}", key=key)
         result[key] = check(source, key, value, settings)
+    if "seed_range" in result:
+        for other in ("seed", "seeds"):
+            if other in result:
+                raise InputError(
+                    source,
+                    f"seed_range and {other} cannot both be set, "
+                    f"got {other} = {show_value(result[other])}",
+                    key=other,
+                    rule="not together with seed_range",
+                    value=result[other],
+                )
     if "seeds" in result:
         seeds = result["seeds"]
         if "seed" in result:
@@ -183,10 +196,15 @@ def _apply(result: dict[str, Any], layer: Mapping[str, Any]) -> None:
     if "seeds" in layer:
         result["count"] = len(layer["seeds"])
         result["seed"] = None
+        result["seed_range"] = None
+    elif "seed_range" in layer:
+        result["seed"] = result["seeds"] = None
     elif "seed" in layer or "count" in layer:
         # A later seed or count describes the batch anew; inherited explicit seeds would
         # silently override it.
         result["seeds"] = None
+        if "seed" in layer:
+            result["seed_range"] = None
 
 
 def _config_layer(data: Mapping[str, Any], source: str, settings: Settings) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from daemon.errors import InputError
 from daemon.generators import GenerationEvents, TweenRequest
 from daemon.intake.images import LoadedImage, load_input_image
 from daemon.outputs.files import OutputFile, atomic_write_bytes, sha256_file
@@ -20,6 +19,7 @@ from daemon.outputs.png import read_dropforge_chunk, write_png
 from daemon.planning.model import SEQUENCES_DIR, Plan, SequencePlan
 from daemon.tasks.context import JobContext, Prepared, TaskRun
 from daemon.tasks.endpoints import make_endpoints
+from daemon.tasks.probes import endpoint_mismatch
 from daemon.tasks.records import job_manifest, parameters_text
 from daemon.tasks.sequences import plan
 
@@ -92,14 +92,7 @@ def _run_sequence(
         start = dataclasses.replace(start, image=ImageOps.fit(start.image.convert("RGB"), size))
         end = dataclasses.replace(end, image=ImageOps.fit(end.image.convert("RGB"), size))
     if end.image.size != size:
-        raise InputError(
-            seq.end.path,
-            f"endpoint is {end.image.size[0]}x{end.image.size[1]} but {seq.start.path} is "
-            f"{size[0]}x{size[1]}: tween endpoints must have the same size",
-            key="end",
-            rule="same size as start",
-            value=f"{end.image.size[0]}x{end.image.size[1]}",
-        )
+        raise endpoint_mismatch(seq, size, end.image.size)
     files: dict[float, OutputFile] = {}
     existing: dict[float, Image.Image] = {}
     for frame in seq.frames:
@@ -157,7 +150,7 @@ def _run_sequence(
             steps=params.steps,
             guidance=params.guidance,
             strength=params.strength,
-            seed=params.seed or 0,
+            seed=int(params.seed or 0),  # resolved by the planner
             times_needed=needed,
             existing=existing,
             lora=plan.lora,
