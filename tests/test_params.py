@@ -54,6 +54,7 @@ def test_param_keys_are_every_documented_key() -> None:
         "steps", "guidance", "strength", "width", "height", "vary", "mask", "model", "lora",
         "lora_scale", "mesh_resolution", "formats", "texture", "depth", "paths", "pose",
         "start", "end", "endpoints", "exclude_sections", "prompt_template", "force",
+        "priority",
     }  # fmt: skip
     assert set(PARAM_KEYS) == expected
     assert len(PARAM_KEYS) == len(expected)
@@ -121,6 +122,8 @@ GOOD: list[tuple[str, Any, Any]] = [
     ("exclude_sections", [], ()),
     ("prompt_template", "graphic novel panel, {text}", "graphic novel panel, {text}"),
     ("force", False, False),
+    ("priority", 5, 5),
+    ("priority", -1000, -1000),
 ]
 
 
@@ -332,6 +335,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("prompt_template", 1, 'prompt_template must be a string containing "{text}", got 1'),
     ("force", "true", 'force must be true or false, got "true"'),
     ("force", 0, "force must be true or false, got 0"),
+    ("priority", 1001, "priority must be -1000..1000, got 1001"),
+    ("priority", 1.5, "priority must be an integer in -1000..1000, got 1.5"),
 ]
 
 
@@ -489,7 +494,7 @@ FALLBACK_RESULT: dict[str, Any] = {
     "width": 512, "height": 512, "vary": {}, "mask": None, "model": None, "lora": "",
     "lora_scale": 1.0, "mesh_resolution": 256, "formats": ("glb",), "texture": False,
     "depth": 2, "paths": None, "pose": None, "start": None, "end": None, "endpoints": None,
-    "exclude_sections": (), "prompt_template": "{text}", "force": False,
+    "exclude_sections": (), "prompt_template": "{text}", "force": False, "priority": 0,
 }  # fmt: skip
 
 

@@ -293,4 +293,5 @@ CHECKS: Mapping[str, Checker] = {
     "exclude_sections": _strings,
     "prompt_template": _template,
     "force": _flag,
+    "priority": _integer(-1000, 1000),
 }

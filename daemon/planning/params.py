@@ -33,11 +33,14 @@ FALLBACKS: Mapping[str, Any] = MappingProxyType({
     "width": 512, "height": 512, "vary": {}, "mask": None, "model": None, "lora": "",
     "lora_scale": 1.0, "mesh_resolution": 256, "formats": ("glb",), "texture": False,
     "depth": 2, "paths": None, "pose": None, "start": None, "end": None, "endpoints": None,
-    "exclude_sections": (), "prompt_template": "{text}", "force": False,
+    "exclude_sections": (), "prompt_template": "{text}", "force": False, "priority": 0,
 })  # fmt: skip
 
 
 PARAM_KEYS: tuple[str, ...] = tuple(FALLBACKS)
+
+# Keys that steer the queue, not what a job makes: never recorded in manifests or job keys.
+QUEUE_KEYS = frozenset({"priority"})
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Params:
     exclude_sections: tuple[str, ...] = ()
     prompt_template: str = "{text}"
     force: bool = False
+    priority: int = 0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Params:
@@ -89,10 +93,11 @@ class Params:
         return dataclasses.replace(self, **changes)
 
     def as_record(self, omit: frozenset[str] = frozenset()) -> dict[str, Any]:
-        """The table recorded in manifests and hashed into job keys, in key order."""
+        """The table recorded in manifests and hashed into job keys, in key order (the queue's
+        keys, like ``priority``, left out: they change when a job runs, not what it makes)."""
         record: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name not in omit:
+            if f.name not in omit and f.name not in QUEUE_KEYS:
                 value = getattr(self, f.name)
                 if isinstance(value, tuple):
                     value = [dict(v) if isinstance(v, Mapping) else v for v in value]

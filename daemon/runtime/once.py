@@ -134,7 +134,7 @@ def run_once(
 
 def _tally(report: OnceReport, entries: list[SurveyEntry]) -> None:
     for entry in entries:
-        if entry.verdict is Verdict.done:
+        if entry.verdict in (Verdict.done, Verdict.canceled):
             report.skipped += 1
         elif entry.verdict is Verdict.failed:
             report.skipped += 1

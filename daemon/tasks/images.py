@@ -22,7 +22,7 @@ from daemon.outputs.png import read_dropforge_chunk, write_png
 from daemon.planning.keys import finish_plan, resolve_seeds, spread
 from daemon.planning.model import Plan, PlannedOutput, output_dir
 from daemon.tasks.context import Draft, JobContext, Prepared, TaskRun
-from daemon.tasks.records import job_manifest, parameters_text
+from daemon.tasks.records import job_manifest, parameters_text, write_canceled
 from daemon.values import Task
 
 CONTACT_NAME = "contact.png"
@@ -126,6 +126,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
     kept = len(done)
     missing = [o for o in plan.outputs if o.index not in done]
     total = len(plan.outputs)
+    ctx.progress.finish(done)
     ctx.progress.record(kept, total, "")
     thumbs: dict[int, Image.Image] = {}
 
@@ -142,7 +143,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
             thumbs[index] = contact_thumbnail(image)
         # One line per image written: how the crash tests count generations.
         ctx.log.info("output.written", file=out.file)
-        ctx.progress.image(len(done), total, out.file)
+        ctx.progress.image(len(done), total, out.file, index)
 
     events = GenerationEvents(
         on_image=on_image,
@@ -154,24 +155,40 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
     groups: dict[float | None, list[PlannedOutput]] = {}
     for out in missing:
         groups.setdefault(_lora_scale(plan, out), []).append(out)
-    for scale, outs in groups.items():
-        lora = plan.lora
-        if lora is not None and scale is not None:
-            lora = dataclasses.replace(lora, scale=scale)
-        request = ImageRequest(
-            task=plan.task,
-            model=plan.model,
-            width=plan.params.width,
-            height=plan.params.height,
-            images=tuple(_spec(o) for o in outs),
-            init_image=init,
-            mask_image=mask,
-            lora=lora,
-            max_batch=ctx.settings.max_batch,
-        )
-        ctx.generator().generate_images(request, events)
-        if ctx.should_stop():
-            raise Interrupted("stop requested")
+    try:
+        for scale, outs in groups.items():
+            lora = plan.lora
+            if lora is not None and scale is not None:
+                lora = dataclasses.replace(lora, scale=scale)
+            request = ImageRequest(
+                task=plan.task,
+                model=plan.model,
+                width=plan.params.width,
+                height=plan.params.height,
+                images=tuple(_spec(o) for o in outs),
+                init_image=init,
+                mask_image=mask,
+                lora=lora,
+                max_batch=ctx.settings.max_batch,
+            )
+            ctx.generator_for(plan.model, len(done), total).generate_images(request, events)
+            if ctx.should_stop():
+                raise Interrupted("stop requested")
+    except Interrupted:
+        reason = ctx.cancel_reason()
+        if reason is not None:  # a cancel, not a shutdown: say what was finished
+            entries = [_entry(out, done[out.index]) for out in plan.outputs if out.index in done]
+            write_canceled(
+                ctx,
+                prepared,
+                plan.out_dir,
+                reason,
+                outputs=entries,
+                planned=total,
+                started=started,
+                notes=notes,
+            )
+        raise
     _finish(ctx, prepared, plan, done, notes, started, thumbs)
     return TaskRun(len(missing), kept, tuple(notes))
 
@@ -196,21 +213,7 @@ def _finish(
     started: float,
     thumbs: Mapping[int, Image.Image],
 ) -> None:
-    files: list[OutputEntry] = []
-    for out in plan.outputs:
-        written = done[out.index]
-        files.append(
-            OutputEntry(
-                file=written.file,
-                sha256=written.sha256,
-                bytes=written.bytes,
-                seed=out.seed,
-                t=out.t,
-                prompt=out.prompt,
-                scene=out.scene,
-                params=dict(out.varied) if out.varied else None,
-            )
-        )
+    files = [_entry(out, done[out.index]) for out in plan.outputs]
     if plan.wants_contact_sheet:
         items = []
         for out in plan.outputs:
@@ -236,6 +239,20 @@ def _finish(
     )
     write_manifest(plan.out_dir, manifest)
     remove_obsolete_outputs(plan.out_dir, old, manifest)
+
+
+def _entry(out: PlannedOutput, written: OutputFile) -> OutputEntry:
+    """The manifest entry of one written image."""
+    return OutputEntry(
+        file=written.file,
+        sha256=written.sha256,
+        bytes=written.bytes,
+        seed=out.seed,
+        t=out.t,
+        prompt=out.prompt,
+        scene=out.scene,
+        params=dict(out.varied) if out.varied else None,
+    )
 
 
 def _parameters(plan: Plan, out: PlannedOutput) -> str:
