@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 
 from daemon.app import generator_factory, load_settings
+from daemon.cli import steer
+from daemon.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from daemon.config import Settings, display_path
 from daemon.errors import DropforgeError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+__all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -116,35 +116,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """`dropforge status`."""
-    from daemon.runtime.inspect import collect_status, format_status
-
-    settings = load_settings(args.config)
-    status = collect_status(settings, now=time.time())
-    if args.json:
-        print(json.dumps(status, indent=2, ensure_ascii=False))
-    else:
-        print(format_status(status), end="")
-    return EXIT_OK
-
-
-def cmd_retry(args: argparse.Namespace) -> int:
-    """`dropforge retry`."""
-    from daemon.runtime.inspect import retry
-
-    settings = load_settings(args.config)
-    if not (args.paths or args.failed or args.quarantined):
-        raise DropforgeError("retry needs PATH…, --failed or --quarantined")
-    count, unknown = retry(
-        settings, args.paths, failed=args.failed, quarantined=args.quarantined, force=args.force
-    )
-    for path in unknown:
-        print(f"{path}: not in the journal yet (run dropforge once)", file=sys.stderr)
-    print(f"requeued {count} job{'s' if count != 1 else ''}")
-    return EXIT_OK if not unknown else EXIT_FAILED
-
-
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     """`dropforge tiny-model DIR`."""
     from daemon.generators.tiny import TINY_LORA_FILE, write_tiny_models
@@ -179,9 +150,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "once": cmd_once,
-    "status": cmd_status,
+    "status": steer.cmd_status,
     "check": cmd_check,
-    "retry": cmd_retry,
+    "retry": steer.cmd_retry,
+    "cancel": steer.cmd_cancel,
+    "queue": steer.cmd_queue,
+    "priority": steer.cmd_priority,
     "tiny-model": cmd_tiny_model,
     "models": cmd_models,
     "run": cmd_run,
