@@ -12,6 +12,7 @@ from daemon.config import Settings
 from daemon.generators import Generator
 from daemon.intake.candidates import Candidate
 from daemon.intake.scan import ListedFolder, scan_inbox
+from daemon.runtime.monitor import JournalMonitor, cancel_listener
 from daemon.runtime.recovery import owner_id, recover, table_reader
 from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
 from daemon.store.open import open_journal
@@ -113,23 +114,34 @@ def run_once(
         worker = Worker(
             settings, journal, generator_factory, owner=owner_id(), clock=clock, progress=progress
         )
-        seen: set[int] = set()
-        while True:
-            job = journal.claim(worker.owner, worker.lease_seconds())
-            if job is None:
-                break
-            if job.id in seen:  # claimed again in this run: leave it for a later run
-                journal.mark_waiting(job.id, job.error or "retry later", retry_in=60.0)
-                continue
-            seen.add(job.id)
-            result = worker.run(job)
-            if result.outcome is Outcome.skipped:
-                report.skipped += 1
-            elif result.outcome is not Outcome.vanished:
-                report.results.append(result)
+        # `dropforge cancel` from another terminal stops the running job here too.
+        monitor = JournalMonitor(settings, [cancel_listener(worker)], clock=clock)
+        monitor.start()
+        try:
+            _run_all(journal, worker, report)
+        finally:
+            monitor.stop()
         worker.unload()
     report.seconds = clock() - started
     return report
+
+
+def _run_all(journal: Journal, worker: Worker, report: OnceReport) -> None:
+    """Claim and run jobs until none is left (each at most once in this run)."""
+    seen: set[int] = set()
+    while True:
+        job = journal.claim(worker.owner, worker.lease_seconds())
+        if job is None:
+            break
+        if job.id in seen:  # claimed again in this run: leave it for a later run
+            journal.mark_waiting(job.id, job.error or "retry later", retry_in=60.0)
+            continue
+        seen.add(job.id)
+        result = worker.run(job)
+        if result.outcome is Outcome.skipped:
+            report.skipped += 1
+        elif result.outcome is not Outcome.vanished:
+            report.results.append(result)
 
 
 def _tally(report: OnceReport, entries: list[SurveyEntry]) -> None:

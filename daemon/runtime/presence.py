@@ -11,9 +11,14 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import structlog
+
 from daemon.config import Settings
+from daemon.errors import DropforgeError
 from daemon.outputs.files import atomic_write_bytes
 from daemon.runtime.recovery import owner_alive
+
+log = structlog.get_logger("dropforge.service")
 
 PRESENCE_NAME = "daemon.json"
 
@@ -39,11 +44,17 @@ def presence_path(settings: Settings) -> Path:
     return settings.state_dir / PRESENCE_NAME
 
 
-def write_presence(settings: Settings, presence: Presence) -> None:
-    """Announce a running daemon (atomically: a reader never sees half a file)."""
+def write_presence(settings: Settings, presence: Presence) -> bool:
+    """Announce a running daemon (atomically: a reader never sees half a file); False when
+    it cannot be written (a full disk): the daemon runs on, `status` just cannot tell."""
     text = json.dumps(asdict(presence), indent=2) + "\n"
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(presence_path(settings), text.encode("utf-8"))
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(presence_path(settings), text.encode("utf-8"))
+    except (OSError, DropforgeError) as exc:
+        log.warning("presence.unwritable", error=str(exc))
+        return False
+    return True
 
 
 def clear_presence(settings: Settings, owner: str) -> None:

@@ -14,7 +14,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, NoReturn
@@ -24,13 +24,17 @@ import structlog
 from daemon.config import Settings
 from daemon.generators import Generator
 from daemon.intake.observers import native_observer
+from daemon.runtime.companion import Companion
 from daemon.runtime.loop import ActiveHours, WorkerLoop
+from daemon.runtime.monitor import MONITOR_INTERVAL_S, JournalMonitor, cancel_listener
+from daemon.runtime.presence import Presence, clear_presence, write_presence
 from daemon.runtime.recovery import owner_id, recover
+from daemon.runtime.removals import OutputWatch
 from daemon.runtime.systemd import Notifier
 from daemon.runtime.watcher import Watcher
 from daemon.runtime.worker import JobResult, Progress, Worker
 from daemon.store.open import open_journal
-from daemon.store.protocols import Journal
+from daemon.store.protocols import JobStore, Journal
 from daemon.store.rows import Job
 from daemon.values import Clock, JobState
 
@@ -69,6 +73,8 @@ class Service:
         retry_tick: float = 15.0,
         on_result: Callable[[JobResult], None] = lambda result: None,
         hard_exit: Callable[[int], NoReturn] = os._exit,
+        companions: Sequence[Companion] = (),
+        monitor_interval: float = MONITOR_INTERVAL_S,
     ) -> None:
         self.settings = settings
         self._factory = generator_factory
@@ -89,6 +95,11 @@ class Service:
         self.loop: WorkerLoop | None = None
         self.watcher: Watcher | None = None
         self.scheduler: Any = None
+        self.companions = tuple(companions)
+        self._monitor_interval = monitor_interval
+        self.monitor: JournalMonitor | None = None
+        self.outputs: OutputWatch | None = None
+        self.owner = owner_id()
 
     # --- start and stop ---------------------------------------------------------------
 
@@ -107,7 +118,7 @@ class Service:
             settings,
             journal,
             self._factory,
-            owner=owner_id(),
+            owner=self.owner,
             stop=self.stop_event,
             clock=self._clock,
             progress=progress,
@@ -133,9 +144,33 @@ class Service:
             pid=os.getpid(),
         )
         self.notifier.status("starting: scanning the inboxes")
+        self.monitor = JournalMonitor(
+            settings,
+            [self._journal_changed],
+            interval=self._monitor_interval,
+            clock=self._clock,
+        )
+        self.monitor.start()
+        self.outputs = OutputWatch(settings, journal, native=native_observer)
+        self.outputs.start()
         self.watcher.start()
         self.loop.start()
         self.scheduler = self._schedule()
+        for companion in self.companions:
+            companion.start()
+        urls = [c.url for c in self.companions if c.url]
+        write_presence(
+            settings,
+            Presence(self.owner, os.getpid(), "run", self._clock(), urls[0] if urls else None),
+        )
+
+    def _journal_changed(self, view: JobStore) -> None:
+        """Another process (or thread) changed the journal: look for work, and stop the
+        running job if a cancel of it was recorded."""
+        loop = self.loop
+        if loop is not None:
+            loop.wake()
+            cancel_listener(loop.worker)(view)
 
     def _beat(self, job: Job) -> None:
         if self.loop is not None:
@@ -216,6 +251,10 @@ class Service:
         self.stop_event.set()  # first: the running job stops at its next step meanwhile
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        for part in (*self.companions, self.monitor, self.outputs):
+            if part is not None:
+                part.stop(timeout=max(0.0, min(2.0, deadline - self._monotonic())))
+        clear_presence(self.settings, self.owner)
         if self.watcher is not None:
             self.watcher.stop(timeout=max(0.0, deadline - self._monotonic()))
         loop = self.loop

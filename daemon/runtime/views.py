@@ -10,7 +10,7 @@ from typing import Any
 
 from daemon.config import Settings, display_path
 from daemon.runtime.presence import running_daemon
-from daemon.runtime.recovery import owner_alive
+from daemon.runtime.recovery import owner_alive, owner_id
 from daemon.store.protocols import JobStore
 from daemon.store.rows import Job
 from daemon.values import JobState
@@ -21,8 +21,10 @@ SEEDS_SHOWN = 8
 
 def is_live(job: Job, now: float) -> bool:
     """A running job whose lease a live process holds (else its process died: interrupted)."""
-    owner = job.lease_owner
-    return bool(owner) and (job.lease_expires or 0.0) > now and owner_alive(owner or "")
+    owner = job.lease_owner or ""
+    if not owner or (job.lease_expires or 0.0) <= now:
+        return False
+    return owner == owner_id() or owner_alive(owner)  # this process (the web UI of `run`)
 
 
 def daemon_view(settings: Settings) -> dict[str, Any]:

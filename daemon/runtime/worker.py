@@ -120,6 +120,11 @@ class Worker:
                 log.info("job.cancel_heard", job_id=job_id, reason=reason.value)
             return True
 
+    @property
+    def running_id(self) -> int | None:
+        """The id of the job this worker runs now, or None."""
+        return self._running_id
+
     def cancel_reason(self) -> CancelReason | None:
         """Why the running job is being canceled, or None."""
         return self._cancel
