@@ -589,7 +589,10 @@ def test_plan_and_progress_are_recorded(store: JobStore) -> None:
     assert running.finished == (1,)
     store.update_identity(job.id, "fp", "k", "/o", planned=[PlannedFile("x.png", None)])
     assert store.get(job.id).planned == (PlannedFile("x.png", None),)
-    assert store.jobs_by_out_dir(["/o", "/nowhere"]) == [store.get(job.id)]
+    assert store.active_in_folder(INBOX, "") == 1
+    assert store.active_in_folder(INBOX, "a/") == 0
+    add(store, "a/b.png")
+    assert store.active_in_folder(INBOX, "a/") == 1
 
 
 def test_revision_changes_when_another_handle_commits(opener: Opener, clock: Clock) -> None:

@@ -13,6 +13,7 @@ from daemon.generators import Generator
 from daemon.intake.candidates import Candidate
 from daemon.intake.scan import ListedFolder, scan_inbox
 from daemon.runtime.monitor import JournalMonitor, cancel_listener
+from daemon.runtime.notify import Notices, notices_for
 from daemon.runtime.recovery import owner_id, recover, table_reader
 from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
 from daemon.store.open import open_journal
@@ -25,6 +26,8 @@ from daemon.tasks.prepare import prepare
 from daemon.values import Clock, JobState
 
 log = structlog.get_logger("dropforge.runner")
+
+NOTIFY_FLUSH_S = 10.0  # at the end of `once`, the longest wait for notices still being sent
 
 
 @dataclass
@@ -95,6 +98,7 @@ def run_once(
     started = clock()
     preset = str(settings.defaults.get("preset", "standard"))
     report = OnceReport([str(i.path) for i in settings.inboxes], preset)
+    notices = notices_for(settings)
     with open_journal(settings, clock=clock) as journal:
         recover(settings, journal)
         with SurveyPass(settings, journal) as survey_pass:
@@ -118,15 +122,17 @@ def run_once(
         monitor = JournalMonitor(settings, [cancel_listener(worker)], clock=clock)
         monitor.start()
         try:
-            _run_all(journal, worker, report)
+            _run_all(journal, worker, report, notices)
         finally:
             monitor.stop()
+            if notices is not None:
+                notices.close(timeout=NOTIFY_FLUSH_S)
         worker.unload()
     report.seconds = clock() - started
     return report
 
 
-def _run_all(journal: Journal, worker: Worker, report: OnceReport) -> None:
+def _run_all(journal: Journal, worker: Worker, report: OnceReport, notices: Notices | None) -> None:
     """Claim and run jobs until none is left (each at most once in this run)."""
     seen: set[int] = set()
     while True:
@@ -138,6 +144,8 @@ def _run_all(journal: Journal, worker: Worker, report: OnceReport) -> None:
             continue
         seen.add(job.id)
         result = worker.run(job)
+        if notices is not None:
+            notices.job_ended(result, journal)
         if result.outcome is Outcome.skipped:
             report.skipped += 1
         elif result.outcome is not Outcome.vanished:

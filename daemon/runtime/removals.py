@@ -2,30 +2,29 @@
 
 An input deleted or moved out of its inbox cancels its queued or running job (a running one
 stops at its next step and keeps what it finished); it is queued again if it comes back. An
-output of a done job deleted by hand is noticed at once by ``OutputWatch`` and the job is
-requeued to make it again.
+output of a recently done job deleted by hand is noticed within a second by ``OutputWatch``
+and the job is requeued to make it again.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Callable
+from collections import OrderedDict
 from pathlib import Path
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers.api import BaseObserver
 
-from daemon.config import Settings
+from daemon.errors import JobNotFound
 from daemon.outputs.manifest import job_is_done
 from daemon.runtime.control import EVERY_JOB, CancelSummary, cancel
 from daemon.store.protocols import JobStore
+from daemon.store.rows import folder_stamp
 from daemon.values import ACTIVE_STATES, CancelReason, JobState
 
 log = structlog.get_logger("dropforge.watch")
 
-OUTPUT_SETTLE_S = 0.3  # deletions are gathered this long (rm -r sends one event per file)
+OUTPUT_CHECK_S = 1.0  # how often the output folders of recently done jobs are looked at
+MAX_WATCHED = 256  # of those folders
 
 
 def cancel_removed(store: JobStore, inbox: str, rel: str, *, folder: bool = False) -> CancelSummary:
@@ -49,91 +48,67 @@ def cancel_removed(store: JobStore, inbox: str, rel: str, *, folder: bool = Fals
     return summary
 
 
-def requeue_damaged(store: JobStore, paths: set[str]) -> int:
-    """Requeue the done jobs whose output folder holds (or is) one of the deleted ``paths``
-    and whose outputs are no longer complete; return how many."""
-    folders = {p for path in paths for p in (path, os.path.dirname(path))}
-    requeued = 0
-    for job in store.jobs_by_out_dir(folders):
-        if job.state is not JobState.done or job_is_done(Path(job.out_dir), job.job_key):
-            continue
-        if store.requeue(job.id):
-            requeued += 1
-            log.info("job.requeued", input=job.input, reason="output deleted")
-    return requeued
-
-
-class _Deletions(FileSystemEventHandler):
-    def __init__(self, sink: Callable[[str], None]) -> None:
-        self._sink = sink
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("deleted", "moved"):
-            self._sink(os.fsdecode(event.src_path))
-
-
 class OutputWatch:
-    """Watches every inbox's output root for deleted outputs of done jobs."""
+    """Notices, within a second, an output deleted from the folder of a recently done job.
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: JobStore,
-        *,
-        native: Callable[[], BaseObserver],
-        on_requeued: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.settings = settings
+    The folders of the last ``MAX_WATCHED`` done jobs are looked at by stat once a second (a
+    deletion changes a folder's modification time); when one changed and its outputs are no
+    longer complete, the job is requeued. Watching every output folder with inotify would
+    cost a kernel watch per input; older folders are left to the periodic rescan.
+    """
+
+    def __init__(self, store: JobStore, *, interval: float = OUTPUT_CHECK_S) -> None:
         self.store = store
-        self._native = native
-        self._on_requeued = on_requeued
-        self._observers: list[BaseObserver] = []
-        self._pending: set[str] = set()
+        self._interval = interval
+        self._watched: OrderedDict[str, tuple[int, str, str | None]] = OrderedDict()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dropforge-outputs", daemon=True)
 
     def start(self) -> None:
-        """Start an observer per output root (made if missing) and the checking thread."""
-        for root in dict.fromkeys(i.output for i in self.settings.inboxes):
-            try:
-                root.mkdir(parents=True, exist_ok=True)
-                observer = self._native()
-                observer.schedule(_Deletions(self._note), str(root), recursive=True)
-                observer.start()
-            except OSError as exc:  # e.g. inotify limits: the periodic rescan still notices
-                log.warning("watch.outputs_unwatched", output=str(root), error=str(exc))
-                continue
-            self._observers.append(observer)
+        """Start the checking thread."""
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the observers and the thread."""
+        """Stop the thread."""
         self._stop.set()
-        self._wake.set()
-        for observer in self._observers:
-            observer.stop()
-        for observer in self._observers:
-            observer.join(timeout)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def _note(self, path: str) -> None:
+    def watch(self, job_id: int, out_dir: str, job_key: str) -> None:
+        """Watch the output folder of a job just found done."""
         with self._lock:
-            self._pending.add(path)
-        self._wake.set()
+            self._watched.pop(out_dir, None)
+            self._watched[out_dir] = (job_id, job_key, folder_stamp(out_dir))
+            while len(self._watched) > MAX_WATCHED:
+                self._watched.popitem(last=False)
+
+    def check(self) -> int:
+        """Look at every watched folder once; requeue damaged jobs; return how many."""
+        with self._lock:
+            watched = list(self._watched.items())
+        requeued = 0
+        for out_dir, (job_id, job_key, stamp) in watched:
+            now = folder_stamp(out_dir)
+            if now == stamp:
+                continue
+            if job_is_done(Path(out_dir), job_key):  # something else changed: keep watching
+                self.watch(job_id, out_dir, job_key)
+                continue
+            with self._lock:
+                self._watched.pop(out_dir, None)
+            try:
+                job = self.store.get(job_id)
+            except JobNotFound:
+                continue
+            if job.state is JobState.done and self.store.requeue(job_id):
+                requeued += 1
+                log.info("job.requeued", input=job.input, reason="output deleted")
+        return requeued
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            if self._stop.wait(OUTPUT_SETTLE_S):
-                return
-            self._wake.clear()
-            with self._lock:
-                paths, self._pending = self._pending, set()
+        while not self._stop.wait(self._interval):
             try:
-                if requeue_damaged(self.store, paths):
-                    self._on_requeued()
+                self.check()
             except Exception:
                 log.exception("watch.outputs_failed")

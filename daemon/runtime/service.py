@@ -27,12 +27,13 @@ from daemon.intake.observers import native_observer
 from daemon.runtime.companion import Companion
 from daemon.runtime.loop import ActiveHours, WorkerLoop
 from daemon.runtime.monitor import MONITOR_INTERVAL_S, JournalMonitor, cancel_listener
+from daemon.runtime.notify import Notices, notices_for
 from daemon.runtime.presence import Presence, clear_presence, write_presence
 from daemon.runtime.recovery import owner_id, recover
 from daemon.runtime.removals import OutputWatch
 from daemon.runtime.systemd import Notifier
 from daemon.runtime.watcher import Watcher
-from daemon.runtime.worker import JobResult, Progress, Worker
+from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
 from daemon.store.open import open_journal
 from daemon.store.protocols import JobStore, Journal
 from daemon.store.rows import Job
@@ -99,6 +100,7 @@ class Service:
         self._monitor_interval = monitor_interval
         self.monitor: JournalMonitor | None = None
         self.outputs: OutputWatch | None = None
+        self.notices: Notices | None = None
         self.owner = owner_id()
 
     # --- start and stop ---------------------------------------------------------------
@@ -107,6 +109,7 @@ class Service:
         """Recover, then start the watcher, the worker thread and the scheduler."""
         settings = self.settings
         self._started_at = self._monotonic()
+        self.notices = notices_for(settings)  # a URL Apprise refuses stops the start here
         journal = self.journal = open_journal(settings, clock=self._clock)
         recover(settings, journal)
         progress = Progress(
@@ -124,7 +127,7 @@ class Service:
             progress=progress,
         )
         self.loop = WorkerLoop(
-            worker, window=self.window, monotonic=self._monotonic, on_result=self._on_result
+            worker, window=self.window, monotonic=self._monotonic, on_result=self._result
         )
         self.watcher = Watcher(
             settings,
@@ -151,7 +154,7 @@ class Service:
             clock=self._clock,
         )
         self.monitor.start()
-        self.outputs = OutputWatch(settings, journal, native=native_observer)
+        self.outputs = OutputWatch(journal)
         self.outputs.start()
         self.watcher.start()
         self.loop.start()
@@ -163,6 +166,16 @@ class Service:
             settings,
             Presence(self.owner, os.getpid(), "run", self._clock(), urls[0] if urls else None),
         )
+
+    def _result(self, result: JobResult) -> None:
+        journal = self.journal
+        if journal is not None and result.outcome in (Outcome.done, Outcome.skipped):
+            job = journal.get_job(result.inbox, result.rel)
+            if job is not None and self.outputs is not None:
+                self.outputs.watch(job.id, job.out_dir, job.job_key)
+        if self.notices is not None and journal is not None:
+            self.notices.job_ended(result, journal)
+        self._on_result(result)
 
     def _journal_changed(self, view: JobStore) -> None:
         """Another process (or thread) changed the journal: look for work, and stop the
@@ -255,6 +268,8 @@ class Service:
             if part is not None:
                 part.stop(timeout=max(0.0, min(2.0, deadline - self._monotonic())))
         clear_presence(self.settings, self.owner)
+        if self.notices is not None:  # what is queued goes out, in the time that is left
+            self.notices.close(timeout=max(0.0, min(5.0, deadline - self._monotonic())))
         if self.watcher is not None:
             self.watcher.stop(timeout=max(0.0, deadline - self._monotonic()))
         loop = self.loop

@@ -211,8 +211,9 @@ class JobStore(Protocol):
         """
         ...
 
-    def jobs_by_out_dir(self, out_dirs: Iterable[str]) -> list[Job]:
-        """The jobs whose output folder is one of ``out_dirs``."""
+    def active_in_folder(self, inbox: str, folder: str) -> int:
+        """Jobs queued, running or waiting whose input lies directly in ``folder`` ("" or
+        "a/b/") of ``inbox``."""
         ...
 
     def prune_jobs(

@@ -62,7 +62,6 @@ _UPGRADES: dict[int, list[str]] = {
         "ALTER TABLE jobs ADD COLUMN planned TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE jobs ADD COLUMN finished TEXT NOT NULL DEFAULT '[]'",
         "CREATE INDEX jobs_order ON jobs (state, priority DESC, coalesce(position, id))",
-        "CREATE INDEX jobs_out_dir ON jobs (out_dir)",
     ],
 }
 

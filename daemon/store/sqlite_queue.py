@@ -191,13 +191,15 @@ class SqliteQueue(SqliteDatabase):
         )
         return [Job.from_row(r) for r in rows]
 
-    def jobs_by_out_dir(self, out_dirs: Iterable[str]) -> list[Job]:
-        """The jobs whose output folder is one of ``out_dirs``."""
-        found: list[Job] = []
-        for out_dir in dict.fromkeys(out_dirs):
-            rows = self._query("SELECT * FROM jobs WHERE out_dir = ?", (out_dir,))
-            found += [Job.from_row(r) for r in rows]
-        return found
+    def active_in_folder(self, inbox: str, folder: str) -> int:
+        """Jobs queued, running or waiting whose input lies directly in ``folder`` ("" or
+        "a/b/") of ``inbox``: a drop is finished when none is left."""
+        rows = self._query(
+            "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'waiting')"
+            " AND inbox = ? AND rtrim(input, replace(input, '/', '')) = ?",
+            (inbox, folder),
+        )
+        return int(rows[0][0])
 
     def running(self) -> list[Job]:
         """Jobs in state running, in arrival order."""
