@@ -27,7 +27,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=logging.INFO,
         logfile=settings.state_dir / "logs" / "dropforge.log",
     )
-    return Service(settings, generator_factory(settings)).run()
+    companions = []
+    if settings.ui.enabled:
+        from daemon.ui.server import WebUI
+
+        companions.append(WebUI(settings))
+    return Service(settings, generator_factory(settings), companions=companions).run()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`dropforge serve`: the web UI alone, until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    from daemon.runtime.logs import configure_logging
+    from daemon.ui.server import WebUI
+
+    settings = load_settings(args.config)
+    configure_logging(settings.log_format, level=logging.INFO)
+    ui = WebUI(settings, required=True)
+    stop = threading.Event()
+    for name in ("SIGTERM", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda signum, frame: stop.set())
+    ui.start()
+    print(f"dropforge web UI on {ui.url} (Ctrl-C stops)", flush=True)
+    stop.wait()
+    ui.stop(timeout=settings.stop_timeout)
+    return EXIT_OK
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -159,5 +186,6 @@ COMMANDS = {
     "tiny-model": cmd_tiny_model,
     "models": cmd_models,
     "run": cmd_run,
+    "serve": cmd_serve,
     "service": cmd_service,
 }

@@ -88,6 +88,9 @@ def _add_run_and_service(sub: Any) -> None:
     p = sub.add_parser("run", help="watch the inboxes and generate until stopped")
     _add_config(p)
 
+    p = sub.add_parser("serve", help="serve the web UI only (no generating)")
+    _add_config(p)
+
     p = sub.add_parser("service", help="install or remove the systemd unit or Windows service")
     _add_config(p)
     actions = p.add_subparsers(dest="service_command", metavar="ACTION")
