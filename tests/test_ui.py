@@ -156,7 +156,8 @@ def test_actions_call_the_control_library(client: Client, journal: SqliteJournal
 @pytest.mark.parametrize(
     ("path", "body", "status", "error"),
     [
-        ("/api/cancel", {"ids": "1"}, 400, 'bad request: "ids" must be a non-empty list of job ids'),
+        ("/api/cancel", {"ids": "1"}, 400,
+         'bad request: "ids" must be a non-empty list of job ids'),
         ("/api/cancel", [1], 400, "bad request: send a JSON object"),
         ("/api/priority", {"id": 1, "to": "up"}, 400,
          'bad request: "to" must be "top", "bottom" or an integer in -1000..1000'),
