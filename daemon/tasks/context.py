@@ -86,10 +86,17 @@ class JobProgress:
         self.record(done, total, note)
         self.on_image(done, total)
 
-    def step(self, done: int, total: int, step: int, steps: int) -> None:
-        """A denoising step finished: record it and show it."""
-        self.record(done, total, f"step {step}/{steps}")
+    def step(self, done: int, total: int, step: int, steps: int, *, record: bool = True) -> None:
+        """A denoising step finished: record it (unless the step of the pipeline call is
+        recorded instead, see ``call_step``) and show it."""
+        if record:
+            self.record(done, total, f"step {step}/{steps}")
         self.on_step(step, steps)
+
+    def call_step(self, done: int, total: int, step: int, steps: int) -> None:
+        """Step ``step`` of the ``steps`` of the running pipeline call (the batch of images
+        being made now): what the status and the web UI's tiles show."""
+        self.record(done, total, f"step {step}/{steps}")
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,12 @@ def _run_sequence(
         )
         events = GenerationEvents(
             on_image=lambda index, image: None,
-            on_step=lambda step, steps: ctx.progress.step(counter.done, counter.total, step, steps),
+            on_step=lambda step, steps: ctx.progress.step(
+                counter.done, counter.total, step, steps, record=False
+            ),
+            on_call_step=lambda step, steps: ctx.progress.call_step(
+                counter.done, counter.total, step, steps
+            ),
             should_stop=ctx.should_stop,
             on_warning=notes.append,
             on_frame=on_frame,
