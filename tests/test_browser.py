@@ -23,8 +23,6 @@ from tests.fakes import wait_until
 from tests.helpers import manifest, noise_image, write_config
 from tests.soak.crash_harness import start_daemon
 
-pytestmark = pytest.mark.slow
-
 CHROMIUM = Path("/usr/lib/chromium/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|localhost|\[::1\])$")
