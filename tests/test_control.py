@@ -313,3 +313,41 @@ def test_cancel_and_priority_name_their_mistakes(
     assert capsys.readouterr().err == (
         "Error: priority needs exactly one of --top, --bottom or a number N\n"
     )
+
+
+def test_a_canceled_mesh_or_tween_writes_a_canceled_manifest(
+    tmp_path: Path, launch: Launch
+) -> None:
+    """A mesh canceled mid-way lists no outputs; a tween lists the frames its sequence had
+    (the copied endpoints) in the sequence's own canceled manifest."""
+    config = write_config(tmp_path, MODEL, extra_daemon=FAST, steps=4, models={"mesh": MODEL})
+    inbox = tmp_path / "inbox"
+    gate = threading.Event()
+    service = launch(config, generator=SolidGenerator(gate=gate), retry_tick=3600)
+    drop(config, "chair.png", 'task = "mesh"\n')
+    wait_until(lambda: state_of(config, "chair.png") is JobState.running, message="mesh running")
+    assert cli("cancel", "-c", str(config), str(inbox / "chair.png")) == 0
+    wait_until(lambda: heard(service), message="the mesh's cancel heard")
+    gate.set()
+    wait_until(lambda: state_of(config, "chair.png") is JobState.canceled, message="canceled")
+    mesh = manifest(tmp_path / "outbox" / "chair")
+    assert (mesh["status"], mesh["outputs"]) == ("canceled", [])
+    assert mesh["warnings"] == ["canceled on request, 0 of 1 outputs finished"]
+
+    gate.clear()
+    noise_image(inbox / "walk" / "a.png", seed=1)
+    noise_image(inbox / "walk" / "b.png", seed=2)
+    (inbox / "walk" / "walk.job.toml").write_text(
+        'start = "a.png"\nend = "b.png"\ndepth = 2\n', encoding="utf-8"
+    )
+    rel = "walk/walk.job.toml"
+    wait_until(lambda: state_of(config, rel) is JobState.running, message="tween running")
+    assert cli("cancel", "-c", str(config), str(inbox / rel)) == 0
+    wait_until(lambda: heard(service), message="the tween's cancel heard")
+    gate.set()
+    wait_until(lambda: state_of(config, rel) is JobState.canceled, message="tween canceled")
+    job = manifest(tmp_path / "outbox" / "walk" / "walk")
+    assert (job["status"], job.get("sequences", [])) == ("canceled", [])
+    sequence = manifest(tmp_path / "outbox" / "walk" / "sequences" / "walk")
+    assert sequence["status"] == "canceled"
+    assert [o["file"] for o in sequence["outputs"]] == ["000.png", "100.png"]

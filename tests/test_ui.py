@@ -277,3 +277,36 @@ def test_a_busy_port_fails_serve_but_not_run(tmp_path: Path) -> None:
         finally:
             first.stop()
     assert "ui.unavailable" in [e["event"] for e in logs]
+
+
+@pytest.mark.parametrize(
+    ("ui", "message"),
+    [
+        ('listen = "127.0.0.1:99999"', 'listen must be HOST:PORT (e.g. "127.0.0.1:8650", port '
+         '0..65535), got "127.0.0.1:99999"'),
+        ('token = "short"', "token must be at least 16 characters"),
+        ('hosts = ["box.lan:80"]', 'hosts[1] must be host names, got "box.lan:80"'),
+        ("enabled = 1", "enabled must be true or false, got 1"),
+        ('listn = "x"', "listn: unknown key, did you mean listen?"),
+    ],
+)  # fmt: skip
+def test_ui_keys_are_validated(tmp_path: Path, ui: str, message: str) -> None:
+    """Each [ui] mistake names the key, the rule and the value."""
+    with pytest.raises(ConfigError) as info:
+        load_config(ui_config(tmp_path, ui))
+    assert str(info.value) == f"config.toml [ui]: {message}"
+
+
+def test_ui_defaults_and_a_lan_binding_with_token(tmp_path: Path) -> None:
+    """The default is loopback on the documented port; a LAN binding with a token is fine."""
+    default = load_config(write_config(tmp_path, MODEL)).ui
+    assert (default.enabled, default.host, default.port, default.loopback) == (
+        True,
+        "127.0.0.1",
+        8650,
+        True,
+    )
+    lan = load_config(
+        ui_config(tmp_path, 'listen = "0.0.0.0:8650"\ntoken = "0123456789abcdef"\nhosts = ["a"]')
+    ).ui
+    assert (lan.loopback, lan.hosts) == (False, ("a",))
