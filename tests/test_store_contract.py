@@ -593,6 +593,7 @@ def test_plan_and_progress_are_recorded(store: JobStore) -> None:
     assert store.active_in_folder(INBOX, "a/") == 0
     add(store, "a/b.png")
     assert store.active_in_folder(INBOX, "a/") == 1
+    assert store.active_folders() == {(INBOX, ""): 1, (INBOX, "a/"): 1}
 
 
 def test_revision_changes_when_another_handle_commits(opener: Opener, clock: Clock) -> None:

@@ -211,6 +211,10 @@ class JobStore(Protocol):
         """
         ...
 
+    def active_folders(self, limit: int = 1000) -> dict[tuple[str, str], int]:
+        """(inbox, folder) → jobs queued, running or waiting there (drops in progress)."""
+        ...
+
     def active_in_folder(self, inbox: str, folder: str) -> int:
         """Jobs queued, running or waiting whose input lies directly in ``folder`` ("" or
         "a/b/") of ``inbox``."""

@@ -201,6 +201,16 @@ class SqliteQueue(SqliteDatabase):
         )
         return int(rows[0][0])
 
+    def active_folders(self, limit: int = 1000) -> dict[tuple[str, str], int]:
+        """(inbox, folder) → how many jobs there are queued, running or waiting: the drops
+        still in progress."""
+        rows = self._query(
+            "SELECT inbox, rtrim(input, replace(input, '/', '')) AS folder, count(*) FROM jobs"
+            " WHERE state IN ('queued', 'running', 'waiting') GROUP BY inbox, folder LIMIT ?",
+            (limit,),
+        )
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
     def running(self) -> list[Job]:
         """Jobs in state running, in arrival order."""
         return self.jobs([JobState.running])

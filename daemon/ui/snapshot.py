@@ -11,10 +11,9 @@ from urllib.parse import quote
 from daemon.config import Settings, display_path
 from daemon.runtime.views import collect_status, queue_view
 from daemon.store.protocols import JobStore
-from daemon.values import ACTIVE_STATES
 
 QUEUE_SHOWN = 200
-DROPS_SCANNED = 5000
+DROPS_SHOWN = 1000
 STEP = re.compile(r"step (\d+)/(\d+)")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 
@@ -64,11 +63,10 @@ def snapshot(settings: Settings, store: JobStore, *, now: float) -> dict[str, An
         del job["planned"], job["finished"]
     for job in status["interrupted"]:
         del job["planned"], job["finished"]
-    drops: dict[str, dict[str, Any]] = {}
-    for job in store.jobs(list(ACTIVE_STATES), limit=DROPS_SCANNED):
-        where = job.folder or display_path(job.inbox, settings).rstrip("/") + "/"
-        key = f"{job.inbox}\n{job.folder}"
-        drops.setdefault(key, {"key": key, "folder": where, "active": 0})["active"] += 1
+    drops: list[dict[str, Any]] = []
+    for (inbox, folder), active in store.active_folders(DROPS_SHOWN).items():
+        where = folder or display_path(inbox, settings).rstrip("/") + "/"
+        drops.append({"key": f"{inbox}\n{folder}", "folder": where, "active": active})
     counts = status["counts"]
     idle = not (counts["queued"] or counts["running"] or counts["waiting"])
     return {
@@ -81,7 +79,7 @@ def snapshot(settings: Settings, store: JobStore, *, now: float) -> dict[str, An
         "waiting": status["waiting"],
         "failures": status["failures"],
         "canceled": status["canceled"],
-        "drops": sorted(drops.values(), key=lambda d: str(d["folder"])),
+        "drops": sorted(drops, key=lambda d: str(d["folder"])),
         "all_done": idle and counts["done"] > 0,
         "idle": idle,
     }
