@@ -9,13 +9,13 @@ outputs kept, stops intake, and returns within ``stop_timeout``; a second signal
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -31,7 +31,7 @@ from daemon.runtime.notify import Notices, notices_for
 from daemon.runtime.presence import Presence, clear_presence, write_presence
 from daemon.runtime.recovery import owner_id, recover
 from daemon.runtime.removals import OutputWatch
-from daemon.runtime.systemd import Notifier
+from daemon.runtime.systemd import Health, Notifier
 from daemon.runtime.watcher import Watcher
 from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
 from daemon.store.open import open_journal
@@ -44,18 +44,6 @@ log = structlog.get_logger("dropforge.service")
 PRUNE_AFTER_S = 30 * 86400.0  # done jobs and unseen cache rows older than this are deleted
 HEARTBEAT_S = 30.0  # health checks without a systemd watchdog
 STOP_MARGIN_S = 1.0  # of stop_timeout, kept for closing the journal and exiting
-
-
-@dataclass(frozen=True)
-class Health:
-    """The result of a health check; systemd's watchdog is fed only while ``ok``."""
-
-    problems: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """No problems found."""
-        return not self.problems
 
 
 class Service:
@@ -159,13 +147,13 @@ class Service:
         self.watcher.start()
         self.loop.start()
         self.scheduler = self._schedule()
+        presence = Presence(self.owner, os.getpid(), "run", self._clock())
+        write_presence(settings, presence)  # before the UI starts: its first page knows
         for companion in self.companions:
             companion.start()
         urls = [c.url for c in self.companions if c.url]
-        write_presence(
-            settings,
-            Presence(self.owner, os.getpid(), "run", self._clock(), urls[0] if urls else None),
-        )
+        if urls:
+            write_presence(settings, dataclasses.replace(presence, ui=urls[0]))
 
     def _result(self, result: JobResult) -> None:
         journal = self.journal
