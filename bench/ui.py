@@ -243,7 +243,7 @@ def _one_run(scratch: Path, model: Path, args: argparse.Namespace, ui: bool) -> 
     state: dict[str, Any] = {"offset": 0, "seen": []}
     try:
         _wait_for(log, state, lambda e: e.get("event") == "service.ready", 120)
-        url = json.loads((root / "state" / "daemon.json").read_text()).get("ui")
+        url = _ui_url(root / "state" / "daemon.json") if ui else ""
         with page_watcher(url) if ui else _nothing() as _seen:
             write_prompts(root / "inbox", args.jobs)
 
@@ -258,6 +258,20 @@ def _one_run(scratch: Path, model: Path, args: argparse.Namespace, ui: bool) -> 
     finally:
         process.terminate()
         process.wait(60)
+
+
+def _ui_url(presence: Path) -> str:
+    """The web UI's address, once the daemon has announced it."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            url = json.loads(presence.read_text(encoding="utf-8")).get("ui")
+        except (OSError, ValueError):
+            url = None
+        if url:
+            return str(url)
+        time.sleep(0.05)
+    raise SystemExit(f"no web UI announced in {presence}")
 
 
 @contextmanager
