@@ -135,8 +135,3 @@ def move_before(store: JobStore, job_id: int, before: int) -> Job:
         if each.state not in RUNNABLE:
             raise NotInQueue(each, "move")
     return store.move(job.id, before=other.id)
-
-
-def job_by_id(store: JobStore, job_id: int) -> Job:
-    """The job with this id (``JobNotFound`` when there is none)."""
-    return store.get(job_id)

@@ -12,7 +12,6 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
@@ -150,8 +149,3 @@ def drop_notice(settings: Settings, inbox: str, folder: str, drop: _Drop) -> Not
 def notices_for(settings: Settings) -> Notices | None:
     """The notifier of these settings, or None when ``[notify] urls`` is empty."""
     return Notices(settings) if settings.notify.urls else None
-
-
-def describe(notice: Notice) -> dict[str, Any]:
-    """A notice as plain data (for logs and tests)."""
-    return {"event": notice.event, "title": notice.title, "body": notice.body}

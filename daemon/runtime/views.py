@@ -5,7 +5,6 @@ shown as interrupted, not running) and naming the queued jobs in the order they 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from daemon.config import Settings, display_path
@@ -212,11 +211,3 @@ def format_queue(view: dict[str, Any]) -> str:
     for w in view["waiting"]:
         lines.append(f"Waiting: {w['input']} (retry in {w['retry_in']:.0f} s): {w['error']}")
     return "\n".join(lines) + "\n"
-
-
-def drop_folders(jobs: Iterable[Job]) -> dict[tuple[str, str], list[Job]]:
-    """Jobs grouped by drop: (inbox, the folder of the input)."""
-    groups: dict[tuple[str, str], list[Job]] = {}
-    for job in jobs:
-        groups.setdefault((job.inbox, job.folder), []).append(job)
-    return groups

@@ -18,7 +18,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -130,7 +130,7 @@ class Guard:
         cookies: SimpleCookie = SimpleCookie()
         try:
             cookies.load(headers.get("cookie", ""))
-        except Exception:  # a malformed Cookie header: no cookie
+        except CookieError:  # a malformed Cookie header: no cookie
             return False
         found = cookies.get(COOKIE)
         if found is not None and hmac.compare_digest(found.value.encode(), token):

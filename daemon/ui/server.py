@@ -61,7 +61,6 @@ class WebUI:
             log.warning("ui.unavailable", error=message)
             return
         sock.listen(64)
-        sock.set_inheritable(True)
         self.port = sock.getsockname()[1]
         shown = f"[{ui.host}]" if ":" in ui.host else ui.host
         self.url = f"http://{shown}:{self.port}/"
