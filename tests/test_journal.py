@@ -16,48 +16,19 @@ import pytest
 
 from daemon.errors import ConfigError, FileChangedError
 from daemon.store import sqlite_base
-from daemon.store.rows import Job
 from daemon.store.sqlite import SqliteJournal
-
-INBOX = "/srv/inbox"
-
-
-class Clock:
-    """A settable clock for the journal."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.helpers import SettableClock, add_job
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SettableClock:
+    return SettableClock()
 
 
 @pytest.fixture
-def journal(tmp_path: Path, clock: Clock) -> Iterator[SqliteJournal]:
+def journal(tmp_path: Path, clock: SettableClock) -> Iterator[SqliteJournal]:
     with SqliteJournal(tmp_path / "state" / "journal.sqlite3", clock=clock) as j:
         yield j
-
-
-def add(journal: SqliteJournal, input: str = "cat.png", **kw: Any) -> tuple[Job, bool]:
-    """Upsert a job with defaults for every field not given."""
-    args: dict[str, Any] = {
-        "inbox": INBOX,
-        "input": input,
-        "kind": "image",
-        "fingerprint": "fp1",
-        "job_key": "key1",
-        "out_dir": f"/srv/outbox/{input}",
-    }
-    args.update(kw)
-    return journal.upsert_job(**args)
 
 
 def sha(data: bytes) -> str:
@@ -77,11 +48,11 @@ def test_database_is_wal_with_schema_version(journal: SqliteJournal) -> None:
         other.close()
 
 
-def test_reopening_keeps_rows(tmp_path: Path, clock: Clock) -> None:
+def test_reopening_keeps_rows(tmp_path: Path, clock: SettableClock) -> None:
     """A second open of the same file sees the rows of the first."""
     path = tmp_path / "journal.sqlite3"
     with SqliteJournal(path, clock=clock) as first:
-        job, _ = add(first)
+        job, _ = add_job(first)
     with SqliteJournal(path, clock=clock) as second:
         assert second.get(job.id) == job
 
@@ -100,7 +71,7 @@ def test_unknown_schema_version_is_a_config_error(tmp_path: Path) -> None:
     )
 
 
-def test_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: Clock) -> None:
+def test_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: SettableClock) -> None:
     """A journal of schema 1 (before queue control) opens, keeps its jobs and gains the new
     columns: arrival order, no priority, no cancel, nothing planned."""
     path = tmp_path / "journal.sqlite3"
@@ -144,9 +115,9 @@ def test_garbage_file_is_a_config_error(tmp_path: Path) -> None:
 def test_failed_statement_rolls_back(journal: SqliteJournal) -> None:
     """A statement that fails inside a transaction leaves the journal unchanged and usable."""
     with pytest.raises(sqlite3.IntegrityError):
-        add(journal, kind=None)
+        add_job(journal, kind=None)
     assert journal.jobs() == []
-    assert add(journal)[1]
+    assert add_job(journal)[1]
 
 
 # --- the hash cache ------------------------------------------------------------------------
@@ -270,16 +241,16 @@ def test_missing_file_raises_file_not_found(journal: SqliteJournal, tmp_path: Pa
 
 
 def test_prune_forgets_old_jobs_and_cache_rows_of_what_is_gone(
-    journal: SqliteJournal, clock: Clock, tmp_path: Path
+    journal: SqliteJournal, clock: SettableClock, tmp_path: Path
 ) -> None:
     """prune deletes done jobs and cache rows untouched for the given time whose input or file
     is gone; what is still there is kept however old (rescans of marked folders touch nothing)."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "kept.png").write_bytes(b"k")
-    old_done = add(journal, "old.png", inbox=str(inbox))[0]  # its input has gone
-    old_kept = add(journal, "kept.png", inbox=str(inbox))[0]
-    add(journal, "old-queued.png", inbox=str(inbox))
+    old_done = add_job(journal, "old.png", inbox=str(inbox))[0]  # its input has gone
+    old_kept = add_job(journal, "kept.png", inbox=str(inbox))[0]
+    add_job(journal, "old-queued.png", inbox=str(inbox))
     journal.mark_done(old_done.id, seconds=1)
     journal.mark_done(old_kept.id, seconds=1)
     stale, seen, still = tmp_path / "stale.png", tmp_path / "seen.png", tmp_path / "still.png"
@@ -289,7 +260,7 @@ def test_prune_forgets_old_jobs_and_cache_rows_of_what_is_gone(
     clock.advance(100)
     journal.hash_file(seen)  # a cache hit counts as seen
     stale.unlink()
-    new_done = add(journal, "new.png", inbox=str(inbox))[0]
+    new_done = add_job(journal, "new.png", inbox=str(inbox))[0]
     journal.mark_done(new_done.id, seconds=1)
     assert journal.prune(older_than=50) == 2  # old.png's job and stale.png's cache row
     assert [j.input for j in journal.jobs()] == ["kept.png", "old-queued.png", "new.png"]

@@ -16,27 +16,12 @@ import pytest
 
 from daemon.errors import JobNotFound
 from daemon.store.protocols import JobStore
-from daemon.store.rows import CancelResult, Job, PlannedFile
+from daemon.store.rows import CancelResult, PlannedFile
 from daemon.store.sqlite import SqliteJournal
 from daemon.values import CancelReason, JobState
+from tests.helpers import JOB_INBOX, SettableClock, add_job
 
-INBOX = "/srv/inbox"
-
-
-class Clock:
-    """A settable clock for the store."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-Opener = Callable[[Clock], Any]  # opens a new handle on the test's one store
+Opener = Callable[[SettableClock], Any]  # opens a new handle on the test's one store
 
 
 def _sqlite(tmp_path: Path) -> Opener:
@@ -54,37 +39,23 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SettableClock:
+    return SettableClock()
 
 
 @pytest.fixture
-def store(opener: Opener, clock: Clock) -> Iterator[JobStore]:
+def store(opener: Opener, clock: SettableClock) -> Iterator[JobStore]:
     with opener(clock) as handle:
         yield handle
 
 
-def add(store: JobStore, input: str = "cat.png", **kw: Any) -> tuple[Job, bool]:
-    """Upsert a job with defaults for every field not given."""
-    args: dict[str, Any] = {
-        "inbox": INBOX,
-        "input": input,
-        "kind": "image",
-        "fingerprint": "fp1",
-        "job_key": "key1",
-        "out_dir": f"/srv/outbox/{input}",
-    }
-    args.update(kw)
-    return store.upsert_job(**args)
-
-
-def test_new_job_is_queued(store: JobStore, clock: Clock) -> None:
+def test_new_job_is_queued(store: JobStore, clock: SettableClock) -> None:
     """A new input becomes a queued job with the given identity."""
-    job, changed = add(store, deps=["_defaults.toml", "a/mask.png"])
+    job, changed = add_job(store, deps=["_defaults.toml", "a/mask.png"])
     assert changed
     assert job.state is JobState.queued
     assert (job.inbox, job.input, job.kind, job.fingerprint, job.job_key) == (
-        INBOX,
+        JOB_INBOX,
         "cat.png",
         "image",
         "fp1",
@@ -93,18 +64,18 @@ def test_new_job_is_queued(store: JobStore, clock: Clock) -> None:
     assert (job.attempts, job.waits, job.error, job.force) == (0, 0, None, False)
     assert job.created_at == job.updated_at == clock.now
     assert job.deps == ("_defaults.toml", "a/mask.png")
-    assert store.get_job(INBOX, "cat.png") == job
-    assert store.get_job(INBOX, "dog.png") is None
+    assert store.get_job(JOB_INBOX, "cat.png") == job
+    assert store.get_job(JOB_INBOX, "dog.png") is None
 
 
-def test_unchanged_job_is_left_alone(store: JobStore, clock: Clock) -> None:
+def test_unchanged_job_is_left_alone(store: JobStore, clock: SettableClock) -> None:
     """Upserting the same fingerprint and key leaves a finished job finished."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_done(job.id, seconds=4.0)
     done = store.get(job.id)
     clock.advance(10)
-    again, changed = add(store)
+    again, changed = add_job(store)
     assert not changed
     assert again == done
     assert again.state is JobState.done
@@ -112,10 +83,10 @@ def test_unchanged_job_is_left_alone(store: JobStore, clock: Clock) -> None:
 
 @pytest.mark.parametrize("change", [{"fingerprint": "fp2"}, {"job_key": "key2"}])
 def test_changed_identity_starts_over(
-    store: JobStore, clock: Clock, change: dict[str, str]
+    store: JobStore, clock: SettableClock, change: dict[str, str]
 ) -> None:
     """A changed fingerprint or job key requeues a failed job with fresh counters."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_waiting(job.id, "no model", retry_in=5)
     clock.advance(5)
@@ -123,7 +94,7 @@ def test_changed_identity_starts_over(
     store.mark_failed(job.id, "cat.png: not an image")
     failed = store.get(job.id)
     assert (failed.attempts, failed.waits, failed.error) == (1, 1, "cat.png: not an image")
-    again, changed = add(store, out_dir="/srv/outbox/new", **change)
+    again, changed = add_job(store, out_dir="/srv/outbox/new", **change)
     assert changed
     assert again.id == job.id
     assert again.state is JobState.queued
@@ -133,29 +104,29 @@ def test_changed_identity_starts_over(
 
 def test_force_requeues_an_unchanged_job_once(store: JobStore) -> None:
     """force requeues a done job and sets the flag; a repeat while queued changes nothing."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.mark_done(job.id, seconds=1.0)
-    forced, changed = add(store, force=True)
+    forced, changed = add_job(store, force=True)
     assert changed
     assert (forced.state, forced.force) == (JobState.queued, True)
-    assert add(store, force=True) == (forced, False)
+    assert add_job(store, force=True) == (forced, False)
 
 
-def test_running_job_is_not_reset_under_a_live_lease(store: JobStore, clock: Clock) -> None:
+def test_running_job_is_not_reset_under_a_live_lease(store: JobStore, clock: SettableClock) -> None:
     """A changed input does not disturb a running job until its lease has expired."""
-    add(store)
+    add_job(store)
     running = store.claim("w", 60)
     assert running is not None
-    assert add(store, fingerprint="fp2") == (running, False)
+    assert add_job(store, fingerprint="fp2") == (running, False)
     clock.advance(61)
-    job, changed = add(store, fingerprint="fp2")
+    job, changed = add_job(store, fingerprint="fp2")
     assert changed
     assert (job.state, job.fingerprint, job.lease_owner) == (JobState.queued, "fp2", None)
 
 
 def test_update_identity_and_delete(store: JobStore) -> None:
     """update_identity rewrites the identity in place; delete removes the row."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.update_identity(job.id, "fp9", "key9", "/srv/outbox/x")
     updated = store.get(job.id)
     assert (updated.fingerprint, updated.job_key, updated.out_dir) == (
@@ -169,10 +140,10 @@ def test_update_identity_and_delete(store: JobStore) -> None:
         store.get(job.id)
 
 
-def test_claim_takes_jobs_in_arrival_order(store: JobStore, clock: Clock) -> None:
+def test_claim_takes_jobs_in_arrival_order(store: JobStore, clock: SettableClock) -> None:
     """claim returns the oldest runnable job and leases it."""
-    first, _ = add(store, "b.png")
-    second, _ = add(store, "a.png")
+    first, _ = add_job(store, "b.png")
+    second, _ = add_job(store, "a.png")
     clock.advance(5)
     job = store.claim("host:1", 600)
     assert job is not None
@@ -183,12 +154,12 @@ def test_claim_takes_jobs_in_arrival_order(store: JobStore, clock: Clock) -> Non
     assert store.claim("host:1", 600) is None
 
 
-def test_waiting_job_is_claimed_when_due(store: JobStore, clock: Clock) -> None:
+def test_waiting_job_is_claimed_when_due(store: JobStore, clock: SettableClock) -> None:
     """A waiting job is skipped until its not_before, then taken in arrival order."""
-    early, _ = add(store, "early.png")
+    early, _ = add_job(store, "early.png")
     assert store.claim("w", 60) is not None
     store.mark_waiting(early.id, "model not available", retry_in=100)
-    late, _ = add(store, "late.png")
+    late, _ = add_job(store, "late.png")
     claimed = store.claim("w", 60)
     assert claimed is not None and claimed.id == late.id
     store.mark_done(late.id, seconds=1)
@@ -198,9 +169,9 @@ def test_waiting_job_is_claimed_when_due(store: JobStore, clock: Clock) -> None:
     assert again is not None and again.id == early.id
 
 
-def test_backoff_grows_and_caps(store: JobStore, clock: Clock) -> None:
+def test_backoff_grows_and_caps(store: JobStore, clock: SettableClock) -> None:
     """Default waits back off 30 s, 60 s, 120 s … up to one hour, without counting attempts."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     delays = []
     for _ in range(9):
         assert store.claim("w", 60) is not None
@@ -215,9 +186,9 @@ def test_backoff_grows_and_caps(store: JobStore, clock: Clock) -> None:
     assert (final.error, final.lease_owner) == ("disk below min_free_mb", None)
 
 
-def test_mark_done_records_seconds_and_clears_lease(store: JobStore, clock: Clock) -> None:
+def test_mark_done_records_seconds_and_clears_lease(store: JobStore, clock: SettableClock) -> None:
     """mark_done ends the job, records its time and spends the force flag."""
-    job, _ = add(store, force=True)
+    job, _ = add_job(store, force=True)
     store.claim("w", 60)
     clock.advance(7)
     store.mark_done(job.id, seconds=6.5)
@@ -228,7 +199,7 @@ def test_mark_done_records_seconds_and_clears_lease(store: JobStore, clock: Cloc
 
 def test_mark_failed_records_error(store: JobStore) -> None:
     """mark_failed ends the job with the user-facing error."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_failed(job.id, "cat.toml: count must be 1..20, got 50")
     failed = store.get(job.id)
@@ -241,7 +212,7 @@ def test_mark_failed_records_error(store: JobStore) -> None:
 
 def test_mark_queued_does_not_count_the_claim(store: JobStore) -> None:
     """A job interrupted by a stop goes back to queued with its claim uncounted."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_queued(job.id)
     queued = store.get(job.id)
@@ -250,9 +221,9 @@ def test_mark_queued_does_not_count_the_claim(store: JobStore) -> None:
     assert store.get(job.id).attempts == 0
 
 
-def test_renew_lease_only_for_the_owner(store: JobStore, clock: Clock) -> None:
+def test_renew_lease_only_for_the_owner(store: JobStore, clock: SettableClock) -> None:
     """The owner can extend its lease; anyone else is told it does not hold it."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w1", 60)
     clock.advance(50)
     assert store.renew_lease(job.id, "w1", 60)
@@ -264,7 +235,7 @@ def test_renew_lease_only_for_the_owner(store: JobStore, clock: Clock) -> None:
 
 def test_set_progress(store: JobStore) -> None:
     """set_progress records images done of total and a note; a new claim resets it."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.set_progress(job.id, 2, 4, "step 3/20")
     running = store.running()
@@ -279,8 +250,8 @@ def test_set_progress(store: JobStore) -> None:
 
 def test_recover_requeues_or_quarantines(store: JobStore) -> None:
     """At start-up running jobs return to the queue, or to quarantine after max_attempts claims."""
-    crashy, _ = add(store, "my cat.png")
-    fresh, _ = add(store, "dog.png")
+    crashy, _ = add_job(store, "my cat.png")
+    fresh, _ = add_job(store, "dog.png")
     for _ in range(2):
         store.claim("dead:1", 60)
         store.recover(max_attempts=3)
@@ -298,10 +269,10 @@ def test_recover_requeues_or_quarantines(store: JobStore) -> None:
     assert store.recover(max_attempts=3) == (0, 0)
 
 
-def test_two_handles_never_claim_the_same_job(opener: Opener, clock: Clock) -> None:
+def test_two_handles_never_claim_the_same_job(opener: Opener, clock: SettableClock) -> None:
     """Four threads over two handles on one store claim every job exactly once."""
     with opener(clock) as first, opener(clock) as second:
-        ids = {add(first, f"{n:03}.png")[0].id for n in range(60)}
+        ids = {add_job(first, f"{n:03}.png")[0].id for n in range(60)}
         claimed: list[list[int]] = [[] for _ in range(4)]
         barrier = threading.Barrier(4)
 
@@ -326,8 +297,8 @@ def test_two_handles_never_claim_the_same_job(opener: Opener, clock: Clock) -> N
 def test_counts_include_zeros(store: JobStore) -> None:
     """counts names every state, zeros included, in enum order."""
     assert store.counts() == {s: 0 for s in JobState}
-    add(store, "a.png")
-    add(store, "b.png")
+    add_job(store, "a.png")
+    add_job(store, "b.png")
     store.claim("w", 60)
     assert list(store.counts().items()) == [
         (JobState.queued, 1),
@@ -342,9 +313,9 @@ def test_counts_include_zeros(store: JobStore) -> None:
 
 def test_jobs_filter_and_limit(store: JobStore) -> None:
     """jobs lists rows in arrival order, filtered by state and limited."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
-    c = add(store, "c.png")[0]
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
+    c = add_job(store, "c.png")[0]
     store.mark_failed(b.id, "bad")
     assert [j.id for j in store.jobs()] == [a.id, b.id, c.id]
     assert [j.id for j in store.jobs(limit=2)] == [a.id, b.id]
@@ -353,12 +324,12 @@ def test_jobs_filter_and_limit(store: JobStore) -> None:
     assert store.jobs([]) == []
 
 
-def test_recent_failures_newest_first(store: JobStore, clock: Clock) -> None:
+def test_recent_failures_newest_first(store: JobStore, clock: SettableClock) -> None:
     """recent_failures lists failed and quarantined jobs, the newest first."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
-    c = add(store, "c.png")[0]
-    add(store, "d.png")
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
+    c = add_job(store, "c.png")[0]
+    add_job(store, "d.png")
     store.mark_failed(c.id, "c broke")
     clock.advance(1)
     store.claim("w", 60)  # a
@@ -376,14 +347,16 @@ def test_recent_failures_newest_first(store: JobStore, clock: Clock) -> None:
 
 def test_retry_by_input_and_state(store: JobStore) -> None:
     """retry requeues named inputs and whole states, counting each job once."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
-    c = add(store, "c.png")[0]
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
+    c = add_job(store, "c.png")[0]
     for job in (a, b, c):
         store.claim("w", 60)
         store.mark_failed(job.id, "bad")
     store.mark_done(c.id, seconds=1)
-    count = store.retry(inputs=[(INBOX, "a.png"), (INBOX, "c.png")], states=[JobState.failed])
+    count = store.retry(
+        inputs=[(JOB_INBOX, "a.png"), (JOB_INBOX, "c.png")], states=[JobState.failed]
+    )
     assert count == 3
     for job in (a, b, c):
         again = store.get(job.id)
@@ -393,16 +366,16 @@ def test_retry_by_input_and_state(store: JobStore) -> None:
             None,
             False,
         )
-    assert store.retry(inputs=[(INBOX, "missing.png")]) == 0
+    assert store.retry(inputs=[(JOB_INBOX, "missing.png")]) == 0
 
 
 def test_retry_force_and_live_lease(store: JobStore) -> None:
     """retry --force sets the flag; a job running under a live lease is not touched."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
     store.mark_done(a.id, seconds=1)
     store.claim("w", 60)  # b
-    assert store.retry(inputs=[(INBOX, "a.png"), (INBOX, "b.png")], force=True) == 1
+    assert store.retry(inputs=[(JOB_INBOX, "a.png"), (JOB_INBOX, "b.png")], force=True) == 1
     assert store.get(a.id).force
     assert store.get(b.id).state is JobState.running
     assert not store.requeue(b.id)
@@ -410,7 +383,7 @@ def test_retry_force_and_live_lease(store: JobStore) -> None:
 
 def test_requeue_quarantined(store: JobStore) -> None:
     """requeue releases a quarantined job with a fresh attempt count."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.recover(max_attempts=1)
     assert store.requeue(job.id, force=True)
@@ -428,12 +401,12 @@ def test_requeue_quarantined(store: JobStore) -> None:
 
 def test_cancel_queued_and_waiting_at_once_running_by_request(store: JobStore) -> None:
     """A cancel ends queued and waiting jobs at once and only asks a running one to stop."""
-    running = add(store, "run.png")[0]
+    running = add_job(store, "run.png")[0]
     store.claim("w", 60)
-    waiting = add(store, "wait.png")[0]
+    waiting = add_job(store, "wait.png")[0]
     assert store.claim("w", 60) == store.get(waiting.id)
     store.mark_waiting(waiting.id, "no model", retry_in=100)
-    queued = add(store, "queued.png")[0]
+    queued = add_job(store, "queued.png")[0]
     result = store.cancel(ids=[running.id, queued.id, waiting.id, 999])
     assert result == CancelResult((waiting.id, queued.id), (running.id,))
     for job_id in result.canceled:
@@ -454,9 +427,9 @@ def test_cancel_queued_and_waiting_at_once_running_by_request(store: JobStore) -
 
 def test_cancel_by_state_leaves_the_running_job_unless_named(store: JobStore) -> None:
     """cancel(states=[queued, waiting]) spares the running job; adding running asks it too."""
-    first = add(store, "a.png")[0]
+    first = add_job(store, "a.png")[0]
     store.claim("w", 60)
-    second = add(store, "b.png")[0]
+    second = add_job(store, "b.png")[0]
     result = store.cancel(states=[JobState.queued, JobState.waiting])
     assert result == CancelResult((second.id,), ())
     assert store.get(first.id).cancel is None
@@ -467,7 +440,7 @@ def test_cancel_by_state_leaves_the_running_job_unless_named(store: JobStore) ->
 
 def test_mark_canceled_keeps_the_reason_and_a_retry_restores(store: JobStore) -> None:
     """A stopped running job is canceled with its reason and a note; retry requeues it."""
-    job = add(store)[0]
+    job = add_job(store)[0]
     store.claim("w", 60)
     store.cancel(ids=[job.id], reason=CancelReason.removed)
     store.mark_canceled(job.id, "kept 2 of 4 outputs")
@@ -479,23 +452,23 @@ def test_mark_canceled_keeps_the_reason_and_a_retry_restores(store: JobStore) ->
     )
     assert canceled.error == "canceled: its input was removed from the inbox (kept 2 of 4 outputs)"
     assert [j.id for j in store.recent_cancels()] == [job.id]
-    assert store.retry(inputs=[(INBOX, "cat.png")]) == 1
+    assert store.retry(inputs=[(JOB_INBOX, "cat.png")]) == 1
     again = store.get(job.id)
     assert (again.state, again.cancel, again.error) == (JobState.queued, None, None)
 
 
 def test_retry_takes_back_a_cancel_on_its_way(store: JobStore) -> None:
     """retry of a running job whose cancel was asked withdraws the request."""
-    job = add(store)[0]
+    job = add_job(store)[0]
     store.claim("w", 60)
     store.cancel(ids=[job.id])
-    store.retry(inputs=[(INBOX, "cat.png")])
+    store.retry(inputs=[(JOB_INBOX, "cat.png")])
     assert store.get(job.id).cancel is None
 
 
 def test_a_job_that_ends_after_its_cancel_forgets_it(store: JobStore) -> None:
     """A cancel that came too late (the job finished) leaves the job done, without a cancel."""
-    job = add(store)[0]
+    job = add_job(store)[0]
     store.claim("w", 60)
     store.cancel(ids=[job.id])
     store.mark_done(job.id, seconds=1.0)
@@ -504,7 +477,7 @@ def test_a_job_that_ends_after_its_cancel_forgets_it(store: JobStore) -> None:
 
 def test_recover_cancels_what_a_dead_process_was_asked_to_stop(store: JobStore) -> None:
     """A running job whose cancel was asked is canceled, not requeued, when its owner died."""
-    job = add(store)[0]
+    job = add_job(store)[0]
     store.claim("dead:1", 60)
     store.cancel(ids=[job.id])
     assert store.recover(max_attempts=3) == (0, 0)
@@ -513,9 +486,9 @@ def test_recover_cancels_what_a_dead_process_was_asked_to_stop(store: JobStore) 
 
 def test_claims_take_the_highest_priority_then_arrival(store: JobStore) -> None:
     """Priority beats arrival; equal priorities go in arrival order; waiting jobs take part."""
-    low = add(store, "low.png")[0]
-    high = add(store, "high.png", priority=5)[0]
-    also_high = add(store, "also.png", priority=5)[0]
+    low = add_job(store, "low.png")[0]
+    high = add_job(store, "high.png", priority=5)[0]
+    also_high = add_job(store, "also.png", priority=5)[0]
     assert [j.id for j in store.queue()] == [high.id, also_high.id, low.id]
     order = []
     while (job := store.claim("w", 60)) is not None:
@@ -526,18 +499,18 @@ def test_claims_take_the_highest_priority_then_arrival(store: JobStore) -> None:
 def test_upsert_keeps_a_commanded_priority_until_the_input_changes(store: JobStore) -> None:
     """An unchanged input keeps the priority a command gave it; a changed one starts over
     at the sidecar's priority."""
-    job = add(store, priority=1)[0]
+    job = add_job(store, priority=1)[0]
     store.set_priority(job.id, 9)
-    assert add(store, priority=1)[0].priority == 9
-    changed, requeued = add(store, fingerprint="fp2", priority=1)
+    assert add_job(store, priority=1)[0].priority == 9
+    changed, requeued = add_job(store, fingerprint="fp2", priority=1)
     assert requeued and changed.priority == 1
 
 
 def test_move_to_top_makes_the_job_the_next_claimed(store: JobStore) -> None:
     """top takes the highest runnable priority and the first place; bottom the opposite."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png", priority=3)[0]
-    c = add(store, "c.png")[0]
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png", priority=3)[0]
+    c = add_job(store, "c.png")[0]
     moved = store.move(c.id, to="top")
     assert moved.priority == 3
     assert [j.id for j in store.queue()] == [c.id, b.id, a.id]
@@ -551,7 +524,7 @@ def test_move_to_top_makes_the_job_the_next_claimed(store: JobStore) -> None:
 
 def test_move_before_places_between_neighbours(store: JobStore) -> None:
     """before=other puts a job just ahead of other, at other's priority, repeatedly."""
-    jobs = [add(store, f"{n}.png")[0] for n in "abcd"]
+    jobs = [add_job(store, f"{n}.png")[0] for n in "abcd"]
     a, b, c, d = (j.id for j in jobs)
     store.move(d, before=b)
     assert [j.id for j in store.queue()] == [a, d, b, c]
@@ -568,8 +541,8 @@ def test_move_before_places_between_neighbours(store: JobStore) -> None:
 
 def test_set_priority_returns_to_arrival_order(store: JobStore) -> None:
     """set_priority forgets a moved position: the job takes its arrival place."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
     store.move(b.id, to="top")
     store.set_priority(b.id, 0)
     assert [j.id for j in store.queue()] == [a.id, b.id]
@@ -580,7 +553,7 @@ def test_set_priority_returns_to_arrival_order(store: JobStore) -> None:
 def test_plan_and_progress_are_recorded(store: JobStore) -> None:
     """The planned outputs come with the upsert; finished indices with the progress."""
     planned = [PlannedFile("cat-1.png", 1), PlannedFile("cat-2.png", 2)]
-    job = add(store, task="variations", planned=planned)[0]
+    job = add_job(store, task="variations", planned=planned)[0]
     assert (job.task, job.planned) == ("variations", tuple(planned))
     store.claim("w", 60)
     store.set_progress(job.id, 1, 2, "cat-2.png", finished=[1])
@@ -589,19 +562,19 @@ def test_plan_and_progress_are_recorded(store: JobStore) -> None:
     assert running.finished == (1,)
     store.update_identity(job.id, "fp", "k", "/o", planned=[PlannedFile("x.png", None)])
     assert store.get(job.id).planned == (PlannedFile("x.png", None),)
-    assert store.active_in_folder(INBOX, "") == 1
-    assert store.active_in_folder(INBOX, "a/") == 0
-    add(store, "a/b.png")
-    assert store.active_in_folder(INBOX, "a/") == 1
-    assert store.active_folders() == {(INBOX, ""): 1, (INBOX, "a/"): 1}
+    assert store.active_in_folder(JOB_INBOX, "") == 1
+    assert store.active_in_folder(JOB_INBOX, "a/") == 0
+    add_job(store, "a/b.png")
+    assert store.active_in_folder(JOB_INBOX, "a/") == 1
+    assert store.active_folders() == {(JOB_INBOX, ""): 1, (JOB_INBOX, "a/"): 1}
 
 
-def test_revision_changes_when_another_handle_commits(opener: Opener, clock: Clock) -> None:
+def test_revision_changes_when_another_handle_commits(opener: Opener, clock: SettableClock) -> None:
     """revision() moves when another handle writes, and stays put otherwise."""
     with opener(clock) as watcher, opener(clock) as writer:
         before = watcher.revision()
         assert watcher.revision() == before
-        add(writer)
+        add_job(writer)
         after = watcher.revision()
         assert after != before
         assert watcher.revision() == after

@@ -15,14 +15,13 @@ from daemon.generators import GenerationEvents, ImageRequest, ImageSpec
 from daemon.intake.images import load_input_image, load_mask
 from daemon.outputs.contact import contact_sheet, contact_thumbnail
 from daemon.outputs.files import OutputFile, sha256_file
-from daemon.outputs.manifest import read_manifest, remove_obsolete_outputs, write_manifest
 from daemon.outputs.manifest_fields import OutputEntry
 from daemon.outputs.names import sanitize_name
 from daemon.outputs.png import read_dropforge_chunk, write_png
 from daemon.planning.keys import finish_plan, resolve_seeds, spread
 from daemon.planning.model import Plan, PlannedOutput, output_dir
 from daemon.tasks.context import Draft, JobContext, Prepared, TaskRun
-from daemon.tasks.records import job_manifest, parameters_text, write_canceled
+from daemon.tasks.records import job_manifest, parameters_text, replace_manifest, write_canceled
 from daemon.values import Task
 
 CONTACT_NAME = "contact.png"
@@ -240,14 +239,9 @@ def _finish(
         )
         ctx.log.info("output.written", file=CONTACT_NAME, role="contact")
         files.append(OutputEntry(contact.file, contact.sha256, contact.bytes, role="contact"))
-    old = read_manifest(plan.out_dir)
-    manifest = dataclasses.replace(
-        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
-        outputs=tuple(files),
-        warnings=tuple(notes),
+    replace_manifest(
+        prepared, job_manifest(prepared, started, ctx.clock(), ctx.device_name()), files, notes
     )
-    write_manifest(plan.out_dir, manifest)
-    remove_obsolete_outputs(plan.out_dir, old, manifest)
 
 
 def _entry(out: PlannedOutput, written: OutputFile) -> OutputEntry:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import cast
 
 from daemon.errors import Interrupted
 from daemon.generators import GenerationEvents, MeshFormat, MeshRequest
 from daemon.intake.images import load_input_image
 from daemon.outputs.files import atomic_write_bytes, sha256_file
-from daemon.outputs.manifest import read_manifest, remove_obsolete_outputs, write_manifest
 from daemon.outputs.manifest_fields import OutputEntry
 from daemon.outputs.names import sanitize_name
 from daemon.planning.keys import finish_plan, resolve_seeds
 from daemon.planning.model import Plan, PlannedOutput, output_dir
 from daemon.tasks.context import Draft, JobContext, Prepared, TaskRun
-from daemon.tasks.records import job_manifest, write_canceled
+from daemon.tasks.records import job_manifest, replace_manifest, write_canceled
 from daemon.values import Task
 
 # Keys that mean nothing for a mesh: left out of its manifest and key.
@@ -91,12 +89,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
         files.append(OutputEntry(out.file, sha256_file(path), path.stat().st_size, seed=out.seed))
         ctx.progress.finish((out.index,))
         ctx.progress.on_image(len(files), len(plan.outputs))
-    old = read_manifest(plan.out_dir)
-    manifest = dataclasses.replace(
-        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
-        outputs=tuple(files),
-        warnings=tuple(notes),
+    replace_manifest(
+        prepared, job_manifest(prepared, started, ctx.clock(), ctx.device_name()), files, notes
     )
-    write_manifest(plan.out_dir, manifest)
-    remove_obsolete_outputs(plan.out_dir, old, manifest)
     return TaskRun(len(files), 0, tuple(notes))

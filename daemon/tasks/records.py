@@ -10,7 +10,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from daemon.outputs.manifest import Manifest, ManifestStatus, installed_versions, write_manifest
+from daemon.outputs.manifest import (
+    Manifest,
+    ManifestStatus,
+    installed_versions,
+    read_manifest,
+    remove_obsolete_outputs,
+    write_manifest,
+)
 from daemon.outputs.manifest_fields import (
     FileRecord,
     InputRecord,
@@ -53,6 +60,23 @@ def job_manifest(prepared: Prepared, started: float, finished: float, device: st
         mask=FileRecord(plan.mask.path, plan.mask.sha256) if plan and plan.mask else None,
         lora=LoraRecord(plan.lora.alias, plan.lora.scale) if plan and plan.lora else None,
     )
+
+
+def replace_manifest(
+    prepared: Prepared,
+    base: Manifest,
+    outputs: Sequence[OutputEntry],
+    notes: Sequence[str],
+) -> Manifest:
+    """Write a finished job's manifest listing ``outputs``, then delete what the manifest it
+    replaces listed and this one does not (outputs of an older version of the job)."""
+    assert prepared.plan is not None
+    out_dir = prepared.plan.out_dir
+    old = read_manifest(out_dir)
+    manifest = dataclasses.replace(base, outputs=tuple(outputs), warnings=tuple(notes))
+    write_manifest(out_dir, manifest)
+    remove_obsolete_outputs(out_dir, old, manifest)
+    return manifest
 
 
 def failed_manifest(
