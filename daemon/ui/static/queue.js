@@ -5,7 +5,8 @@
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
 const $ = (id) => document.getElementById(id);
 let previousDrops = null; // drop key -> folder, from the last snapshot
-let dragged = null;
+let dragged = null; // the id of the queued job being dragged: the page is not redrawn meanwhile
+let pending = null; // the snapshot that arrived during a drag
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -98,14 +99,20 @@ function queuedJob(job, index, all) {
     event.dataTransfer.setData('text/plain', String(job.id));
     item.classList.add('dragging');
   });
-  item.addEventListener('dragend', () => item.classList.remove('dragging'));
+  item.addEventListener('dragend', () => {
+    item.classList.remove('dragging');
+    dragged = null;
+    if (pending) render(pending);
+  });
   item.addEventListener('dragover', (event) => { event.preventDefault(); item.classList.add('over'); });
   item.addEventListener('dragleave', () => item.classList.remove('over'));
   item.addEventListener('drop', (event) => {
     event.preventDefault();
     item.classList.remove('over');
     const id = Number(event.dataTransfer.getData('text/plain') || dragged);
+    dragged = null;
     if (id && id !== job.id) post('/api/move', { id, before: job.id });
+    if (pending) render(pending);
   });
   return item;
 }
@@ -138,6 +145,11 @@ function notifyDrops(drops) {
 }
 
 function render(data) {
+  if (dragged !== null) { // redrawing would take the dragged row away from under the pointer
+    pending = data;
+    return;
+  }
+  pending = null;
   const daemon = $('daemon');
   daemon.className = `daemon ${data.daemon.running ? 'up' : 'down'}`;
   daemon.textContent = data.daemon.running ? `daemon running (pid ${data.daemon.pid})` : 'no daemon running';
