@@ -239,15 +239,20 @@ def test_status_names_queued_jobs_and_the_loading_model(
     wait_until(lambda: state_of(config, "a.png") is JobState.running, message="a running")
     for n in range(12):
         drop(config, f"q{n:02}.png", "priority = 3\n" if n == 11 else "")
-    wait_until(lambda: state_of(config, "q11.png") is JobState.queued, message="queued")
-    wait_until(lambda: state_of(config, "q10.png") is JobState.queued, message="queued")
+    wait_until(
+        lambda: all(state_of(config, f"q{n:02}.png") is JobState.queued for n in range(12)),
+        message="twelve queued",
+    )
+    with journal_of(config) as journal:  # arrival order: the order their settling ended
+        order = [j.input for j in journal.queue()]
+    assert order[0] == "q11.png"
     assert cli("status", "-c", str(config)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("Daemon: running (pid ")
     (running,) = [line for line in lines if line.startswith("Running: ")]
     assert running.startswith("Running: a.png (image 0/1, loading model default, ")
     (queued,) = [line for line in lines if line.startswith("Queued")]
-    names = ", ".join(f"q{n:02}.png" for n in range(9))
+    names = ", ".join(order[1:10])
     assert queued == f"Queued (12): q11.png [priority 3], {names} and 2 more"
     assert cli("status", "--json", "-c", str(config)) == 0
     data = json.loads(capsys.readouterr().out)
