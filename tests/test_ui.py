@@ -310,3 +310,32 @@ def test_ui_defaults_and_a_lan_binding_with_token(tmp_path: Path) -> None:
         ui_config(tmp_path, 'listen = "0.0.0.0:8650"\ntoken = "0123456789abcdef"\nhosts = ["a"]')
     ).ui
     assert (lan.loopback, lan.hosts) == (False, ("a",))
+
+
+def test_dropforge_serve_serves_until_sigterm(tmp_path: Path) -> None:
+    """`dropforge serve` prints its address, answers, and exits 0 on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    config = ui_config(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "serve", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.fullmatch(r"dropforge web UI on (http://127\.0\.0\.1:\d+/) \(Ctrl-C stops\)\n",
+                             line)  # fmt: skip
+        assert found is not None, line
+        response = httpx.get(found.group(1) + "api/queue", timeout=10)
+        assert response.status_code == 200 and response.json()["idle"] is True
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
