@@ -10,6 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from daemon.config_ui import NotifySettings, Table, UiSettings, notify_settings, ui_settings
 from daemon.errors import ConfigError, did_you_mean, show_value
 from daemon.values import TASK_NAMES, LoraSource, ModelSource
 
@@ -72,6 +73,8 @@ class Settings:
     presets: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: MappingProxyType(dict(DEFAULT_PRESETS))
     )
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    ui: UiSettings = field(default_factory=UiSettings)
 
     @property
     def base_dir(self) -> Path:
@@ -116,62 +119,6 @@ def resolve_model_ref(alias: str, value: str, base_dir: Path) -> ModelSource:
     if value.lower().endswith(".safetensors"):
         return ModelSource(alias=alias, kind="file", ref=str(resolved))
     return ModelSource(alias=alias, kind="folder", ref=str(resolved))
-
-
-class _Table:
-    """Reads one TOML table, checking types and recording which keys were used."""
-
-    def __init__(self, where: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where} must be a table, got {show_value(data)}")
-        self.where = where
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any, rule: str) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds:
-            raise ConfigError(f"{self.where}: {key} must be {rule}, got {show_value(value)}")
-        if not isinstance(value, kinds):
-            raise ConfigError(f"{self.where}: {key} must be {rule}, got {show_value(value)}")
-        return value
-
-    def number(self, key: str, default: float, lo: float, hi: float | None = None) -> float:
-        rule = f"a number ≥ {lo:g}" if hi is None else f"a number in {lo:g}..{hi:g}"
-        value = float(self.get(key, (int, float), default, rule))
-        if value < lo or (hi is not None and value > hi):
-            raise ConfigError(f"{self.where}: {key} must be {rule}, got {show_value(value)}")
-        return value
-
-    def integer(self, key: str, default: int, lo: int, hi: int | None = None) -> int:
-        rule = f"an integer ≥ {lo}" if hi is None else f"an integer in {lo}..{hi}"
-        value = int(self.get(key, int, default, rule))
-        if value < lo or (hi is not None and value > hi):
-            raise ConfigError(f"{self.where}: {key} must be {rule}, got {show_value(value)}")
-        return value
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...], rule: str = "") -> str:
-        rule = rule or "one of " + ", ".join(choices)
-        value = str(self.get(key, str, default, rule))
-        if value not in choices and not (key == "device" and _is_cuda_index(value)):
-            raise ConfigError(f"{self.where}: {key} must be {rule}, got {show_value(value)}")
-        return value
-
-    def finish(self) -> None:
-        for key in self.data:
-            if key not in self.used:
-                raise ConfigError(
-                    f"{self.where}: {key}: unknown key{did_you_mean(key, sorted(self.used))}"
-                )
-
-
-def _is_cuda_index(value: str) -> bool:
-    head, _, tail = value.partition(":")
-    return head == "cuda" and tail.isdigit()
 
 
 def validate_active_hours(where: str, value: str) -> str:
@@ -228,12 +175,12 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
     """Validate an already-parsed config mapping (used by tests and load_config)."""
     name = config_path.name
     base = config_path.parent
-    known = ("daemon", "inbox", "models", "loras", "defaults", "presets")
+    known = ("daemon", "inbox", "models", "loras", "defaults", "presets", "notify", "ui")
     for key in data:
         if key not in known:
             raise ConfigError(f"{name}: [{key}]: unknown table{did_you_mean(key, known)}")
 
-    d = _Table(f"{name} [daemon]", data.get("daemon", {}))
+    d = Table(f"{name} [daemon]", data.get("daemon", {}))
     state_dir = base / os.path.expanduser(str(d.get("state_dir", str, ".dropforge", "a path")))
     daemon_values: dict[str, Any] = {
         "device": d.choice("device", "auto", ("auto", "cpu", "cuda", "mps"), DEVICES_HELP),
@@ -265,7 +212,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
     inboxes = []
     seen: set[Path] = set()
     for i, table in enumerate(inbox_tables, 1):
-        t = _Table(f"{name} [[inbox]] #{i}", table)
+        t = Table(f"{name} [[inbox]] #{i}", table)
         path = base / os.path.expanduser(str(t.get("path", str, "", "a path")))
         if "path" not in t.data:
             raise ConfigError(f"{t.where}: path is required")
@@ -314,6 +261,8 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
         loras=MappingProxyType(loras),
         defaults=MappingProxyType(dict(defaults)),
         presets=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in presets.items()}),
+        notify=notify_settings(Table(f"{name} [notify]", data.get("notify", {}))),
+        ui=ui_settings(Table(f"{name} [ui]", data.get("ui", {}))),
         **daemon_values,
     )
 

@@ -45,9 +45,38 @@ class JobState(str, Enum):
     failed = "failed"
     waiting = "waiting"
     quarantined = "quarantined"
+    canceled = "canceled"
 
     def __str__(self) -> str:
         return self.value
+
+    @property
+    def active(self) -> bool:
+        """Queued, running or waiting: work still to do (what a cancel stops)."""
+        return self in ACTIVE_STATES
+
+
+ACTIVE_STATES = frozenset({JobState.queued, JobState.running, JobState.waiting})
+
+
+class CancelReason(str, Enum):
+    """Why a job was canceled (or is being stopped for a cancel)."""
+
+    requested = "requested"  # `dropforge cancel`, the web UI, the library API
+    removed = "removed"  # its input was deleted or moved out of the inbox
+
+    def __str__(self) -> str:
+        return self.value
+
+    def describe(self) -> str:
+        """The words status, manifests and notices use."""
+        return CANCEL_TEXT[self]
+
+
+CANCEL_TEXT = {
+    CancelReason.requested: "canceled on request",
+    CancelReason.removed: "canceled: its input was removed from the inbox",
+}
 
 
 ModelKind = Literal["hub", "folder", "file"]

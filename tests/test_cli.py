@@ -161,7 +161,10 @@ def test_retry_without_target_is_a_usage_error(
     """retry with nothing to retry exits 2."""
     config = write_config(tmp_path, "./models/sd")
     assert main(["retry", "-c", str(config)]) == 2
-    assert capsys.readouterr().err == "Error: retry needs PATH…, --failed or --quarantined\n"
+    assert (
+        capsys.readouterr().err
+        == "Error: retry needs PATH…, --failed, --quarantined or --canceled\n"
+    )
 
 
 def test_tiny_model_writes_a_loadable_pipeline_folder(

@@ -61,7 +61,7 @@ def test_database_is_wal_with_schema_version(journal: SqliteJournal) -> None:
     other = sqlite3.connect(journal.path)
     try:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert other.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert other.execute("PRAGMA user_version").fetchone()[0] == 2
     finally:
         other.close()
 
@@ -76,7 +76,7 @@ def test_reopening_keeps_rows(tmp_path: Path, clock: SettableClock) -> None:
 
 
 def test_unknown_schema_version_is_a_config_error(tmp_path: Path) -> None:
-    """A journal written by another schema version is refused with advice."""
+    """A journal written by a newer schema version is refused with advice."""
     path = tmp_path / "journal.sqlite3"
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 7")
@@ -84,9 +84,41 @@ def test_unknown_schema_version_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         SqliteJournal(path)
     assert str(info.value) == (
-        f"{path}: journal schema 7 is not the one this dropforge uses (1); "
-        "move the file aside to start a fresh journal"
+        f"{path}: journal schema 7 is newer than the one this dropforge uses (2); "
+        "upgrade dropforge, or move the file aside to start a fresh journal"
     )
+
+
+def test_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: SettableClock) -> None:
+    """A journal of schema 1 (before queue control) opens, keeps its jobs and gains the new
+    columns: arrival order, no priority, no cancel, nothing planned."""
+    path = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(sqlite_base._SCHEMA + "PRAGMA user_version = 1;")
+    for name in ("b.png", "a.png"):
+        db.execute(
+            "INSERT INTO jobs (inbox, input, kind, fingerprint, job_key, out_dir, state,"
+            " created_at, updated_at) VALUES ('/in', ?, 'image', 'fp', 'k', '/out', 'queued',"
+            " 1, 1)",
+            (name,),
+        )
+    db.commit()
+    db.close()
+    with SqliteJournal(path, clock=clock) as journal:
+        first, second = journal.jobs()
+        assert (first.input, first.priority, first.position, first.cancel) == (
+            "b.png",
+            0,
+            None,
+            None,
+        )
+        assert (first.task, first.planned, first.finished) == ("", (), ())
+        journal.move(second.id, to="top")
+        claimed = journal.claim("w", 60)
+        assert claimed is not None and claimed.input == "a.png"
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
 
 
 def test_garbage_file_is_a_config_error(tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ def test_param_keys_are_every_documented_key() -> None:
         "start", "end", "endpoints", "exclude_sections", "prompt_template", "force",
         "sampler", "name_style", "scenes", "fps", "size", "base", "expressions",
         "seed_range",
+        "priority",
     }  # fmt: skip
     assert set(PARAM_KEYS) == expected
     assert len(PARAM_KEYS) == len(expected)
@@ -140,6 +141,8 @@ GOOD: list[tuple[str, Any, Any]] = [
     ("seed", "random", "random"),
     ("seed_range", [0, 999999], (0, 999999)),
     ("seed_range", [7, 7], (7, 7)),
+    ("priority", 5, 5),
+    ("priority", -1000, -1000),
 ]
 
 
@@ -402,6 +405,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("scenes", [2, 2], "scenes[2] must be unique (it repeats an earlier scene), got 2"),
     ("force", "true", 'force must be true or false, got "true"'),
     ("force", 0, "force must be true or false, got 0"),
+    ("priority", 1001, "priority must be -1000..1000, got 1001"),
+    ("priority", 1.5, "priority must be an integer in -1000..1000, got 1.5"),
 ]
 
 
@@ -572,7 +577,7 @@ FALLBACK_RESULT: dict[str, Any] = {
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
     "sampler": "", "name_style": "plain", "scenes": None,
     "fps": 8.0, "size": None, "base": None, "expressions": None,
-    "seed_range": None,
+    "seed_range": None, "priority": 0,
 }  # fmt: skip
 
 

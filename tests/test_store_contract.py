@@ -16,8 +16,9 @@ import pytest
 
 from daemon.errors import JobNotFound
 from daemon.store.protocols import JobStore
+from daemon.store.rows import CancelResult, PlannedFile
 from daemon.store.sqlite import SqliteJournal
-from daemon.values import JobState
+from daemon.values import CancelReason, JobState
 from tests.helpers import JOB_INBOX, SettableClock, add_job
 
 Opener = Callable[[SettableClock], Any]  # opens a new handle on the test's one store
@@ -306,6 +307,7 @@ def test_counts_include_zeros(store: JobStore) -> None:
         (JobState.failed, 0),
         (JobState.waiting, 0),
         (JobState.quarantined, 0),
+        (JobState.canceled, 0),
     ]
 
 
@@ -392,3 +394,187 @@ def test_requeue_quarantined(store: JobStore) -> None:
         None,
         True,
     )
+
+
+# --- queue control: cancel, priority, order -------------------------------------------------
+
+
+def test_cancel_queued_and_waiting_at_once_running_by_request(store: JobStore) -> None:
+    """A cancel ends queued and waiting jobs at once and only asks a running one to stop."""
+    running = add_job(store, "run.png")[0]
+    store.claim("w", 60)
+    waiting = add_job(store, "wait.png")[0]
+    assert store.claim("w", 60) == store.get(waiting.id)
+    store.mark_waiting(waiting.id, "no model", retry_in=100)
+    queued = add_job(store, "queued.png")[0]
+    result = store.cancel(ids=[running.id, queued.id, waiting.id, 999])
+    assert result == CancelResult((waiting.id, queued.id), (running.id,))
+    for job_id in result.canceled:
+        job = store.get(job_id)
+        assert (job.state, job.cancel, job.error) == (
+            JobState.canceled,
+            CancelReason.requested,
+            "canceled on request",
+        )
+    still = store.get(running.id)
+    assert (still.state, still.cancel, still.lease_owner) == (
+        JobState.running,
+        CancelReason.requested,
+        "w",
+    )
+    assert store.claim("w", 60) is None
+
+
+def test_cancel_by_state_leaves_the_running_job_unless_named(store: JobStore) -> None:
+    """cancel(states=[queued, waiting]) spares the running job; adding running asks it too."""
+    first = add_job(store, "a.png")[0]
+    store.claim("w", 60)
+    second = add_job(store, "b.png")[0]
+    result = store.cancel(states=[JobState.queued, JobState.waiting])
+    assert result == CancelResult((second.id,), ())
+    assert store.get(first.id).cancel is None
+    result = store.cancel(states=[JobState.running], reason=CancelReason.removed)
+    assert result == CancelResult((), (first.id,))
+    assert store.get(first.id).cancel is CancelReason.removed
+
+
+def test_mark_canceled_keeps_the_reason_and_a_retry_restores(store: JobStore) -> None:
+    """A stopped running job is canceled with its reason and a note; retry requeues it."""
+    job = add_job(store)[0]
+    store.claim("w", 60)
+    store.cancel(ids=[job.id], reason=CancelReason.removed)
+    store.mark_canceled(job.id, "kept 2 of 4 outputs")
+    canceled = store.get(job.id)
+    assert (canceled.state, canceled.cancel, canceled.lease_owner) == (
+        JobState.canceled,
+        CancelReason.removed,
+        None,
+    )
+    assert canceled.error == "canceled: its input was removed from the inbox (kept 2 of 4 outputs)"
+    assert [j.id for j in store.recent_cancels()] == [job.id]
+    assert store.retry(inputs=[(JOB_INBOX, "cat.png")]) == 1
+    again = store.get(job.id)
+    assert (again.state, again.cancel, again.error) == (JobState.queued, None, None)
+
+
+def test_retry_takes_back_a_cancel_on_its_way(store: JobStore) -> None:
+    """retry of a running job whose cancel was asked withdraws the request."""
+    job = add_job(store)[0]
+    store.claim("w", 60)
+    store.cancel(ids=[job.id])
+    store.retry(inputs=[(JOB_INBOX, "cat.png")])
+    assert store.get(job.id).cancel is None
+
+
+def test_a_job_that_ends_after_its_cancel_forgets_it(store: JobStore) -> None:
+    """A cancel that came too late (the job finished) leaves the job done, without a cancel."""
+    job = add_job(store)[0]
+    store.claim("w", 60)
+    store.cancel(ids=[job.id])
+    store.mark_done(job.id, seconds=1.0)
+    assert (store.get(job.id).state, store.get(job.id).cancel) == (JobState.done, None)
+
+
+def test_recover_cancels_what_a_dead_process_was_asked_to_stop(store: JobStore) -> None:
+    """A running job whose cancel was asked is canceled, not requeued, when its owner died."""
+    job = add_job(store)[0]
+    store.claim("dead:1", 60)
+    store.cancel(ids=[job.id])
+    assert store.recover(max_attempts=3) == (0, 0)
+    assert store.get(job.id).state is JobState.canceled
+
+
+def test_claims_take_the_highest_priority_then_arrival(store: JobStore) -> None:
+    """Priority beats arrival; equal priorities go in arrival order; waiting jobs take part."""
+    low = add_job(store, "low.png")[0]
+    high = add_job(store, "high.png", priority=5)[0]
+    also_high = add_job(store, "also.png", priority=5)[0]
+    assert [j.id for j in store.queue()] == [high.id, also_high.id, low.id]
+    order = []
+    while (job := store.claim("w", 60)) is not None:
+        order.append(job.id)
+    assert order == [high.id, also_high.id, low.id]
+
+
+def test_upsert_keeps_a_commanded_priority_until_the_input_changes(store: JobStore) -> None:
+    """An unchanged input keeps the priority a command gave it; a changed one starts over
+    at the sidecar's priority."""
+    job = add_job(store, priority=1)[0]
+    store.set_priority(job.id, 9)
+    assert add_job(store, priority=1)[0].priority == 9
+    changed, requeued = add_job(store, fingerprint="fp2", priority=1)
+    assert requeued and changed.priority == 1
+
+
+def test_move_to_top_makes_the_job_the_next_claimed(store: JobStore) -> None:
+    """top takes the highest runnable priority and the first place; bottom the opposite."""
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png", priority=3)[0]
+    c = add_job(store, "c.png")[0]
+    moved = store.move(c.id, to="top")
+    assert moved.priority == 3
+    assert [j.id for j in store.queue()] == [c.id, b.id, a.id]
+    store.move(c.id, to="bottom")
+    assert [j.id for j in store.queue()] == [b.id, a.id, c.id]
+    assert store.move(c.id, to="bottom").position == store.get(c.id).position
+    top = store.move(a.id, to="top")
+    claimed = store.claim("w", 60)
+    assert claimed is not None and claimed.id == top.id == a.id
+
+
+def test_move_before_places_between_neighbours(store: JobStore) -> None:
+    """before=other puts a job just ahead of other, at other's priority, repeatedly."""
+    jobs = [add_job(store, f"{n}.png")[0] for n in "abcd"]
+    a, b, c, d = (j.id for j in jobs)
+    store.move(d, before=b)
+    assert [j.id for j in store.queue()] == [a, d, b, c]
+    store.move(c, before=b)
+    store.move(a, before=c)
+    assert [j.id for j in store.queue()] == [d, a, c, b]
+    store.set_priority(b, 2)
+    store.move(d, before=b)
+    assert [j.id for j in store.queue()] == [d, b, a, c]
+    assert store.get(d).priority == 2
+    with pytest.raises(JobNotFound):
+        store.move(999, to="top")
+
+
+def test_set_priority_returns_to_arrival_order(store: JobStore) -> None:
+    """set_priority forgets a moved position: the job takes its arrival place."""
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
+    store.move(b.id, to="top")
+    store.set_priority(b.id, 0)
+    assert [j.id for j in store.queue()] == [a.id, b.id]
+    with pytest.raises(JobNotFound):
+        store.set_priority(999, 1)
+
+
+def test_plan_and_progress_are_recorded(store: JobStore) -> None:
+    """The planned outputs come with the upsert; finished indices with the progress."""
+    planned = [PlannedFile("cat-1.png", 1), PlannedFile("cat-2.png", 2)]
+    job = add_job(store, task="variations", planned=planned)[0]
+    assert (job.task, job.planned) == ("variations", tuple(planned))
+    store.claim("w", 60)
+    store.set_progress(job.id, 1, 2, "cat-2.png", finished=[1])
+    store.set_progress(job.id, 1, 2, "step 1/3")
+    (running,) = store.running()
+    assert running.finished == (1,)
+    store.update_identity(job.id, "fp", "k", "/o", planned=[PlannedFile("x.png", None)])
+    assert store.get(job.id).planned == (PlannedFile("x.png", None),)
+    assert store.active_in_folder(JOB_INBOX, "") == 1
+    assert store.active_in_folder(JOB_INBOX, "a/") == 0
+    add_job(store, "a/b.png")
+    assert store.active_in_folder(JOB_INBOX, "a/") == 1
+    assert store.active_folders() == {(JOB_INBOX, ""): 1, (JOB_INBOX, "a/"): 1}
+
+
+def test_revision_changes_when_another_handle_commits(opener: Opener, clock: SettableClock) -> None:
+    """revision() moves when another handle writes, and stays put otherwise."""
+    with opener(clock) as watcher, opener(clock) as writer:
+        before = watcher.revision()
+        assert watcher.revision() == before
+        add_job(writer)
+        after = watcher.revision()
+        assert after != before
+        assert watcher.revision() == after

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import NoReturn
 
 from daemon.app import generator_factory, load_settings
+from daemon.cli import steer
+from daemon.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from daemon.config import Settings, display_path
 from daemon.errors import DropforgeError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+__all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE"]
 
 
 def cmd_run(args: argparse.Namespace) -> NoReturn:
@@ -30,7 +30,12 @@ def cmd_run(args: argparse.Namespace) -> NoReturn:
         level=logging.INFO,
         logfile=settings.state_dir / "logs" / "dropforge.log",
     )
-    code = Service(settings, generator_factory(settings)).run()
+    companions = []
+    if settings.ui.enabled:
+        from daemon.ui.server import WebUI
+
+        companions.append(WebUI(settings))
+    code = Service(settings, generator_factory(settings), companions=companions).run()
     _exit_now(code)
 
 
@@ -47,6 +52,28 @@ def _exit_now(code: int) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(code)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`dropforge serve`: the web UI alone, until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    from daemon.runtime.logs import configure_logging
+    from daemon.ui.server import WebUI
+
+    settings = load_settings(args.config)
+    configure_logging(settings.log_format, level=logging.INFO)
+    ui = WebUI(settings, required=True)
+    stop = threading.Event()
+    for name in ("SIGTERM", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda signum, frame: stop.set())
+    ui.start()
+    print(f"dropforge web UI on {ui.url} (Ctrl-C stops)", flush=True)
+    stop.wait()
+    ui.stop(timeout=settings.stop_timeout)
+    return EXIT_OK
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -149,35 +176,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """`dropforge status`."""
-    from daemon.runtime.inspect import collect_status, format_status
-
-    settings = load_settings(args.config)
-    status = collect_status(settings, now=time.time())
-    if args.json:
-        print(json.dumps(status, indent=2, ensure_ascii=False))
-    else:
-        print(format_status(status), end="")
-    return EXIT_OK
-
-
-def cmd_retry(args: argparse.Namespace) -> int:
-    """`dropforge retry`."""
-    from daemon.runtime.inspect import retry
-
-    settings = load_settings(args.config)
-    if not (args.paths or args.failed or args.quarantined):
-        raise DropforgeError("retry needs PATH…, --failed or --quarantined")
-    count, unknown = retry(
-        settings, args.paths, failed=args.failed, quarantined=args.quarantined, force=args.force
-    )
-    for path in unknown:
-        print(f"{path}: not in the journal yet (run dropforge once)", file=sys.stderr)
-    print(f"requeued {count} job{'s' if count != 1 else ''}")
-    return EXIT_OK if not unknown else EXIT_FAILED
-
-
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     """`dropforge tiny-model DIR`."""
     from daemon.generators.tiny import TINY_LORA_FILE, write_tiny_models
@@ -212,11 +210,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "once": cmd_once,
-    "status": cmd_status,
+    "status": steer.cmd_status,
     "check": cmd_check,
-    "retry": cmd_retry,
+    "retry": steer.cmd_retry,
+    "cancel": steer.cmd_cancel,
+    "queue": steer.cmd_queue,
+    "priority": steer.cmd_priority,
     "tiny-model": cmd_tiny_model,
     "models": cmd_models,
     "run": cmd_run,
+    "serve": cmd_serve,
     "service": cmd_service,
 }

@@ -142,7 +142,9 @@ class GenerationEvents:
     write it before the next batch starts; ``should_stop()`` is polled at every
     denoising step and the backend raises ``Interrupted`` when it returns True;
     ``on_warning`` receives one-line notes for the manifest (e.g. a truncated prompt);
-    ``on_frame(t, image)`` receives each new tween frame as soon as it exists.
+    ``on_frame(t, image)`` receives each new tween frame as soon as it exists;
+    ``on_call_step(step, steps)`` tells how far the running pipeline call (one batch of
+    images or frames) has come, where ``on_step`` counts over the whole request.
     """
 
     on_image: Callable[[int, Image.Image], None]
@@ -150,6 +152,7 @@ class GenerationEvents:
     should_stop: Callable[[], bool] = field(default=_never)
     on_warning: Callable[[str], None] = field(default=_ignore_warning)
     on_frame: Callable[[float, Image.Image], None] = field(default=_ignore_frame)
+    on_call_step: Callable[[int, int], None] = field(default=_ignore_step)
 
 
 class Generator(Protocol):

@@ -51,6 +51,7 @@ class _Progress:
     def step(self, index: int, count: int) -> None:
         """Count step ``index`` (from 0) of a pipeline call of ``count`` steps."""
         self.done += 1
+        self.events.on_call_step(index + 1, count)
         self.events.on_step(self.done, self.done + count - index - 1 + self.waiting)
 
     def callback(self) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:

@@ -64,6 +64,7 @@ class ManifestStatus(str, Enum):
 
     done = "done"
     failed = "failed"
+    canceled = "canceled"  # stopped on request: ``outputs`` lists what it had finished
 
     def __str__(self) -> str:
         return self.value
@@ -147,7 +148,7 @@ class Manifest:
         """Read a manifest object leniently: a field of the wrong shape becomes None or empty."""
         status = doc.get("status")
         error = string_or_none(doc.get("error"))
-        known = status in (ManifestStatus.done.value, ManifestStatus.failed.value)
+        known = status in {s.value for s in ManifestStatus}
         if known and (status == ManifestStatus.failed.value) == (error is not None):
             status = ManifestStatus(status)
         outputs = doc.get("outputs")

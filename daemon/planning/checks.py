@@ -400,4 +400,5 @@ CHECKS: Mapping[str, Checker] = {
     "size": _frame_size,
     "base": _relative_path,
     "expressions": _expressions,
+    "priority": _integer(-1000, 1000),
 }

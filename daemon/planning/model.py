@@ -207,6 +207,17 @@ class Plan:
             lines.append(f"sequences/{seq.out_dir.name}/  {frames}  preview.gif")
         return lines
 
+    def planned_files(self) -> list[tuple[str, int | None]]:
+        """Every file the job makes, relative to the inbox's output root, with its seed (None
+        for a tween's copied endpoints): images and meshes, then each sequence's frames."""
+        root = self.inbox.output
+        folder = self.out_dir.relative_to(root).as_posix()
+        files: list[tuple[str, int | None]] = [(f"{folder}/{o.file}", o.seed) for o in self.outputs]
+        for seq in self.sequences:
+            seq_folder = seq.out_dir.relative_to(root).as_posix()
+            files += [(f"{seq_folder}/{f.file}", f.seed) for f in seq.frames]
+        return files
+
     @property
     def wants_contact_sheet(self) -> bool:
         """A contact sheet is made for batches of two or more images."""

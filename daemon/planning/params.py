@@ -36,7 +36,7 @@ FALLBACKS: Mapping[str, Any] = MappingProxyType({
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
     "sampler": "", "name_style": "plain", "scenes": None,
     "fps": 8.0, "size": None, "base": None, "expressions": None,
-    "seed_range": None,
+    "seed_range": None, "priority": 0,
 })  # fmt: skip
 
 
@@ -48,6 +48,9 @@ RECORDED_WHEN_SET: frozenset[str] = frozenset(
 
 
 PARAM_KEYS: tuple[str, ...] = tuple(FALLBACKS)
+
+# Keys that steer the queue, not what a job makes: never recorded in manifests or job keys.
+QUEUE_KEYS = frozenset({"priority"})
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Params:
     base: str | None = None  # tweens: the image endpoints are generated from
     expressions: tuple[Mapping[str, str], ...] | None = None  # tweens: [{id, prompt}]
     seed_range: tuple[int, int] | None = None
+    priority: int = 0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Params:
@@ -107,10 +111,11 @@ class Params:
         return dataclasses.replace(self, **changes)
 
     def as_record(self, omit: frozenset[str] = frozenset()) -> dict[str, Any]:
-        """The table recorded in manifests and hashed into job keys, in key order."""
+        """The table recorded in manifests and hashed into job keys, in key order (the queue's
+        keys, like ``priority``, left out: they change when a job runs, not what it makes)."""
         record: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name not in omit:
+            if f.name not in omit and f.name not in QUEUE_KEYS:
                 value = getattr(self, f.name)
                 if f.name in RECORDED_WHEN_SET and value == FALLBACKS[f.name]:
                     continue

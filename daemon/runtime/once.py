@@ -12,6 +12,8 @@ from daemon.config import Settings
 from daemon.generators import Generator
 from daemon.intake.candidates import Candidate
 from daemon.intake.scan import ListedFolder, scan_inbox
+from daemon.runtime.monitor import JournalMonitor, cancel_listener
+from daemon.runtime.notify import Notices, notices_for
 from daemon.runtime.recovery import owner_id, recover, table_reader
 from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
 from daemon.store.open import open_journal, open_journal_copy
@@ -24,6 +26,8 @@ from daemon.tasks.prepare import prepare
 from daemon.values import Clock, JobState
 
 log = structlog.get_logger("dropforge.runner")
+
+NOTIFY_FLUSH_S = 10.0  # at the end of `once`, the longest wait for notices still being sent
 
 
 @dataclass
@@ -120,6 +124,7 @@ def run_once(
     preset = str(settings.defaults.get("preset", "standard"))
     texture = settings.defaults.get("texture") is True
     report = OnceReport([str(i.path) for i in settings.inboxes], preset, texture)
+    notices = notices_for(settings)
     with open_journal(settings, clock=clock) as journal:
         recover(settings, journal)
         with SurveyPass(settings, journal) as survey_pass:
@@ -140,28 +145,43 @@ def run_once(
         worker = Worker(
             settings, journal, generator_factory, owner=owner_id(), clock=clock, progress=progress
         )
-        seen: set[int] = set()
-        while True:
-            job = journal.claim(worker.owner, worker.lease_seconds())
-            if job is None:
-                break
-            if job.id in seen:  # claimed again in this run: leave it for a later run
-                journal.mark_waiting(job.id, job.error or "retry later", retry_in=60.0)
-                continue
-            seen.add(job.id)
-            result = worker.run(job)
-            if result.outcome is Outcome.skipped:
-                report.skipped += 1
-            elif result.outcome is not Outcome.vanished:
-                report.results.append(result)
+        # `dropforge cancel` from another terminal stops the running job here too.
+        monitor = JournalMonitor(settings, [cancel_listener(worker)], clock=clock)
+        monitor.start()
+        try:
+            _run_all(journal, worker, report, notices)
+        finally:
+            monitor.stop()
+            if notices is not None:
+                notices.close(timeout=NOTIFY_FLUSH_S)
         worker.unload()
     report.seconds = clock() - started
     return report
 
 
+def _run_all(journal: Journal, worker: Worker, report: OnceReport, notices: Notices | None) -> None:
+    """Claim and run jobs until none is left (each at most once in this run)."""
+    seen: set[int] = set()
+    while True:
+        job = journal.claim(worker.owner, worker.lease_seconds())
+        if job is None:
+            break
+        if job.id in seen:  # claimed again in this run: leave it for a later run
+            journal.mark_waiting(job.id, job.error or "retry later", retry_in=60.0)
+            continue
+        seen.add(job.id)
+        result = worker.run(job)
+        if notices is not None:
+            notices.job_ended(result, journal)
+        if result.outcome is Outcome.skipped:
+            report.skipped += 1
+        elif result.outcome is not Outcome.vanished:
+            report.results.append(result)
+
+
 def _tally(report: OnceReport, entries: list[SurveyEntry]) -> None:
     for entry in entries:
-        if entry.verdict is Verdict.done:
+        if entry.verdict in (Verdict.done, Verdict.canceled):
             report.skipped += 1
         elif entry.verdict is Verdict.failed:
             report.skipped += 1

@@ -9,13 +9,13 @@ outputs kept, stops intake, and returns within ``stop_timeout``; a second signal
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -24,13 +24,18 @@ import structlog
 from daemon.config import Settings
 from daemon.generators import Generator
 from daemon.intake.observers import native_observer
+from daemon.runtime.companion import Companion
 from daemon.runtime.loop import ActiveHours, WorkerLoop
+from daemon.runtime.monitor import MONITOR_INTERVAL_S, JournalMonitor, cancel_listener
+from daemon.runtime.notify import Notices, notices_for
+from daemon.runtime.presence import Presence, clear_presence, write_presence
 from daemon.runtime.recovery import owner_id, recover
-from daemon.runtime.systemd import Notifier
+from daemon.runtime.removals import OutputWatch
+from daemon.runtime.systemd import Health, Notifier
 from daemon.runtime.watcher import Watcher
-from daemon.runtime.worker import JobResult, Progress, Worker
+from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
 from daemon.store.open import open_journal
-from daemon.store.protocols import Journal
+from daemon.store.protocols import JobStore, Journal
 from daemon.store.rows import Job
 from daemon.values import Clock, JobState
 
@@ -39,18 +44,6 @@ log = structlog.get_logger("dropforge.service")
 PRUNE_AFTER_S = 30 * 86400.0  # done jobs and unseen cache rows older than this are deleted
 HEARTBEAT_S = 30.0  # health checks without a systemd watchdog
 STOP_MARGIN_S = 1.0  # of stop_timeout, kept for closing the journal and exiting
-
-
-@dataclass(frozen=True)
-class Health:
-    """The result of a health check; systemd's watchdog is fed only while ``ok``."""
-
-    problems: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """No problems found."""
-        return not self.problems
 
 
 class Service:
@@ -69,6 +62,8 @@ class Service:
         retry_tick: float = 15.0,
         on_result: Callable[[JobResult], None] = lambda result: None,
         hard_exit: Callable[[int], NoReturn] = os._exit,
+        companions: Sequence[Companion] = (),
+        monitor_interval: float = MONITOR_INTERVAL_S,
     ) -> None:
         self.settings = settings
         self._factory = generator_factory
@@ -89,6 +84,12 @@ class Service:
         self.loop: WorkerLoop | None = None
         self.watcher: Watcher | None = None
         self.scheduler: Any = None
+        self.companions = tuple(companions)
+        self._monitor_interval = monitor_interval
+        self.monitor: JournalMonitor | None = None
+        self.outputs: OutputWatch | None = None
+        self.notices: Notices | None = None
+        self.owner = owner_id()
 
     # --- start and stop ---------------------------------------------------------------
 
@@ -96,6 +97,7 @@ class Service:
         """Recover, then start the watcher, the worker thread and the scheduler."""
         settings = self.settings
         self._started_at = self._monotonic()
+        self.notices = notices_for(settings)  # a URL Apprise refuses stops the start here
         journal = self.journal = open_journal(settings, clock=self._clock)
         recover(settings, journal)
         progress = Progress(
@@ -107,13 +109,13 @@ class Service:
             settings,
             journal,
             self._factory,
-            owner=owner_id(),
+            owner=self.owner,
             stop=self.stop_event,
             clock=self._clock,
             progress=progress,
         )
         self.loop = WorkerLoop(
-            worker, window=self.window, monotonic=self._monotonic, on_result=self._on_result
+            worker, window=self.window, monotonic=self._monotonic, on_result=self._result
         )
         self.watcher = Watcher(
             settings,
@@ -133,9 +135,43 @@ class Service:
             pid=os.getpid(),
         )
         self.notifier.status("starting: scanning the inboxes")
+        self.monitor = JournalMonitor(
+            settings,
+            [self._journal_changed],
+            interval=self._monitor_interval,
+            clock=self._clock,
+        )
+        self.monitor.start()
+        self.outputs = OutputWatch(journal)
+        self.outputs.start()
         self.watcher.start()
         self.loop.start()
         self.scheduler = self._schedule()
+        presence = Presence(self.owner, os.getpid(), "run", self._clock())
+        write_presence(settings, presence)  # before the UI starts: its first page knows
+        for companion in self.companions:
+            companion.start()
+        urls = [c.url for c in self.companions if c.url]
+        if urls:
+            write_presence(settings, dataclasses.replace(presence, ui=urls[0]))
+
+    def _result(self, result: JobResult) -> None:
+        journal = self.journal
+        if journal is not None and result.outcome in (Outcome.done, Outcome.skipped):
+            job = journal.get_job(result.inbox, result.rel)
+            if job is not None and self.outputs is not None:
+                self.outputs.watch(job.id, job.out_dir, job.job_key)
+        if self.notices is not None and journal is not None:
+            self.notices.job_ended(result, journal)
+        self._on_result(result)
+
+    def _journal_changed(self, view: JobStore) -> None:
+        """Another process (or thread) changed the journal: look for work, and stop the
+        running job if a cancel of it was recorded."""
+        loop = self.loop
+        if loop is not None:
+            loop.wake()
+            cancel_listener(loop.worker)(view)
 
     def _beat(self, job: Job) -> None:
         if self.loop is not None:
@@ -216,6 +252,12 @@ class Service:
         self.stop_event.set()  # first: the running job stops at its next step meanwhile
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        for part in (*self.companions, self.monitor, self.outputs):
+            if part is not None:
+                part.stop(timeout=max(0.0, min(2.0, deadline - self._monotonic())))
+        clear_presence(self.settings, self.owner)
+        if self.notices is not None:  # what is queued goes out, in the time that is left
+            self.notices.close(timeout=max(0.0, min(5.0, deadline - self._monotonic())))
         if self.watcher is not None:
             self.watcher.stop(timeout=max(0.0, deadline - self._monotonic()))
         loop = self.loop

@@ -14,14 +14,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import structlog
 from watchdog.observers.api import BaseObserver
 
 from daemon.config import Settings
 from daemon.intake.candidates import Candidate, candidate_for
-from daemon.intake.names import INPUT_KINDS, FileKind, classify, is_ignored_dir, is_ignored_name
+from daemon.intake.names import INPUT_KINDS, FileKind, classify
 from daemon.intake.observers import Observers, native_observer
 from daemon.intake.parts import Parts, parts_of
 from daemon.intake.paths import InboxRoots, inbox_roots
@@ -36,10 +36,15 @@ from daemon.runtime.arrivals import (
     InboxState,
     OverflowListener,
     files_of,
+    mounted,
     mtime_or_inf,
     siblings,
+    walk,
+    wanted,
+    wanted_folder,
 )
 from daemon.runtime.recovery import table_reader
+from daemon.runtime.removals import cancel_removed
 from daemon.store.protocols import Journal
 from daemon.survey.entries import Verdict
 from daemon.survey.survey import BULK_FROM, SurveyPass, survey
@@ -210,6 +215,9 @@ class Watcher:
             if os.path.isdir(item.path):  # moved or copied in whole: its files need a look
                 for path in self._walk(state, item.path):
                     self._track(state, path)
+            elif wanted_folder(state, item.path, self._excluded):  # deleted or moved away
+                rel = Path(os.path.relpath(item.path, state.root)).as_posix()
+                cancel_removed(self.journal, state.root, rel, folder=True)
             return
         if self._wanted(state, item.path):
             self._track(state, item.path)
@@ -220,24 +228,10 @@ class Watcher:
         self._tracker.touch(path, self._settle_for(state), state.index)
 
     def _wanted(self, state: InboxState, path: str) -> bool:
-        """Would a scan look at this path? (name filter, ignored and output folders)."""
-        if not path.startswith(state.root + os.sep):
-            return False
-        if any(path == ex or path.startswith(ex + os.sep) for ex in self._excluded):
-            return False
-        *dirs, name = PurePath(os.path.relpath(path, state.root)).parts
-        if dirs and not state.inbox.recursive:
-            return False
-        if any(map(is_ignored_dir, dirs)) or is_ignored_name(name):
-            return False
-        return classify(name) is not FileKind.other
+        return wanted(state, path, self._excluded)
 
     def _walk(self, state: InboxState, top: str) -> list[str]:
-        found: list[str] = []
-        for folder, dirs, files in os.walk(top):
-            dirs[:] = [d for d in dirs if not is_ignored_dir(d)]
-            found += [p for n in files if self._wanted(state, p := os.path.join(folder, n))]
-        return found
+        return walk(state, top, self._excluded)
 
     def _after_batch(self) -> None:
         # Each input is looked at once per batch, however many of its files settled.
@@ -289,6 +283,9 @@ class Watcher:
             if kind is FileKind.job:
                 self._merge_parts(state, path)
             todo[path] = (state, settled.waited)
+        elif kind in INPUT_KINDS and settled.state is SettleState.gone and mounted(state):
+            rel = Path(os.path.relpath(path, state.root)).as_posix()
+            cancel_removed(self.journal, state.root, rel)
         for sibling in concerned:
             todo.setdefault(sibling, (state, settled.waited))
 

@@ -30,12 +30,12 @@ from daemon.outputs.folders import escaping_output, foreign_output
 from daemon.outputs.manifest import job_is_done, write_manifest
 from daemon.planning.model import Plan
 from daemon.store.protocols import Journal
-from daemon.store.rows import Job, backoff, folder_stamp
+from daemon.store.rows import Job, PlannedFile, backoff, folder_stamp
 from daemon.tasks.context import JobContext, JobProgress, Prepared
 from daemon.tasks.prepare import prepare
 from daemon.tasks.records import failed_manifest
 from daemon.tasks.registry import TASKS
-from daemon.values import Clock, Task
+from daemon.values import CancelReason, Clock, Task
 
 log = structlog.get_logger("dropforge.worker")
 
@@ -67,6 +67,7 @@ class Outcome(str, Enum):
     waiting = "waiting"
     interrupted = "interrupted"
     vanished = "vanished"
+    canceled = "canceled"
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,13 @@ class Progress:
     on_step: Callable[[Job, int, int], None] = field(default=lambda job, done, total: None)
 
 
+def planned_files(prepared: Prepared) -> list[PlannedFile]:
+    """What a prepared job will make, as the journal lists it (nothing when unplannable)."""
+    if prepared.plan is None:
+        return []
+    return [PlannedFile(f, s) for f, s in prepared.plan.planned_files()]
+
+
 class Worker:
     """Runs jobs claimed from the journal through a generator (created on first need)."""
 
@@ -117,6 +125,34 @@ class Worker:
         self.clock = clock
         self.progress = progress or Progress()
         self._inboxes = {str(i.path): i for i in settings.inboxes}
+        # A cancel of the running job, and only of it: set by request_cancel, cleared per job.
+        self._cancel_lock = threading.Lock()
+        self._running_id: int | None = None
+        self._cancel: CancelReason | None = None
+
+    def request_cancel(self, job_id: int, reason: CancelReason) -> bool:
+        """Stop the running job at its next step for a cancel, if ``job_id`` is the job
+        running now (never another: cancelling one job must not stop another); True if so."""
+        with self._cancel_lock:
+            if self._running_id != job_id:
+                return False
+            if self._cancel is None:
+                self._cancel = reason
+                log.info("job.cancel_heard", job_id=job_id, reason=reason.value)
+            return True
+
+    @property
+    def running_id(self) -> int | None:
+        """The id of the job this worker runs now, or None."""
+        return self._running_id
+
+    def cancel_reason(self) -> CancelReason | None:
+        """Why the running job is being canceled, or None."""
+        return self._cancel
+
+    def should_stop(self) -> bool:
+        """A shutdown, or a cancel of the running job: checked at every step."""
+        return self._cancel is not None or self.stop.is_set()
 
     @property
     def generator(self) -> Generator:
@@ -140,6 +176,15 @@ class Worker:
 
     def run(self, job: Job) -> JobResult:
         """Run one claimed job to an end state and record it in the journal."""
+        with self._cancel_lock:
+            self._running_id, self._cancel = job.id, None
+        try:
+            return self._run(job)
+        finally:
+            with self._cancel_lock:
+                self._running_id, self._cancel = None, None
+
+    def _run(self, job: Job) -> JobResult:
         started = self.clock()
         bound = log.bind(job_id=job.id, input=job.input, inbox=job.inbox)
         inbox = self._inboxes.get(job.inbox)
@@ -165,7 +210,12 @@ class Worker:
             self.journal.mark_waiting(job.id, str(exc), retry_in=self.settings.settle_seconds)
             return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
         self.journal.update_identity(
-            job.id, prepared.fingerprint, prepared.job_key, str(prepared.out_dir)
+            job.id,
+            prepared.fingerprint,
+            prepared.job_key,
+            str(prepared.out_dir),
+            task=prepared.plan.task.value if prepared.plan else None,
+            planned=planned_files(prepared),
         )
         folders = [prepared.out_dir]
         if prepared.plan is not None:
@@ -202,6 +252,17 @@ class Worker:
                 return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
             return self._fail(job, prepared, str(exc), started, bound)
         except Interrupted:
+            reason = self._cancel
+            if reason is not None:
+                kept = self.journal.get(job.id).finished
+                note = f"{len(kept)} of {plan.output_count} outputs kept"
+                self.journal.mark_canceled(job.id, note)
+                bound.info("job.canceled", reason=reason.value, kept=len(kept))
+                seconds = self.clock() - started
+                text = f"{reason.describe()} ({note})"
+                return JobResult(
+                    job.inbox, job.input, Outcome.canceled, seconds, text, str(plan.out_dir)
+                )
             self.journal.mark_queued(job.id)
             bound.info("job.interrupted")
             return JobResult(job.inbox, job.input, Outcome.interrupted, self.clock() - started)
@@ -238,22 +299,37 @@ class Worker:
 
     def _context(self, job: Job, bound: structlog.stdlib.BoundLogger) -> JobContext:
         """What the job's task may use: narrow values, not this worker."""
+        finished: set[int] = set()
+        recorded: list[int] = []  # the finished indices last written to the journal
+
+        def record(done: int, total: int, note: str) -> None:
+            changed = len(finished) != len(recorded)
+            if changed:
+                recorded[:] = sorted(finished)
+            listed = recorded if changed else None
+            self.journal.set_progress(job.id, done, total, note, finished=listed)
+
         return JobContext(
             settings=self.settings,
             generator=lambda: self.generator,
             device_name=self.device_name,
-            should_stop=self.stop.is_set,
+            should_stop=self.should_stop,
             clock=self.clock,
             progress=JobProgress(
-                record=lambda done, total, note: self.journal.set_progress(
-                    job.id, done, total, note
-                ),
+                record=record,
                 on_image=lambda done, total: self.progress.on_image(job, done, total),
                 on_step=lambda step, steps: self.progress.on_step(job, step, steps),
+                finish=finished.update,
             ),
             check_space=self.check_space,
             log=bound,
+            cancel_reason=self.cancel_reason,
+            model_ready=self.model_ready,
         )
+
+    def model_ready(self, alias: str) -> bool:
+        """Whether the model ``alias`` is resident (no backend yet: not)."""
+        return self._generator is not None and alias in self._generator.loaded_models()
 
     def _mark_done(self, job: Job, out_dir: Path, job_key: str, seconds: float) -> None:
         """Record the job done, and its output folder's stamp for the next rescan."""

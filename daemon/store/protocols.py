@@ -10,19 +10,22 @@ provides them; a shared job store on another engine pairs with a local scan cach
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from daemon.store.rows import FolderMark, Job, JobDigest
-from daemon.values import Clock, JobState
+from daemon.store.rows import CancelResult, FolderMark, Job, JobDigest, PlannedFile
+from daemon.values import CancelReason, Clock, JobState
 
 
 class JobStore(Protocol):
-    """Jobs and their life cycle: ``queued → running → done | failed | waiting | quarantined``.
+    """Jobs and their life cycle:
+    ``queued → running → done | failed | waiting | quarantined | canceled``.
 
     Times come from ``clock``. A claim leases a job to an owner; only writes that the
-    protocol names may change a job another owner holds under a live lease.
+    protocol names may change a job another owner holds under a live lease (a cancel only
+    asks: the owner's worker stops the job and marks it canceled). Claims take the highest
+    priority first, then the position (arrival, unless the job was moved).
     """
 
     clock: Clock
@@ -38,15 +41,28 @@ class JobStore(Protocol):
         out_dir: str,
         force: bool = False,
         deps: Iterable[str] = (),
+        priority: int = 0,
+        task: str = "",
+        planned: Sequence[PlannedFile] = (),
     ) -> tuple[Job, bool]:
         """Queue a job for an input; return it and whether it was (re)queued.
 
         An unchanged row is left alone unless ``force``; a changed fingerprint or job key
-        starts it over. A running job under a live lease is never touched.
+        starts it over (at ``priority``, with its plan). A running job under a live lease is
+        never touched.
         """
         ...
 
-    def update_identity(self, job_id: int, fingerprint: str, job_key: str, out_dir: str) -> None:
+    def update_identity(
+        self,
+        job_id: int,
+        fingerprint: str,
+        job_key: str,
+        out_dir: str,
+        *,
+        task: str | None = None,
+        planned: Sequence[PlannedFile] | None = None,
+    ) -> None:
         """Record what a claimed job is actually about to do (its inputs may have changed)."""
         ...
 
@@ -71,7 +87,7 @@ class JobStore(Protocol):
         ...
 
     def claim(self, owner: str, lease_seconds: float) -> Job | None:
-        """Take the oldest runnable job (queued, or waiting and due) and lease it to owner."""
+        """Take the first runnable job (queued, or waiting and due) and lease it to owner."""
         ...
 
     def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
@@ -107,8 +123,55 @@ class JobStore(Protocol):
         the jobs of owner ``spare`` are left alone."""
         ...
 
-    def set_progress(self, job_id: int, done: int, total: int, note: str = "") -> None:
-        """Record how far a running job has come (shown by ``dropforge status``)."""
+    def set_progress(
+        self,
+        job_id: int,
+        done: int,
+        total: int,
+        note: str = "",
+        *,
+        finished: Iterable[int] | None = None,
+    ) -> None:
+        """Record how far a running job has come (shown by ``dropforge status``); ``finished``
+        lists the indices of its planned outputs finished so far."""
+        ...
+
+    def cancel(
+        self,
+        *,
+        ids: Iterable[int] = (),
+        states: Iterable[JobState] = (),
+        reason: CancelReason = CancelReason.requested,
+    ) -> CancelResult:
+        """Cancel the jobs named by id and every job in ``states``: queued and waiting ones at
+        once; running ones are asked to stop (their ``cancel`` is set). Others are left."""
+        ...
+
+    def mark_canceled(self, job_id: int, note: str = "") -> None:
+        """A running job stopped for its cancel: canceled, terminal until its input changes."""
+        ...
+
+    def set_priority(self, job_id: int, priority: int) -> Job:
+        """Give a job a priority (its arrival place among that priority's jobs)."""
+        ...
+
+    def move(
+        self,
+        job_id: int,
+        *,
+        to: Literal["top", "bottom"] | None = None,
+        before: int | None = None,
+    ) -> Job:
+        """Make a job the first (``top``) or last (``bottom``) runnable job, or place it just
+        before job ``before``, changing its priority as needed; JobNotFound when gone."""
+        ...
+
+    def queue(self, limit: int = 100) -> list[Job]:
+        """Queued jobs in the order they will be claimed."""
+        ...
+
+    def revision(self) -> int:
+        """A number that changes whenever another handle on the store commits a change."""
         ...
 
     def counts(self) -> dict[JobState, int]:
@@ -125,6 +188,10 @@ class JobStore(Protocol):
 
     def recent_failures(self, limit: int = 10) -> list[Job]:
         """Failed and quarantined jobs, newest first."""
+        ...
+
+    def recent_cancels(self, limit: int = 10) -> list[Job]:
+        """Canceled jobs, newest first."""
         ...
 
     def running(self) -> list[Job]:
@@ -144,11 +211,20 @@ class JobStore(Protocol):
         """
         ...
 
+    def active_folders(self, limit: int = 1000) -> dict[tuple[str, str], int]:
+        """(inbox, folder) → jobs queued, running or waiting there (drops in progress)."""
+        ...
+
+    def active_in_folder(self, inbox: str, folder: str) -> int:
+        """Jobs queued, running or waiting whose input lies directly in ``folder`` ("" or
+        "a/b/") of ``inbox``."""
+        ...
+
     def prune_jobs(
         self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists
     ) -> int:
-        """Forget done jobs untouched for ``older_than`` seconds whose input has left the
-        inbox; return how many."""
+        """Forget done and canceled jobs untouched for ``older_than`` seconds whose input has
+        left the inbox; return how many."""
         ...
 
 

@@ -9,15 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from daemon.values import JobState
+from daemon.values import CancelReason, JobState
 
 __all__ = [
     "BACKOFF_BASE_S",
     "BACKOFF_CAP_S",
+    "MAX_PLANNED",
+    "CancelResult",
     "FolderMark",
     "Job",
     "JobDigest",
     "JobState",
+    "PlannedFile",
     "backoff",
     "folder_stamp",
     "stat_key",
@@ -25,6 +28,15 @@ __all__ = [
 
 BACKOFF_BASE_S = 30.0
 BACKOFF_CAP_S = 3600.0
+MAX_PLANNED = 100  # planned outputs a job row lists (a deep tween plans thousands of frames)
+
+
+class PlannedFile(NamedTuple):
+    """One output a job will make: its file name (inside the job's output folder, or
+    ``sequences/…`` for tween frames) and its seed (None for copied tween endpoints)."""
+
+    file: str
+    seed: int | None
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,22 @@ class Job:
     progress_note: str
     force: bool
     deps: tuple[str, ...]
+    priority: int = 0  # claims take the highest first
+    position: float | None = None  # order within a priority; None: arrival (the id)
+    cancel: CancelReason | None = None  # asked of a running job, or why it was canceled
+    task: str = ""  # the planned task ("" until planned)
+    planned: tuple[PlannedFile, ...] = ()  # the first MAX_PLANNED planned outputs
+    finished: tuple[int, ...] = ()  # indices into ``planned`` of the outputs finished
+
+    @property
+    def order(self) -> float:
+        """Where the job stands among jobs of its priority: its position, else its arrival."""
+        return float(self.id) if self.position is None else self.position
+
+    @property
+    def folder(self) -> str:
+        """The folder of its input inside the inbox (``""`` or ``"a/b/"``): its drop."""
+        return self.input[: self.input.rfind("/") + 1]
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -63,7 +91,18 @@ class Job:
         values["state"] = JobState(values["state"])
         values["force"] = bool(values["force"])
         values["deps"] = tuple(json.loads(values["deps"]))
+        if "planned" in values:
+            values["planned"] = tuple(PlannedFile(f, s) for f, s in json.loads(values["planned"]))
+            values["finished"] = tuple(json.loads(values["finished"]))
+            values["cancel"] = CancelReason(values["cancel"]) if values["cancel"] else None
         return cls(**values)
+
+
+class CancelResult(NamedTuple):
+    """What a cancel did: jobs canceled at once, and running jobs asked to stop."""
+
+    canceled: tuple[int, ...]
+    stopping: tuple[int, ...]
 
 
 class FolderMark(NamedTuple):

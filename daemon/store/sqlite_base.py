@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from daemon.errors import ConfigError
 from daemon.values import Clock
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 
 _SCHEMA = """
@@ -47,6 +47,23 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_claim ON jobs (state, id);
 CREATE INDEX jobs_state_updated ON jobs (state, updated_at);
 """
+
+# The steps from each version to the next: a journal of version N runs _UPGRADES[N], then
+# the later ones, in one transaction; a new journal is made at version 1 and upgraded.
+_UPGRADES: dict[int, list[str]] = {
+    # 1 → 2, queue control: claims by priority, then position (NULL: arrival, the id); a
+    # cancel asked of a running job (or why a canceled job was canceled); the planned
+    # outputs [[file, seed], …] and the indices of those finished, for the queue and the UI.
+    1: [
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN position REAL",
+        "ALTER TABLE jobs ADD COLUMN cancel TEXT",
+        "ALTER TABLE jobs ADD COLUMN task TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE jobs ADD COLUMN planned TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE jobs ADD COLUMN finished TEXT NOT NULL DEFAULT '[]'",
+        "CREATE INDEX jobs_order ON jobs (state, priority DESC, coalesce(position, id))",
+    ],
+}
 
 # What a done job's output folder looked like when it was last found complete (see
 # output_stamp): a rescan that finds the same stamp need not read the manifest again.
@@ -154,12 +171,17 @@ class SqliteDatabase:
             if version == 0:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+                version = 1
+            elif version > SCHEMA_VERSION:
                 raise ConfigError(
-                    f"{self.path}: journal schema {version} is not the one this dropforge "
-                    f"uses ({SCHEMA_VERSION}); move the file aside to start a fresh journal"
+                    f"{self.path}: journal schema {version} is newer than the one this "
+                    f"dropforge uses ({SCHEMA_VERSION}); upgrade dropforge, or move the file "
+                    "aside to start a fresh journal"
                 )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _UPGRADES[step]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # Added without a version bump: older journals gain them, older code ignores them.
             for statement in _ADDED:
                 db.execute(statement)
@@ -198,3 +220,12 @@ class SqliteDatabase:
     def _query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+    def revision(self) -> int:
+        """A number that changes whenever another handle (any thread or process) commits.
+
+        SQLite's ``PRAGMA data_version``: this handle's own commits do not change it, so a
+        watcher keeps a handle of its own that only reads.
+        """
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])

@@ -1,4 +1,5 @@
-"""The job rows in SQLite: states, leases, attempts, progress (see ``protocols.JobStore``)."""
+"""The job rows in SQLite: states, leases, attempts, progress (see ``protocols.JobStore``); the
+queue's order and cancels are in ``sqlite_queue``."""
 
 from __future__ import annotations
 
@@ -6,23 +7,28 @@ import json
 import os
 import shlex
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from daemon.errors import JobNotFound
-from daemon.store.rows import Job, JobDigest, backoff
-from daemon.store.sqlite_base import SqliteDatabase
-from daemon.values import JobState
+from daemon.store.rows import MAX_PLANNED, Job, JobDigest, PlannedFile, backoff
+from daemon.store.sqlite_queue import ORDER, SqliteQueue
+from daemon.values import CancelReason, JobState
 
 # The columns a requeue resets; kept in one place so every path back to `queued` agrees.
 _REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_before = NULL,
     lease_owner = NULL, lease_expires = NULL, progress_done = 0, progress_total = 0,
-    progress_note = '', updated_at = :now"""
+    progress_note = '', cancel = NULL, finished = '[]', updated_at = :now"""
 _NOT_LEASED = "NOT (state = 'running' AND lease_expires > :now)"
 
 
-class SqliteJobStore(SqliteDatabase):
+def planned_json(planned: Sequence[PlannedFile]) -> str:
+    """The ``planned`` column: the first MAX_PLANNED outputs as [[file, seed], …]."""
+    return json.dumps([[p.file, p.seed] for p in planned[:MAX_PLANNED]], ensure_ascii=False)
+
+
+class SqliteJobStore(SqliteQueue):
     """The jobs table of a journal file."""
 
     def job_digests(self, inbox: str) -> dict[str, JobDigest]:
@@ -45,11 +51,15 @@ class SqliteJobStore(SqliteDatabase):
         out_dir: str,
         force: bool = False,
         deps: Iterable[str] = (),
+        priority: int = 0,
+        task: str = "",
+        planned: Sequence[PlannedFile] = (),
     ) -> tuple[Job, bool]:
         """Queue a job for an input; return it and whether it was (re)queued.
 
-        An unchanged row is left alone unless ``force``; a changed fingerprint or job key
-        starts it over. A running job under a live lease is never touched.
+        An unchanged row is left alone unless ``force`` (its priority too: a priority set by
+        a command stays until the input changes); a changed fingerprint or job key starts it
+        over at ``priority``. A running job under a live lease is never touched.
         """
         now = self.clock()
         args = {
@@ -62,6 +72,9 @@ class SqliteJobStore(SqliteDatabase):
             "force": int(force),
             "deps": json.dumps(list(deps)),
             "now": now,
+            "priority": priority,
+            "task": task,
+            "planned": planned_json(planned),
         }
         with self._tx() as db:
             row = db.execute(
@@ -70,9 +83,9 @@ class SqliteJobStore(SqliteDatabase):
             if row is None:
                 new = db.execute(
                     "INSERT INTO jobs (inbox, input, kind, fingerprint, job_key, out_dir, state,"
-                    " created_at, updated_at, force, deps) VALUES (:inbox, :input, :kind,"
-                    " :fingerprint, :job_key, :out_dir, 'queued', :now, :now, :force, :deps)"
-                    " RETURNING *",
+                    " created_at, updated_at, force, deps, priority, task, planned) VALUES"
+                    " (:inbox, :input, :kind, :fingerprint, :job_key, :out_dir, 'queued', :now,"
+                    " :now, :force, :deps, :priority, :task, :planned) RETURNING *",
                     args,
                 ).fetchone()
                 return Job.from_row(new), True
@@ -81,23 +94,46 @@ class SqliteJobStore(SqliteDatabase):
             leased = job.state is JobState.running and (job.lease_expires or 0.0) > now
             already_forced = job.state is JobState.queued and job.force
             if leased or (same and (not force or already_forced)):
+                if planned and not job.planned:  # a journal from before plans were recorded
+                    db.execute(
+                        "UPDATE jobs SET task = :task, planned = :planned WHERE id = :id",
+                        {**args, "id": job.id},
+                    )
                 return job, False
             new = db.execute(
                 f"UPDATE jobs SET {_REQUEUE_SET}, kind = :kind, fingerprint = :fingerprint,"
                 " job_key = :job_key, out_dir = :out_dir, force = :force, deps = :deps,"
-                " started_at = NULL, finished_at = NULL, seconds = NULL"
+                " started_at = NULL, finished_at = NULL, seconds = NULL, priority = :priority,"
+                " position = NULL, task = :task, planned = :planned"
                 " WHERE id = :id RETURNING *",
                 {**args, "id": job.id},
             ).fetchone()
             return Job.from_row(new), True
 
-    def update_identity(self, job_id: int, fingerprint: str, job_key: str, out_dir: str) -> None:
+    def update_identity(
+        self,
+        job_id: int,
+        fingerprint: str,
+        job_key: str,
+        out_dir: str,
+        *,
+        task: str | None = None,
+        planned: Sequence[PlannedFile] | None = None,
+    ) -> None:
         """Record what a claimed job is actually about to do (its inputs may have changed)."""
         with self._tx() as db:
             db.execute(
-                "UPDATE jobs SET fingerprint = ?, job_key = ?, out_dir = ?, updated_at = ?"
-                " WHERE id = ?",
-                (fingerprint, job_key, out_dir, self.clock(), job_id),
+                "UPDATE jobs SET fingerprint = ?, job_key = ?, out_dir = ?, updated_at = ?,"
+                " task = coalesce(?, task), planned = coalesce(?, planned) WHERE id = ?",
+                (
+                    fingerprint,
+                    job_key,
+                    out_dir,
+                    self.clock(),
+                    task,
+                    None if planned is None else planned_json(planned),
+                    job_id,
+                ),
             )
 
     def get_job(self, inbox: str, input: str) -> Job | None:
@@ -133,22 +169,28 @@ class SqliteJobStore(SqliteDatabase):
         return {int(r[0]) for r in rows}
 
     def claim(self, owner: str, lease_seconds: float) -> Job | None:
-        """Take the oldest runnable job (queued, or waiting and due) and lease it to owner."""
+        """Take the first runnable job (queued, or waiting and due) and lease it to owner:
+        the highest priority first, then by position (arrival unless moved)."""
         now = self.clock()
         with self._tx() as db:
             row = db.execute(
-                "SELECT min(id) FROM (SELECT min(id) AS id FROM jobs WHERE state = 'queued'"
-                " UNION ALL SELECT min(id) FROM jobs WHERE state = 'waiting'"
-                " AND coalesce(not_before, 0) <= :now)",
+                "SELECT id FROM ("
+                f"SELECT * FROM (SELECT id, priority, {ORDER} AS pos FROM jobs"
+                f" WHERE state = 'queued' ORDER BY priority DESC, {ORDER} LIMIT 1)"
+                f" UNION ALL SELECT * FROM (SELECT id, priority, {ORDER} AS pos FROM jobs"
+                " WHERE state = 'waiting' AND coalesce(not_before, 0) <= :now"
+                f" ORDER BY priority DESC, {ORDER} LIMIT 1)"
+                ") ORDER BY priority DESC, pos LIMIT 1",
                 {"now": now},
             ).fetchone()
-            if row[0] is None:
+            if row is None:
                 return None
             claimed = db.execute(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1,"
                 " lease_owner = :owner, lease_expires = :expires, started_at = :now,"
                 " finished_at = NULL, seconds = NULL, progress_done = 0, progress_total = 0,"
-                " progress_note = '', updated_at = :now WHERE id = :id RETURNING *",
+                " progress_note = '', finished = '[]', cancel = NULL, updated_at = :now"
+                " WHERE id = :id RETURNING *",
                 {"owner": owner, "expires": now + lease_seconds, "now": now, "id": row[0]},
             ).fetchone()
             return Job.from_row(claimed)
@@ -175,11 +217,12 @@ class SqliteJobStore(SqliteDatabase):
     def _finish(self, job_id: int, state: str, error: str | None, seconds: float | None) -> None:
         now = self.clock()
         with self._tx() as db:
-            # A forced regeneration is spent once it has ended one way or the other.
+            # A forced regeneration is spent once it has ended one way or the other; a cancel
+            # that came too late to stop it is forgotten.
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, seconds = ?, finished_at = ?,"
                 " updated_at = ?, not_before = NULL, lease_owner = NULL, lease_expires = NULL,"
-                " force = 0 WHERE id = ?",
+                " force = 0, cancel = NULL WHERE id = ?",
                 (state, error, seconds, now, now, job_id),
             )
 
@@ -231,8 +274,8 @@ class SqliteJobStore(SqliteDatabase):
             rows = [
                 r
                 for r in db.execute(
-                    "SELECT id, inbox, input, attempts, lease_owner, lease_expires FROM jobs"
-                    " WHERE state = 'running'"
+                    "SELECT id, inbox, input, attempts, lease_owner, lease_expires, cancel"
+                    " FROM jobs WHERE state = 'running'"
                 ).fetchall()
                 if (spare is None or r["lease_owner"] != spare)
                 and (
@@ -242,6 +285,14 @@ class SqliteJobStore(SqliteDatabase):
                     or not alive(r["lease_owner"])
                 )
             ]
+            stopped = [r for r in rows if r["cancel"]]
+            for r in stopped:  # canceled while its process died: never run again
+                db.execute(
+                    "UPDATE jobs SET state = 'canceled', error = ?, finished_at = ?,"
+                    " updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                    (CancelReason(r["cancel"]).describe(), now, now, r["id"]),
+                )
+            rows = [r for r in rows if not r["cancel"]]
             doomed = [r for r in rows if r["attempts"] >= max_attempts]
             for r in doomed:
                 retry_path = shlex.quote(str(Path(r["inbox"]) / r["input"]))
@@ -265,53 +316,24 @@ class SqliteJobStore(SqliteDatabase):
                 )
         return len(rows) - len(doomed), len(doomed)
 
-    def set_progress(self, job_id: int, done: int, total: int, note: str = "") -> None:
-        """Record how far a running job has come (shown by ``dropforge status``)."""
+    def set_progress(
+        self,
+        job_id: int,
+        done: int,
+        total: int,
+        note: str = "",
+        *,
+        finished: Iterable[int] | None = None,
+    ) -> None:
+        """Record how far a running job has come (shown by ``dropforge status`` and the web
+        UI); ``finished`` lists the indices of the planned outputs finished so far."""
+        listed = None if finished is None else json.dumps(sorted(finished))
         with self._tx() as db:
             db.execute(
                 "UPDATE jobs SET progress_done = ?, progress_total = ?, progress_note = ?,"
-                " updated_at = ? WHERE id = ?",
-                (done, total, note, self.clock(), job_id),
+                " finished = coalesce(?, finished), updated_at = ? WHERE id = ?",
+                (done, total, note, listed, self.clock(), job_id),
             )
-
-    def counts(self) -> dict[JobState, int]:
-        """Number of jobs in every state, zeros included."""
-        found = {
-            r["state"]: r["n"]
-            for r in self._query("SELECT state, count(*) AS n FROM jobs GROUP BY state")
-        }
-        return {s: int(found.get(s.value, 0)) for s in JobState}
-
-    def count(self, state: JobState) -> int:
-        """Number of jobs in one state (an index range, however big the journal)."""
-        rows = self._query("SELECT count(*) FROM jobs WHERE state = ?", (JobState(state).value,))
-        return int(rows[0][0])
-
-    def jobs(self, states: Iterable[JobState] | None = None, limit: int = 100) -> list[Job]:
-        """Jobs in arrival order, optionally only those in the given states."""
-        if states is None:
-            rows = self._query("SELECT * FROM jobs ORDER BY id LIMIT ?", (limit,))
-        else:
-            wanted = [JobState(s).value for s in states]
-            marks = ", ".join("?" * len(wanted))
-            rows = self._query(
-                f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id LIMIT ?",
-                (*wanted, limit),
-            )
-        return [Job.from_row(r) for r in rows]
-
-    def recent_failures(self, limit: int = 10) -> list[Job]:
-        """Failed and quarantined jobs, newest first."""
-        rows = self._query(
-            "SELECT * FROM jobs WHERE state IN ('failed', 'quarantined')"
-            " ORDER BY updated_at DESC, id DESC LIMIT ?",
-            (limit,),
-        )
-        return [Job.from_row(r) for r in rows]
-
-    def running(self) -> list[Job]:
-        """Jobs in state running, in arrival order."""
-        return self.jobs([JobState.running])
 
     def retry(
         self,
@@ -329,6 +351,12 @@ class SqliteJobStore(SqliteDatabase):
             for inbox, input in inputs:
                 where = "inbox = :inbox AND input = :input"
                 done |= self._requeue(db, where, {"inbox": inbox, "input": input}, force)
+                # A cancel still on its way to a running job is taken back.
+                db.execute(
+                    "UPDATE jobs SET cancel = NULL WHERE inbox = ? AND input = ?"
+                    " AND state = 'running'",
+                    (inbox, input),
+                )
             for state in states:
                 done |= self._requeue(db, "state = :state", {"state": state.value}, force)
         return len(done)
@@ -336,8 +364,8 @@ class SqliteJobStore(SqliteDatabase):
     def prune_jobs(
         self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists
     ) -> int:
-        """Forget done jobs untouched for ``older_than`` seconds whose input has left the inbox;
-        return how many.
+        """Forget done and canceled jobs untouched for ``older_than`` seconds whose input has left
+        the inbox; return how many.
 
         A done input still in the inbox keeps its job however old it is: a rescan that skips
         its folder as unchanged (folder marks) does not touch it, and forgetting it would mean
@@ -345,11 +373,15 @@ class SqliteJobStore(SqliteDatabase):
         """
         cutoff = self.clock() - older_than
         jobs = self._query(
-            "SELECT id, inbox, input FROM jobs WHERE state = 'done' AND updated_at < ?", (cutoff,)
+            "SELECT id, inbox, input FROM jobs WHERE state IN ('done', 'canceled')"
+            " AND updated_at < ?",
+            (cutoff,),
         )
         gone_jobs = [(r[0], cutoff) for r in jobs if not exists(os.path.join(r[1], r[2]))]
         with self._tx() as db:
             deleted = db.executemany(
-                "DELETE FROM jobs WHERE id = ? AND state = 'done' AND updated_at < ?", gone_jobs
+                "DELETE FROM jobs WHERE id = ? AND state IN ('done', 'canceled')"
+                " AND updated_at < ?",
+                gone_jobs,
             ).rowcount
         return int(deleted)

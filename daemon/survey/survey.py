@@ -13,8 +13,8 @@ from daemon.intake.names import FileKind
 from daemon.outputs.manifest import job_is_done
 from daemon.planning.inputs import base_dependencies, quick_fingerprint, relative
 from daemon.store.protocols import Journal
-from daemon.store.rows import Job, folder_stamp
-from daemon.survey.done import done_by_digest, unchanged_entry
+from daemon.store.rows import Job, PlannedFile, folder_stamp
+from daemon.survey.done import canceled_entry, done_by_digest, unchanged_entry
 from daemon.survey.entries import SurveyEntry, Verdict
 from daemon.survey.marks import FolderMarks
 from daemon.survey.passes import PassState
@@ -88,6 +88,7 @@ def survey(
             return kept
     base = {relative(candidate, p) for p in base_dependencies(candidate)}
     extra = tuple(d.path for d in prepared.deps if d.path not in base)
+    plan = prepared.plan
     job, changed = journal.upsert_job(
         inbox=inbox,
         input=candidate.rel,
@@ -96,8 +97,10 @@ def survey(
         job_key=prepared.job_key,
         out_dir=str(prepared.out_dir),
         deps=extra,
+        priority=plan.params.priority if plan is not None else 0,
+        task=plan.task.value if plan is not None else "",
+        planned=[PlannedFile(f, s) for f, s in plan.planned_files()] if plan else (),
     )
-    plan = prepared.plan
     forced = plan is not None and (plan.force or job.force)  # `dropforge retry --force`
     if plan is not None and not forced and job_is_done(plan.out_dir, plan.job_key):
         # The journal forgot (state dir wiped) but the outputs are complete.
@@ -107,6 +110,8 @@ def survey(
         return SurveyEntry(candidate, Verdict.done, journal.get(job.id))
     if not changed and job.state in (JobState.failed, JobState.quarantined):
         return SurveyEntry(candidate, Verdict.failed, job, job.error or "")
+    if not changed and job.state is JobState.canceled:
+        return canceled_entry(journal, candidate, job)
     if not changed and job.state is JobState.done:
         journal.requeue(job.id)  # an output was deleted or damaged: resume the job
         log.info("job.requeued", input=candidate.rel, reason="outputs missing")

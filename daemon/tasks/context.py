@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,7 +15,7 @@ from daemon.intake.candidates import Candidate
 from daemon.planning.inputs import Hasher
 from daemon.planning.keys import failure_key
 from daemon.planning.model import Dependency, Plan, PlanInput
-from daemon.values import Clock
+from daemon.values import CancelReason, Clock, ModelSource
 
 
 @dataclass(frozen=True)
@@ -52,27 +52,51 @@ class Draft:
     input: PlanInput
 
 
+def _ignore_finished(indices: Iterable[int]) -> None:
+    return None
+
+
+def _not_canceled() -> CancelReason | None:
+    return None
+
+
+def _always_ready(alias: str) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class JobProgress:
     """Where a running job reports how far it has come.
 
     ``record(done, total, note)`` stores it for ``dropforge status``; ``on_image(done, total)``
-    and ``on_step(step, steps)`` feed a progress display and the health check.
+    and ``on_step(step, steps)`` feed a progress display and the health check;
+    ``finish(indices)`` notes planned outputs finished (kept or written), recorded with the
+    next ``record``, so that the web UI can fill in their tiles.
     """
 
     record: Callable[[int, int, str], None]
     on_image: Callable[[int, int], None]
     on_step: Callable[[int, int], None]
+    finish: Callable[[Iterable[int]], None] = field(default=_ignore_finished)
 
-    def image(self, done: int, total: int, note: str) -> None:
-        """An output was written: record it and show it."""
+    def image(self, done: int, total: int, note: str, index: int | None = None) -> None:
+        """An output (planned output ``index``) was written: record it and show it."""
+        if index is not None:
+            self.finish((index,))
         self.record(done, total, note)
         self.on_image(done, total)
 
-    def step(self, done: int, total: int, step: int, steps: int) -> None:
-        """A denoising step finished: record it and show it."""
-        self.record(done, total, f"step {step}/{steps}")
+    def step(self, done: int, total: int, step: int, steps: int, *, record: bool = True) -> None:
+        """A denoising step finished: record it (unless the step of the pipeline call is
+        recorded instead, see ``call_step``) and show it."""
+        if record:
+            self.record(done, total, f"step {step}/{steps}")
         self.on_step(step, steps)
+
+    def call_step(self, done: int, total: int, step: int, steps: int) -> None:
+        """Step ``step`` of the ``steps`` of the running pipeline call (the batch of images
+        being made now): what the status and the web UI's tiles show."""
+        self.record(done, total, f"step {step}/{steps}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,17 @@ class JobContext:
     progress: JobProgress
     check_space: Callable[[Path], None]  # raises DiskFull below min_free_mb
     log: Any  # a structlog logger bound to the job
+    # Why this job is being canceled, or None: should_stop() is then True because of a cancel,
+    # not a shutdown, and the task writes a canceled manifest listing what it finished.
+    cancel_reason: Callable[[], CancelReason | None] = field(default=_not_canceled)
+    model_ready: Callable[[str], bool] = field(default=_always_ready)  # alias is resident
+
+    def generator_for(self, model: ModelSource, done: int, total: int) -> Generator:
+        """The generator, noting ``loading model ALIAS`` in the progress first when the model
+        is not resident (creating the backend and loading weights take a while)."""
+        if not self.model_ready(model.alias):
+            self.progress.record(done, total, f"loading model {model.alias}")
+        return self.generator()
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from daemon.planning.model import Plan, PlanInput, PlannedOutput, output_dir
 from daemon.planning.scene_prompts import descriptive_name
 from daemon.planning.sizes import choose_size
 from daemon.tasks.context import Draft, JobContext, Prepared, TaskRun
-from daemon.tasks.records import job_manifest, parameters_text, replace_manifest
+from daemon.tasks.records import job_manifest, parameters_text, replace_manifest, write_canceled
 from daemon.values import Task
 
 CONTACT_NAME = "contact.png"
@@ -199,6 +199,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
     kept = len(done)
     missing = [o for o in plan.outputs if o.index not in done]
     total = len(plan.outputs)
+    ctx.progress.finish(done)
     ctx.progress.record(kept, total, "")
     thumbs: dict[int, Image.Image] = {}
 
@@ -221,37 +222,62 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
             thumbs[index] = contact_thumbnail(image)
         # One line per image written: how the crash tests count generations.
         ctx.log.info("output.written", file=out.file)
-        ctx.progress.image(len(done), total, out.file)
+        ctx.progress.image(len(done), total, out.file, index)
+
+    by_call: list[bool] = []  # the backend reports steps per pipeline call: record those
+
+    def on_call_step(step: int, steps: int) -> None:
+        by_call[:] = [True]
+        ctx.progress.call_step(len(done), total, step, steps)
 
     events = GenerationEvents(
         on_image=on_image,
-        on_step=lambda step, steps: ctx.progress.step(len(done), total, step, steps),
+        on_step=lambda step, steps: ctx.progress.step(
+            len(done), total, step, steps, record=not by_call
+        ),
         should_stop=ctx.should_stop,
         on_warning=notes.append,
+        on_call_step=on_call_step,
     )
     # A varied lora_scale needs one request per scale; everything else batches together.
     groups: dict[float | None, list[PlannedOutput]] = {}
     for out in missing:
         groups.setdefault(_lora_scale(plan, out), []).append(out)
-    for scale, outs in groups.items():
-        lora = plan.lora
-        if lora is not None and scale is not None:
-            lora = dataclasses.replace(lora, scale=scale)
-        request = ImageRequest(
-            task=plan.task,
-            model=plan.model,
-            width=plan.params.width,
-            height=plan.params.height,
-            images=tuple(_spec(o) for o in outs),
-            init_image=init,
-            mask_image=mask,
-            lora=lora,
-            max_batch=ctx.settings.max_batch,
-            sampler=plan.params.sampler,
-        )
-        ctx.generator().generate_images(request, events)
-        if ctx.should_stop():
-            raise Interrupted("stop requested")
+    try:
+        for scale, outs in groups.items():
+            lora = plan.lora
+            if lora is not None and scale is not None:
+                lora = dataclasses.replace(lora, scale=scale)
+            request = ImageRequest(
+                task=plan.task,
+                model=plan.model,
+                width=plan.params.width,
+                height=plan.params.height,
+                images=tuple(_spec(o) for o in outs),
+                init_image=init,
+                mask_image=mask,
+                lora=lora,
+                max_batch=ctx.settings.max_batch,
+                sampler=plan.params.sampler,
+            )
+            ctx.generator_for(plan.model, len(done), total).generate_images(request, events)
+            if ctx.should_stop():
+                raise Interrupted("stop requested")
+    except Interrupted:
+        reason = ctx.cancel_reason()
+        if reason is not None:  # a cancel, not a shutdown: say what was finished
+            entries = [_entry(out, done[out.index]) for out in plan.outputs if out.index in done]
+            write_canceled(
+                ctx,
+                prepared,
+                plan.out_dir,
+                reason,
+                outputs=entries,
+                planned=total,
+                started=started,
+                notes=notes,
+            )
+        raise
     _finish(ctx, prepared, plan, done, notes, started, thumbs)
     return TaskRun(len(missing), kept, tuple(notes))
 
@@ -291,21 +317,7 @@ def _finish(
     started: float,
     thumbs: Mapping[int, Image.Image],
 ) -> None:
-    files: list[OutputEntry] = []
-    for out in plan.outputs:
-        written = done[out.index]
-        files.append(
-            OutputEntry(
-                file=written.file,
-                sha256=written.sha256,
-                bytes=written.bytes,
-                seed=out.seed,
-                t=out.t,
-                prompt=out.prompt,
-                scene=out.scene,
-                params=dict(out.varied) if out.varied else None,
-            )
-        )
+    files = [_entry(out, done[out.index]) for out in plan.outputs]
     if plan.prompts_file is not None:
         prompts = plan.prompts_file.path
         data = prompts.read_bytes()
@@ -346,6 +358,20 @@ def tile_label(plan: Plan, out: PlannedOutput) -> str:
     if len(prompts) > 1:
         return f"prompt {out.index // (len(plan.outputs) // len(prompts)) + 1}\nseed {out.seed}"
     return f"seed {out.seed}"
+
+
+def _entry(out: PlannedOutput, written: OutputFile) -> OutputEntry:
+    """The manifest entry of one written image."""
+    return OutputEntry(
+        file=written.file,
+        sha256=written.sha256,
+        bytes=written.bytes,
+        seed=out.seed,
+        t=out.t,
+        prompt=out.prompt,
+        scene=out.scene,
+        params=dict(out.varied) if out.varied else None,
+    )
 
 
 def _parameters(plan: Plan, out: PlannedOutput) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import cast
 
+from daemon.errors import Interrupted
 from daemon.generators import GenerationEvents, MeshFormat, MeshRequest
 from daemon.intake.images import load_input_image
 from daemon.outputs.files import atomic_write_bytes, sha256_file
@@ -13,7 +14,7 @@ from daemon.outputs.names import sanitize_name
 from daemon.planning.keys import finish_plan, input_version, resolve_seeds
 from daemon.planning.model import Plan, PlannedOutput, output_dir
 from daemon.tasks.context import Draft, JobContext, Prepared, TaskRun
-from daemon.tasks.records import job_manifest, replace_manifest
+from daemon.tasks.records import job_manifest, replace_manifest, write_canceled
 from daemon.values import Task
 
 # Keys that mean nothing for a mesh: left out of its manifest and key.
@@ -81,12 +82,23 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
         should_stop=ctx.should_stop,
         on_warning=notes.append,
     )
-    meshes = ctx.generator().generate_mesh(request, events)
+    try:
+        meshes = ctx.generator_for(plan.model, 0, len(formats)).generate_mesh(request, events)
+    except Interrupted:
+        reason = ctx.cancel_reason()
+        if reason is not None:  # a mesh is all or nothing: canceled with no outputs
+            planned = len(formats)
+            out_dir = plan.out_dir
+            write_canceled(
+                ctx, prepared, out_dir, reason, outputs=(), planned=planned, started=started
+            )
+        raise
     files: list[OutputEntry] = []
     for out in plan.outputs:
         path = plan.out_dir / out.file
         atomic_write_bytes(path, meshes[path.suffix.lstrip(".")])
         files.append(OutputEntry(out.file, sha256_file(path), path.stat().st_size, seed=out.seed))
+        ctx.progress.finish((out.index,))
         ctx.progress.on_image(len(files), len(plan.outputs))
     replace_manifest(
         prepared, job_manifest(prepared, started, ctx.clock(), ctx.device_name()), files, notes

@@ -25,12 +25,13 @@ from daemon.outputs.manifest_fields import (
     LoraRecord,
     ModelRecord,
     OutputEntry,
+    SequenceSummary,
     Timings,
 )
 from daemon.outputs.png import a1111_parameters
 from daemon.planning.model import Plan
-from daemon.tasks.context import Prepared
-from daemon.values import ModelSource
+from daemon.tasks.context import JobContext, Prepared
+from daemon.values import CancelReason, ModelSource
 
 
 def job_manifest(prepared: Prepared, started: float, finished: float, device: str) -> Manifest:
@@ -85,6 +86,31 @@ def failed_manifest(
     """The manifest of a job that failed: what is known of it, and the one-line error."""
     done = job_manifest(prepared, started, finished, device)
     return dataclasses.replace(done, status=ManifestStatus.failed, error=message, outputs=())
+
+
+def write_canceled(
+    ctx: JobContext,
+    prepared: Prepared,
+    out_dir: Path,
+    reason: CancelReason,
+    *,
+    outputs: Sequence[OutputEntry],
+    planned: int,
+    started: float,
+    notes: Sequence[str] = (),
+    sequences: tuple[SequenceSummary | None, ...] | None = None,
+) -> None:
+    """Write the manifest of a job stopped for a cancel: status canceled, the outputs it
+    finished (kept on disk, reused if the job is retried) and a line saying why."""
+    manifest = dataclasses.replace(
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
+        status=ManifestStatus.canceled,
+        outputs=tuple(outputs),
+        warnings=(*notes, f"{reason.describe()}, {len(outputs)} of {planned} outputs finished"),
+        sequences=sequences,
+    )
+    write_manifest(out_dir, manifest)
+    ctx.log.info("manifest.canceled", outputs=len(outputs), planned=planned)
 
 
 def parameters_text(
