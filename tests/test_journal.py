@@ -18,6 +18,7 @@ from daemon.errors import ConfigError, FileChangedError
 from daemon.store import sqlite_base
 from daemon.store.rows import Job
 from daemon.store.sqlite import SqliteJournal
+from daemon.values import AttemptEnd, AttemptStage, JobState
 
 INBOX = "/srv/inbox"
 
@@ -72,7 +73,7 @@ def test_database_is_wal_with_schema_version(journal: SqliteJournal) -> None:
     other = sqlite3.connect(journal.path)
     try:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert other.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert other.execute("PRAGMA user_version").fetchone()[0] == 2
     finally:
         other.close()
 
@@ -95,9 +96,53 @@ def test_unknown_schema_version_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         SqliteJournal(path)
     assert str(info.value) == (
-        f"{path}: journal schema 7 is not the one this dropforge uses (1); "
+        f"{path}: journal schema 7 is not the one this dropforge uses (2); "
         "move the file aside to start a fresh journal"
     )
+
+
+def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: Clock) -> None:
+    """A journal written before the attempts table opens as version 2 with its rows intact,
+    and its claim that a dead process left running is judged as every death was then."""
+    path = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript((Path(__file__).parent / "data" / "journal-v1.sql").read_text())
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    with SqliteJournal(path, clock=clock) as journal:
+        assert journal._query("PRAGMA user_version")[0][0] == 2
+        names = {r[0] for r in journal._query("SELECT name FROM sqlite_master")}
+        assert {"attempts", "attempts_forget", "model_loads"} <= names
+        crashy = journal.get_job(INBOX, "crashy.png")
+        done = journal.get_job(INBOX, "done.png")
+        assert crashy is not None and done is not None
+        assert (crashy.state, crashy.attempts, crashy.progress_done) == (JobState.running, 2, 1)
+        assert (done.state, done.attempts) == (JobState.done, 1)
+        assert journal.attempts(crashy.id) == []
+        assert journal.recover(max_attempts=3) == (1, 0)
+        (died,) = journal.attempts(crashy.id)
+        assert (died.number, died.ended, died.stage, died.point, died.counted) == (
+            1,
+            AttemptEnd.died,
+            AttemptStage.generating,
+            (1, 0),
+            True,
+        )
+        assert journal.get(crashy.id).attempts == 2
+        claimed = journal.claim("host:3", 60)
+        assert claimed is not None and claimed.id == crashy.id
+        assert [a.number for a in journal.attempts(crashy.id)] == [1, 2]
+    with SqliteJournal(path, clock=clock) as again:  # opened as complete: no upgrade twice
+        assert again._query("PRAGMA user_version")[0][0] == 2
+
+
+def test_model_loads_are_remembered(journal: SqliteJournal, clock: Clock) -> None:
+    """A model recorded as loaded is known afterwards; others are not."""
+    assert not journal.model_loaded("/models/sd on cpu")
+    journal.note_model_loaded("/models/sd on cpu")
+    journal.note_model_loaded("/models/sd on cpu")
+    assert journal.model_loaded("/models/sd on cpu")
+    assert not journal.model_loaded("/models/sd on cuda")
 
 
 def test_garbage_file_is_a_config_error(tmp_path: Path) -> None:

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from daemon.values import JobState
+from daemon.values import AttemptEnd, AttemptStage, JobState
 
 __all__ = [
     "BACKOFF_BASE_S",
     "BACKOFF_CAP_S",
+    "Attempt",
     "FolderMark",
     "Job",
     "JobDigest",
@@ -63,6 +64,43 @@ class Job:
         values["state"] = JobState(values["state"])
         values["force"] = bool(values["force"])
         values["deps"] = tuple(json.loads(values["deps"]))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One claim of a job and the furthest point it reached.
+
+    The point is ``outputs`` finished (of ``total``), then ``steps`` denoising steps since the
+    last finished output; before its first step a claim is only at a ``stage``. ``counted``
+    is set when the process died in the claim and that counted toward quarantine.
+    """
+
+    job_id: int
+    number: int  # 1 for the first claim since the job was (re)queued
+    owner: str | None
+    started_at: float
+    ended_at: float | None
+    ended: AttemptEnd
+    stage: AttemptStage
+    outputs: int
+    total: int
+    steps: int
+    note: str
+    counted: bool
+
+    @property
+    def point(self) -> tuple[int, int]:
+        """What ``further`` compares: finished outputs first, then steps into the next."""
+        return self.outputs, self.steps
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Attempt:
+        """Build an Attempt from a ``SELECT *`` row of ``attempts``."""
+        values: dict[str, Any] = dict(zip(row.keys(), tuple(row), strict=True))
+        values["ended"] = AttemptEnd(values["ended"])
+        values["stage"] = AttemptStage(values["stage"])
+        values["counted"] = bool(values["counted"])
         return cls(**values)
 
 

@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 from daemon.errors import ConfigError
 from daemon.values import Clock
 
-SCHEMA_VERSION = 1
+# 2: attempts (how far each claim of a job got) and model_loads; a journal of version 1 is
+# upgraded in place when it is opened (see _UPGRADES).
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 
 _SCHEMA = """
@@ -86,7 +88,35 @@ _FOLDER_MARK_TRIGGERS = [
     )
 ]
 
-_ADDED = [_OUTPUT_STAMPS, _VERIFIED_INPUTS, _FOLDER_MARKS, *_FOLDER_MARK_TRIGGERS]
+# Schema 2. Every claim of a job since it was last (re)queued: who held it, how it ended and
+# the furthest point it reached (``outputs`` finished of ``total``, then ``steps`` denoising
+# steps since the last finished output, ``stage`` before the first step). ``counted`` says
+# whether a claim the process died in counted toward quarantine (see store.attempts).
+_ATTEMPTS = """CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL, number INTEGER NOT NULL, owner TEXT, started_at REAL NOT NULL,
+    ended_at REAL, ended TEXT NOT NULL DEFAULT 'running', stage TEXT NOT NULL DEFAULT 'preparing',
+    outputs INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '',
+    counted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, number)
+)"""
+_ATTEMPTS_TRIGGER = """CREATE TRIGGER IF NOT EXISTS attempts_forget AFTER DELETE ON jobs
+    BEGIN DELETE FROM attempts WHERE job_id = OLD.id; END"""
+# Schema 2. Models (source, device, files' stats) that have loaded on this host: a process that
+# dies while loading one of them again was not killed by the job it was loading it for.
+_MODEL_LOADS = """CREATE TABLE IF NOT EXISTS model_loads (
+    model TEXT PRIMARY KEY, loaded_at REAL NOT NULL
+)"""
+
+_ADDED = [
+    _OUTPUT_STAMPS,
+    _VERIFIED_INPUTS,
+    _FOLDER_MARKS,
+    *_FOLDER_MARK_TRIGGERS,
+    _ATTEMPTS,
+    _ATTEMPTS_TRIGGER,
+    _MODEL_LOADS,
+]
 _ADDED_NAMES = {
     "output_stamps",
     "verified_inputs",
@@ -94,7 +124,13 @@ _ADDED_NAMES = {
     "folder_marks_insert",
     "folder_marks_delete",
     "folder_marks_update",
+    "attempts",
+    "attempts_forget",
+    "model_loads",
 }
+# What upgrading a journal from version N to N + 1 takes besides creating what _ADDED lists
+# (which every open does): statements that change existing tables. None so far.
+_UPGRADES: dict[int, tuple[str, ...]] = {1: ()}
 
 _Database = TypeVar("_Database", bound="SqliteDatabase")
 
@@ -133,15 +169,19 @@ class SqliteDatabase:
             if version == 0:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+            elif version != SCHEMA_VERSION and version not in _UPGRADES:
                 raise ConfigError(
                     f"{self.path}: journal schema {version} is not the one this dropforge "
                     f"uses ({SCHEMA_VERSION}); move the file aside to start a fresh journal"
                 )
-            # Added without a version bump: older journals gain them, older code ignores them.
+            # Older journals gain what was added since; before a version bump older code
+            # ignored them, after one it refuses the journal (it would not keep them up).
             for statement in _ADDED:
                 db.execute(statement)
+            for step in range(max(version, 1), SCHEMA_VERSION):
+                for statement in _UPGRADES[step]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _complete(self) -> bool:
         """Whether the journal has this schema version and everything added since."""
