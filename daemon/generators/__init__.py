@@ -130,6 +130,10 @@ def _ignore_frame(t: float, image: Image.Image) -> None:
     return None
 
 
+def _ignore_ready() -> None:
+    return None
+
+
 @dataclass
 class GenerationEvents:
     """Callbacks a backend calls while it works.
@@ -138,7 +142,10 @@ class GenerationEvents:
     write it before the next batch starts; ``should_stop()`` is polled at every
     denoising step and the backend raises ``Interrupted`` when it returns True;
     ``on_warning`` receives one-line notes for the manifest (e.g. a truncated prompt);
-    ``on_frame(t, image)`` receives each new tween frame as soon as it exists.
+    ``on_frame(t, image)`` receives each new tween frame as soon as it exists;
+    ``on_ready()`` is called once the request's model is loaded (resident), before anything
+    of the request itself (LoRA, prompts, images) touches it: a process that dies before
+    then died loading the model, not working on the job.
     """
 
     on_image: Callable[[int, Image.Image], None]
@@ -146,6 +153,7 @@ class GenerationEvents:
     should_stop: Callable[[], bool] = field(default=_never)
     on_warning: Callable[[str], None] = field(default=_ignore_warning)
     on_frame: Callable[[float, Image.Image], None] = field(default=_ignore_frame)
+    on_ready: Callable[[], None] = field(default=_ignore_ready)
 
 
 class Generator(Protocol):
