@@ -12,7 +12,9 @@ from daemon.config import InboxConfig, Settings, display_path
 from daemon.errors import ConfigError, DropforgeError
 from daemon.intake.candidates import candidate_for
 from daemon.intake.names import FileKind, classify
+from daemon.store.attempts import describe_attempts
 from daemon.store.open import open_journal
+from daemon.store.protocols import JobStore
 from daemon.tasks.prepare import prepare
 from daemon.values import JobState
 
@@ -90,15 +92,35 @@ def check_path(settings: Settings, path: Path) -> CheckResult:
     return CheckResult(True, "\n".join(lines) + "\n")
 
 
+def _attempts(store: JobStore, job_id: int) -> list[dict[str, Any]]:
+    """The claims of a job, each with how far it got and a line saying so."""
+    history = store.attempts(job_id)
+    return [
+        {
+            "attempt": a.number,
+            "ended": a.ended.value,
+            "stage": a.stage.value,
+            "outputs": a.outputs,
+            "total": a.total,
+            "steps": a.steps,
+            "counted": a.counted,
+            "summary": line.split(": ", 1)[1],
+        }
+        for a, line in zip(history, describe_attempts(history), strict=True)
+    ]
+
+
 def collect_status(settings: Settings, *, now: float) -> dict[str, Any]:
-    """Queue counts, running jobs with progress, waiting jobs, recent failures, and the
-    inbox folders that are missing (an unmounted share: their files wait until it returns)."""
+    """Queue counts, running jobs with progress, queued jobs that ran before, waiting jobs,
+    recent failures, each with how far every claim got, and the inbox folders that are
+    missing (an unmounted share: their files wait until it returns)."""
     missing = [display_path(i.path, settings) for i in settings.inboxes if not i.path.is_dir()]
     if not settings.journal_path.exists():
         return {
             "journal": str(settings.journal_path),
             "counts": {s.value: 0 for s in JobState},
             "running": [],
+            "requeued": [],
             "waiting": [],
             "failures": [],
             "missing_inboxes": missing,
@@ -114,8 +136,14 @@ def collect_status(settings: Settings, *, now: float) -> dict[str, Any]:
                 "note": j.progress_note,
                 "seconds": round(now - j.started_at, 1) if j.started_at else None,
                 "owner": j.lease_owner,
+                "attempts": _attempts(journal, j.id),
             }
             for j in journal.running()
+        ]
+        requeued = [
+            {"input": j.input, "inbox": j.inbox, "attempts": attempts}
+            for j in journal.jobs([JobState.queued], limit=20)
+            if (attempts := _attempts(journal, j.id))
         ]
         waiting = [
             {
@@ -123,17 +151,25 @@ def collect_status(settings: Settings, *, now: float) -> dict[str, Any]:
                 "inbox": j.inbox,
                 "error": j.error,
                 "retry_in": max(0.0, round((j.not_before or now) - now, 1)),
+                "attempts": _attempts(journal, j.id),
             }
             for j in journal.jobs([JobState.waiting], limit=20)
         ]
         failures = [
-            {"input": j.input, "inbox": j.inbox, "state": j.state.value, "error": j.error}
+            {
+                "input": j.input,
+                "inbox": j.inbox,
+                "state": j.state.value,
+                "error": j.error,
+                "attempts": _attempts(journal, j.id),
+            }
             for j in journal.recent_failures(10)
         ]
     return {
         "journal": str(settings.journal_path),
         "counts": {s.value: counts.get(s, 0) for s in JobState},
         "running": running,
+        "requeued": requeued,
         "waiting": waiting,
         "failures": failures,
         "missing_inboxes": missing,
@@ -150,13 +186,24 @@ def format_status(status: dict[str, Any]) -> str:
         progress = f"image {r['images_done']}/{r['images_total']}"
         note = f", {r['note']}" if r["note"] else ""
         lines.append(f"Running: {r['input']} ({progress}{note}, {r['seconds']} s so far)")
+        if len(r["attempts"]) > 1:  # the claim before this one did not finish the job
+            lines += _attempt_lines(r["attempts"], "  ")
+    for q in status["requeued"]:
+        lines.append(f"Queued again: {q['input']}")
+        lines += _attempt_lines(q["attempts"], "  ")
     for w in status["waiting"]:
         lines.append(f"Waiting: {w['input']} (retry in {w['retry_in']:.0f} s): {w['error']}")
     if status["failures"]:
         lines.append("Recent failures:")
         for f in status["failures"]:
             lines.append(f"  [{f['state']}] {f['input']}: {f['error']}")
+            if f["state"] == JobState.quarantined.value:
+                lines += _attempt_lines(f["attempts"], "    ")
     return "\n".join(lines) + "\n"
+
+
+def _attempt_lines(attempts: list[dict[str, Any]], indent: str) -> list[str]:
+    return [f"{indent}attempt {a['attempt']}: {a['summary']}" for a in attempts]
 
 
 def retry(

@@ -25,7 +25,8 @@ from daemon.generators import Generator
 from daemon.intake.candidates import candidate_for
 from daemon.intake.paths import read_small_table
 from daemon.outputs.folders import escaping_output, foreign_output
-from daemon.outputs.manifest import job_is_done, write_manifest
+from daemon.outputs.manifest import AttemptRecord, job_is_done, write_manifest
+from daemon.runtime.attempts import AttemptTracker, TrackedGenerator, earlier_attempts
 from daemon.store.protocols import Journal
 from daemon.store.rows import Job, backoff, folder_stamp
 from daemon.tasks.context import JobContext, JobProgress, Prepared
@@ -96,6 +97,7 @@ class Worker:
         self.clock = clock
         self.progress = progress or Progress()
         self._inboxes = {str(i.path): i for i in settings.inboxes}
+        self._loaded_models: set[str] = set()  # model loads this process has recorded
 
     @property
     def generator(self) -> Generator:
@@ -135,6 +137,8 @@ class Worker:
             self.journal.delete(job.id)  # the input left the inbox
             bound.info("job.vanished")
             return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
+        history = self.journal.attempts(job.id)
+        attempts = earlier_attempts(history, max((a.number for a in history), default=1))
         try:
             prepared = prepare(self.settings, self.journal, candidate)
         except DependencyMissing as exc:
@@ -162,7 +166,7 @@ class Worker:
         plan = prepared.plan
         if plan is None:
             assert prepared.error is not None
-            return self._fail(job, prepared, str(prepared.error), started, bound)
+            return self._fail(job, prepared, str(prepared.error), started, bound, attempts)
         force = plan.force or job.force
         if not force and job_is_done(plan.out_dir, plan.job_key):
             self._mark_done(job, plan.out_dir, plan.job_key, 0.0)
@@ -171,7 +175,8 @@ class Worker:
         bound.info("job.started", task=plan.task.value, outputs=len(plan.outputs))
         self.progress.on_start(job, len(plan.outputs))
         try:
-            ran = TASKS[plan.task].run(self._context(job, bound), prepared, force, started)
+            context = self._context(job, bound, attempts)
+            ran = TASKS[plan.task].run(context, prepared, force, started)
         except InputError as exc:
             if not candidate.path.is_file():
                 # Gone since it was planned (deleted, or its share unmounted): not a bad
@@ -179,7 +184,7 @@ class Worker:
                 self.journal.delete(job.id)
                 bound.info("job.vanished", error=str(exc))
                 return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
-            return self._fail(job, prepared, str(exc), started, bound)
+            return self._fail(job, prepared, str(exc), started, bound, attempts)
         except Interrupted:
             self.journal.mark_queued(job.id)
             bound.info("job.interrupted")
@@ -193,7 +198,7 @@ class Worker:
         except Exception as exc:  # a bug must not stop the daemon; record it where users look
             bound.exception("job.crashed")
             message = f"internal error ({type(exc).__name__}: {exc}); please report it"
-            return self._fail(job, prepared, message, started, bound)
+            return self._fail(job, prepared, message, started, bound, attempts)
         seconds = self.clock() - started
         self._mark_done(job, plan.out_dir, plan.job_key, seconds)
         self._move_after(prepared, "_done")
@@ -212,23 +217,34 @@ class Worker:
             ran.kept,
         )
 
-    def _context(self, job: Job, bound: structlog.stdlib.BoundLogger) -> JobContext:
-        """What the job's task may use: narrow values, not this worker."""
+    def _context(
+        self,
+        job: Job,
+        bound: structlog.stdlib.BoundLogger,
+        attempts: tuple[AttemptRecord, ...],
+    ) -> JobContext:
+        """What the job's task may use: narrow values, not this worker. Its progress and its
+        generator calls are tracked as the claim's furthest point and stage."""
+        tracker = AttemptTracker(
+            self.journal,
+            job,
+            self.settings.device,
+            self._loaded_models,
+            on_image=lambda done, total: self.progress.on_image(job, done, total),
+            on_step=lambda step, steps: self.progress.on_step(job, step, steps),
+        )
         return JobContext(
             settings=self.settings,
-            generator=lambda: self.generator,
+            generator=lambda: TrackedGenerator(lambda: self.generator, tracker),
             device_name=self.device_name,
             should_stop=self.stop.is_set,
             clock=self.clock,
             progress=JobProgress(
-                record=lambda done, total, note: self.journal.set_progress(
-                    job.id, done, total, note
-                ),
-                on_image=lambda done, total: self.progress.on_image(job, done, total),
-                on_step=lambda step, steps: self.progress.on_step(job, step, steps),
+                record=tracker.record, on_image=tracker.image, on_step=tracker.step
             ),
             check_space=self.check_space,
             log=bound,
+            attempts=attempts,
         )
 
     def _mark_done(self, job: Job, out_dir: Path, job_key: str, seconds: float) -> None:
@@ -243,9 +259,12 @@ class Worker:
         message: str,
         started: float,
         bound: structlog.stdlib.BoundLogger,
+        attempts: tuple[AttemptRecord, ...] = (),
     ) -> JobResult:
         finished = self.clock()
-        manifest = failed_manifest(prepared, message, started, finished, self.device_name())
+        manifest = failed_manifest(
+            prepared, message, started, finished, self.device_name(), attempts
+        )
         try:
             write_manifest(prepared.out_dir, manifest)
         except (OSError, DropforgeError) as exc:  # e.g. disk full: the journal still records it

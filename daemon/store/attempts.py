@@ -1,9 +1,10 @@
 """The crash-loop rule, and how a claim's furthest point reads for people.
 
 Every job store applies the same rule when it finds a claim whose process died: the claim
-counts toward quarantine unless it got further than the claim before it (more finished
-outputs, or as many and more denoising steps into the next one), or it died while loading a
-model that has loaded on this host before (the job had not begun to act). A job that makes
+counts toward quarantine unless it got further than the claim before it that worked on the
+job (more finished outputs, or as many and more denoising steps into the next one), or it
+died while loading a model that has loaded on this host before (the job had not begun to
+act). A job that makes
 the process die at the same point every time is quarantined after ``max_attempts`` claims; a
 healthy job killed from outside at random moments keeps getting further and is not.
 """
@@ -18,8 +19,8 @@ from daemon.store.rows import Attempt
 from daemon.values import AttemptEnd, AttemptStage
 
 # The ends whose furthest point the next claim is compared with: claims cut short while they
-# ran. A claim sent to wait (model missing, disk full, outside active_hours) usually ended
-# before it began and would make any later death look like progress.
+# generated. A claim sent to wait (model missing, disk full, outside active_hours), or one
+# that ended before its model was loaded, did no work on the job to compare with.
 CUT_SHORT = frozenset({AttemptEnd.died, AttemptEnd.stopped})
 
 _STAGES = {
@@ -30,8 +31,12 @@ _STAGES = {
 
 
 def previous_cut_short(attempts: Sequence[Attempt], number: int) -> Attempt | None:
-    """The latest claim before claim ``number`` that died or was stopped, if any."""
-    earlier = [a for a in attempts if a.number < number and a.ended in CUT_SHORT]
+    """The latest claim before claim ``number`` that died or was stopped while generating."""
+    earlier = [
+        a
+        for a in attempts
+        if a.number < number and a.ended in CUT_SHORT and a.stage is AttemptStage.generating
+    ]
     return max(earlier, key=lambda a: a.number, default=None)
 
 
@@ -40,7 +45,7 @@ def death_counts(current: Attempt, previous: Attempt | None) -> bool:
     if current.stage is AttemptStage.loading:
         return False
     if previous is None:
-        return True  # nothing it could have got further than
+        return True  # no claim before it worked on the job: nothing to get further than
     return not current.point > previous.point
 
 

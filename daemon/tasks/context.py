@@ -12,6 +12,7 @@ from daemon.config import Settings
 from daemon.errors import InputError
 from daemon.generators import Generator
 from daemon.intake.candidates import Candidate
+from daemon.outputs.manifest_fields import AttemptRecord
 from daemon.planning.inputs import Hasher
 from daemon.planning.keys import failure_key
 from daemon.planning.model import Dependency, Plan, PlanInput
@@ -56,8 +57,10 @@ class Draft:
 class JobProgress:
     """Where a running job reports how far it has come.
 
-    ``record(done, total, note)`` stores it for ``dropforge status``; ``on_image(done, total)``
-    and ``on_step(step, steps)`` feed a progress display and the health check.
+    ``record(done, total, note)`` stores it for ``dropforge status`` and as the furthest point
+    of the claim; ``on_image(done, total)`` and ``on_step(step, steps)`` feed a progress
+    display and the health check, and count the steps since the last output, so they come
+    before the record of the same event.
     """
 
     record: Callable[[int, int, str], None]
@@ -65,14 +68,14 @@ class JobProgress:
     on_step: Callable[[int, int], None]
 
     def image(self, done: int, total: int, note: str) -> None:
-        """An output was written: record it and show it."""
-        self.record(done, total, note)
+        """An output was written: show it and record it."""
         self.on_image(done, total)
+        self.record(done, total, note)
 
     def step(self, done: int, total: int, step: int, steps: int) -> None:
-        """A denoising step finished: record it and show it."""
-        self.record(done, total, f"step {step}/{steps}")
+        """A denoising step finished: show it and record it."""
         self.on_step(step, steps)
+        self.record(done, total, f"step {step}/{steps}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class JobContext:
     progress: JobProgress
     check_space: Callable[[Path], None]  # raises DiskFull below min_free_mb
     log: Any  # a structlog logger bound to the job
+    attempts: tuple[AttemptRecord, ...] = ()  # earlier claims of the job, for the manifest
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ def _finish(
         files.append(OutputEntry(contact.file, contact.sha256, contact.bytes, role="contact"))
     old = read_manifest(plan.out_dir)
     manifest = dataclasses.replace(
-        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name(), ctx.attempts),
         outputs=tuple(files),
         warnings=tuple(notes),
     )

@@ -81,7 +81,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
         ctx.progress.on_image(len(files), len(plan.outputs))
     old = read_manifest(plan.out_dir)
     manifest = dataclasses.replace(
-        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name(), ctx.attempts),
         outputs=tuple(files),
         warnings=tuple(notes),
     )

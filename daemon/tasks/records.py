@@ -11,15 +11,29 @@ from pathlib import Path
 from typing import Any
 
 from daemon.outputs.manifest import Manifest, ManifestStatus, installed_versions
-from daemon.outputs.manifest_fields import FileRecord, InputRecord, LoraRecord, ModelRecord, Timings
+from daemon.outputs.manifest_fields import (
+    AttemptRecord,
+    FileRecord,
+    InputRecord,
+    LoraRecord,
+    ModelRecord,
+    Timings,
+)
 from daemon.outputs.png import a1111_parameters
 from daemon.planning.model import Plan
 from daemon.tasks.context import Prepared
 from daemon.values import ModelSource
 
 
-def job_manifest(prepared: Prepared, started: float, finished: float, device: str) -> Manifest:
-    """The manifest of a finished job with no outputs yet (tasks add theirs), status done."""
+def job_manifest(
+    prepared: Prepared,
+    started: float,
+    finished: float,
+    device: str,
+    attempts: tuple[AttemptRecord, ...] = (),
+) -> Manifest:
+    """The manifest of a finished job with no outputs yet (tasks add theirs), status done;
+    ``attempts`` are the earlier claims that did not finish it."""
     plan = prepared.plan
     rel = prepared.candidate.rel
     deps = {d.path: d for d in prepared.deps}
@@ -44,14 +58,20 @@ def job_manifest(prepared: Prepared, started: float, finished: float, device: st
         warnings=(),
         mask=FileRecord(plan.mask.path, plan.mask.sha256) if plan and plan.mask else None,
         lora=LoraRecord(plan.lora.alias, plan.lora.scale) if plan and plan.lora else None,
+        attempts=attempts,
     )
 
 
 def failed_manifest(
-    prepared: Prepared, message: str, started: float, finished: float, device: str
+    prepared: Prepared,
+    message: str,
+    started: float,
+    finished: float,
+    device: str,
+    attempts: tuple[AttemptRecord, ...] = (),
 ) -> Manifest:
     """The manifest of a job that failed: what is known of it, and the one-line error."""
-    done = job_manifest(prepared, started, finished, device)
+    done = job_manifest(prepared, started, finished, device, attempts)
     return dataclasses.replace(done, status=ManifestStatus.failed, error=message, outputs=())
 
 

@@ -1,0 +1,121 @@
+"""The worker's side of the crash-loop rule: each claim's stage and furthest point, as the job
+runs, and what the store makes of a death at each of them (logic on the fake generator; the
+real process deaths are tests/test_crash_loop.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.config import load_config
+from daemon.generators import GenerationEvents, ImageRequest
+from daemon.intake.candidates import candidate_for
+from daemon.runtime.attempts import model_signature
+from daemon.runtime.worker import Outcome, Worker
+from daemon.store.rows import Job
+from daemon.store.sqlite import SqliteJournal
+from daemon.survey.survey import survey
+from daemon.values import AttemptEnd, AttemptStage, JobState
+from tests.fakes import SolidGenerator
+from tests.helpers import write_config
+
+
+@dataclass
+class Probe(SolidGenerator):
+    """The fake generator, noting the claim's stage when called, when ready and at each step."""
+
+    journal: SqliteJournal | None = None
+    stages: list[tuple[str, AttemptStage]] = field(default_factory=list)
+
+    def _stage(self, when: str) -> None:
+        assert self.journal is not None
+        (running,) = self.journal.running()
+        self.stages.append((when, self.journal.attempts(running.id)[-1].stage))
+
+    def generate_images(self, request: ImageRequest, events: GenerationEvents) -> None:
+        self._stage("called")
+        ready = events.on_ready
+
+        def on_ready() -> None:
+            ready()
+            self._stage("ready")
+
+        events.on_ready = on_ready
+        super().generate_images(request, events)
+
+
+def queue(journal: SqliteJournal, config: Path, name: str) -> Job:
+    """Write a prompt file with two images and queue its job."""
+    settings = load_config(config)
+    inbox = settings.inboxes[0]
+    (inbox.path / f"{name}.txt").write_text(f"a lighthouse {name}\n", encoding="utf-8")
+    (inbox.path / f"{name}.toml").write_text("count = 2\nsteps = 3\n", encoding="utf-8")
+    candidate = candidate_for(inbox, inbox.path / f"{name}.txt")
+    assert candidate is not None
+    survey(settings, journal, candidate)
+    job = journal.get_job(str(inbox.path), f"{name}.txt")
+    assert job is not None
+    return job
+
+
+def test_a_claim_moves_through_its_stages_to_its_furthest_point(tmp_path: Path) -> None:
+    """The first job loads the model for the first time, the next one a known model; each
+    ends at all its outputs, and the model is remembered by its signature."""
+    config = write_config(tmp_path, "/models/solid")
+    settings = load_config(config)
+    with SqliteJournal(settings.journal_path) as journal:
+        probe = Probe(journal=journal)
+        worker = Worker(settings, journal, lambda: probe, owner="host:1")
+        for name in ("first", "second"):
+            queued = queue(journal, config, name)
+            job = journal.claim("host:1", 60)
+            assert job is not None and job.id == queued.id
+            assert worker.run(job).outcome is Outcome.done
+            (attempt,) = journal.attempts(job.id)
+            assert (attempt.ended, attempt.stage, attempt.point, attempt.total) == (
+                AttemptEnd.done,
+                AttemptStage.generating,
+                (2, 0),
+                2,
+            )
+        assert probe.stages == [
+            ("called", AttemptStage.first_load),
+            ("ready", AttemptStage.generating),
+            ("called", AttemptStage.loading),
+            ("ready", AttemptStage.generating),
+        ]
+        model = settings.model_source("default")
+        assert journal.model_loaded(model_signature(model, settings.device))
+
+
+def test_deaths_at_each_stage_are_judged(tmp_path: Path) -> None:
+    """A process dying while a known model loads is requeued without a count; dying while the
+    job generates no further than before counts, and a third such death quarantines."""
+    config = write_config(tmp_path, "/models/solid")
+    settings = load_config(config)
+    with SqliteJournal(settings.journal_path) as journal:
+        model = settings.model_source("default")
+        journal.note_model_loaded(model_signature(model, settings.device))
+        job = queue(journal, config, "crashy")
+        for stage, steps in [
+            (AttemptStage.loading, 0),
+            (AttemptStage.generating, 2),
+            (AttemptStage.loading, 0),
+            (AttemptStage.generating, 2),
+            (AttemptStage.generating, 1),
+        ]:
+            claimed = journal.claim("dead:1", 60)
+            assert claimed is not None and claimed.id == job.id
+            journal.set_stage(job.id, stage)
+            if steps:
+                journal.set_progress(job.id, 0, 2, f"step {steps}/3", steps=steps)
+            journal.recover(settings.max_attempts)
+        history = journal.attempts(job.id)
+        assert [a.counted for a in history] == [False, True, False, True, True]
+        final = journal.get(job.id)
+        assert (final.state, final.attempts) == (JobState.quarantined, 3)
+        assert final.error == (
+            "quarantined: the process died 3 times without getting further (the last time at "
+            "0/2 outputs and 1 steps into the next); run dropforge retry "
+            f"{tmp_path}/inbox/crashy.txt"
+        )
