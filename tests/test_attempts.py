@@ -90,7 +90,8 @@ def test_a_claim_moves_through_its_stages_to_its_furthest_point(tmp_path: Path) 
 
 def test_deaths_at_each_stage_are_judged(tmp_path: Path) -> None:
     """A process dying while a known model loads is requeued without a count; dying while the
-    job generates no further than before counts, and a third such death quarantines."""
+    job generates counts when it got no further than before, and a third such death
+    quarantines."""
     config = write_config(tmp_path, "/models/solid")
     settings = load_config(config)
     with SqliteJournal(settings.journal_path) as journal:
@@ -103,6 +104,7 @@ def test_deaths_at_each_stage_are_judged(tmp_path: Path) -> None:
             (AttemptStage.loading, 0),
             (AttemptStage.generating, 2),
             (AttemptStage.generating, 1),
+            (AttemptStage.generating, 1),
         ]:
             claimed = journal.claim("dead:1", 60)
             assert claimed is not None and claimed.id == job.id
@@ -111,11 +113,11 @@ def test_deaths_at_each_stage_are_judged(tmp_path: Path) -> None:
                 journal.set_progress(job.id, 0, 2, f"step {steps}/3", steps=steps)
             journal.recover(settings.max_attempts)
         history = journal.attempts(job.id)
-        assert [a.counted for a in history] == [False, True, False, True, True]
+        assert [a.counted for a in history] == [False, False, False, True, True, True]
         final = journal.get(job.id)
         assert (final.state, final.attempts) == (JobState.quarantined, 3)
         assert final.error == (
             "quarantined: the process died 3 times without getting further (the last time at "
-            "0/2 outputs and 1 steps into the next); run dropforge retry "
+            "0/2 outputs and 1 step into the next); run dropforge retry "
             f"{tmp_path}/inbox/crashy.txt"
         )

@@ -473,39 +473,46 @@ def test_a_claim_records_its_furthest_point(store: JobStore, clock: Clock) -> No
 
 def test_deaths_that_get_further_do_not_count(store: JobStore) -> None:
     """A job whose process dies at a later point each time is never quarantined; the first
-    death counts, having nothing to be further than."""
+    death is compared with where the claim started."""
     job, _ = add(store)
     points = [(0, 5), (0, 9), (1, 0), (1, 3), (2, 1), (2, 7)]
     for done, steps in points:
         die_at(store, job, done, steps)
     history = store.attempts(job.id)
-    assert [a.counted for a in history] == [True, False, False, False, False, False]
+    assert [a.counted for a in history] == [False] * 6
     assert [(a.ended, a.point) for a in history] == [(AttemptEnd.died, p) for p in points]
     again = store.get(job.id)
-    assert (again.state, again.attempts) == (JobState.queued, 1)
+    assert (again.state, again.attempts) == (JobState.queued, 0)
+    assert describe_attempts(history)[:2] == [
+        "attempt 1: died at 0/3 outputs and 5 steps into the next"
+        " (not counted: it got further than where it started)",
+        "attempt 2: died at 0/3 outputs and 9 steps into the next"
+        " (not counted: it got further than attempt 1)",
+    ]
 
 
 def test_deaths_at_the_same_point_quarantine(store: JobStore) -> None:
     """A job whose process dies at the same step each time is quarantined after max_attempts
-    claims, with a message saying where; so is one that dies earlier than before."""
+    claims that got no further, with a message saying where; so is one that dies earlier
+    than before. The first claim got further than where it started."""
     same, _ = add(store, "same.png")
-    for _ in range(3):
+    for _ in range(4):
         die_at(store, same, 1, 4)
     earlier, _ = add(store, "earlier.png")
-    for steps in (6, 4, 2):
+    for steps in (6, 4, 2, 1):
         die_at(store, earlier, 0, steps)
     for job in (same, earlier):
         quarantined = store.get(job.id)
-        assert quarantined.state is JobState.quarantined
-        assert [a.counted for a in store.attempts(job.id)] == [True, True, True]
+        assert (quarantined.state, quarantined.attempts) == (JobState.quarantined, 3)
+        assert [a.counted for a in store.attempts(job.id)] == [False, True, True, True]
     assert store.get(same.id).error == (
         "quarantined: the process died 3 times without getting further (the last time at 1/3 "
         "outputs and 4 steps into the next); run dropforge retry /srv/inbox/same.png"
     )
-    assert describe_attempts(store.attempts(earlier.id)) == [
-        "attempt 1: died at 0/3 outputs and 6 steps into the next (counted toward quarantine)",
+    assert describe_attempts(store.attempts(earlier.id))[1:] == [
         "attempt 2: died at 0/3 outputs and 4 steps into the next (counted toward quarantine)",
         "attempt 3: died at 0/3 outputs and 2 steps into the next (counted toward quarantine)",
+        "attempt 4: died at 0/3 outputs and 1 step into the next (counted toward quarantine)",
     ]
 
 
@@ -531,6 +538,23 @@ def test_a_death_loading_a_known_model_does_not_count(store: JobStore) -> None:
         " (not counted: that model has loaded on this host before)",
         "attempt 4: died at 0/0 outputs (counted toward quarantine)",
     ]
+
+
+def test_a_death_preparing_counts_until_a_claim_got_past_it(store: JobStore) -> None:
+    """Dying before the generator was called counts while no claim of the job got further;
+    once one did, that point is known to pass and such a death does not count."""
+    job, _ = add(store)
+    for stage in (AttemptStage.preparing, AttemptStage.first_load):
+        store.claim("dead:1", 60)
+        store.set_stage(job.id, stage)
+        store.recover(max_attempts=3)
+    store.claim("dead:1", 60)
+    store.recover(max_attempts=3)
+    assert [a.counted for a in store.attempts(job.id)] == [True, True, False]
+    assert describe_attempts(store.attempts(job.id))[2] == (
+        "attempt 3: died while preparing (not counted: an earlier claim got past preparing)"
+    )
+    assert store.get(job.id).state is JobState.queued
 
 
 def test_every_end_of_a_claim_is_recorded(store: JobStore, clock: Clock) -> None:

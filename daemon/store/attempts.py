@@ -1,12 +1,15 @@
 """The crash-loop rule, and how a claim's furthest point reads for people.
 
-Every job store applies the same rule when it finds a claim whose process died: the claim
-counts toward quarantine unless it got further than the claim before it that worked on the
-job (more finished outputs, or as many and more denoising steps into the next one), or it
-died while loading a model that has loaded on this host before (the job had not begun to
-act). A job that makes
-the process die at the same point every time is quarantined after ``max_attempts`` claims; a
-healthy job killed from outside at random moments keeps getting further and is not.
+Every job store applies the same rule when it finds a claim whose process died (``judge``).
+Before its first denoising step a claim does what it did the time before — read the same
+input, load the same model — so a death at a point passed before is not the job's doing: a
+claim that died preparing when an earlier claim of the job got past that, or died loading a
+model that has loaded on this host before, does not count. From the first step on, a claim
+does not count when it got further than the claim before it that was generating (more
+finished outputs, or as many and more steps into the next), or, with no such claim, than
+where it started. Every other death counts toward ``max_attempts``: a job that kills the
+process at the same point every time is quarantined; a healthy job killed from outside at
+random moments keeps getting further and is not.
 """
 
 from __future__ import annotations
@@ -40,13 +43,24 @@ def previous_cut_short(attempts: Sequence[Attempt], number: int) -> Attempt | No
     return max(earlier, key=lambda a: a.number, default=None)
 
 
-def death_counts(current: Attempt, previous: Attempt | None) -> bool:
-    """Whether a claim the process died in counts toward quarantine (see the module)."""
+def judge(current: Attempt, history: Sequence[Attempt]) -> tuple[bool, str]:
+    """Whether a claim the process died in counts toward quarantine, and why (see the
+    module); ``history`` holds the job's claims (those after ``current`` are not looked at)."""
     if current.stage is AttemptStage.loading:
-        return False
-    if previous is None:
-        return True  # no claim before it worked on the job: nothing to get further than
-    return not current.point > previous.point
+        return False, "not counted: that model has loaded on this host before"
+    earlier = [a for a in history if a.number < current.number]
+    if current.stage is AttemptStage.preparing and any(
+        a.stage is not AttemptStage.preparing for a in earlier
+    ):
+        return False, "not counted: an earlier claim got past preparing"
+    previous = previous_cut_short(earlier, current.number)
+    if previous is not None:
+        if current.point > previous.point:
+            return False, f"not counted: it got further than attempt {previous.number}"
+        return True, "counted toward quarantine"
+    if current.point > (current.start_outputs or 0, 0):
+        return False, "not counted: it got further than where it started"
+    return True, "counted toward quarantine"
 
 
 def describe_reach(attempt: Attempt) -> str:
@@ -55,7 +69,7 @@ def describe_reach(attempt: Attempt) -> str:
     if attempt.stage is AttemptStage.generating:
         text = f"at {attempt.outputs}/{attempt.total} outputs"
         if attempt.steps:
-            text += f" and {attempt.steps} steps into the next"
+            text += f" and {attempt.steps} step{'s' if attempt.steps > 1 else ''} into the next"
         return text
     text = "while " + _STAGES[attempt.stage]
     if attempt.total:
@@ -80,18 +94,12 @@ def describe_attempts(attempts: Sequence[Attempt]) -> list[str]:
         }[attempt.ended]
         line = f"{head}{verb} {describe_reach(attempt)}"
         if attempt.ended is AttemptEnd.died:
-            line += f" ({_verdict(attempt, previous_cut_short(attempts, attempt.number))})"
+            counted, why = judge(attempt, attempts)
+            if counted != attempt.counted:  # judged otherwise when it died (an older journal)
+                why = "counted toward quarantine" if attempt.counted else "not counted"
+            line += f" ({why})"
         lines.append(line)
     return lines
-
-
-def _verdict(attempt: Attempt, previous: Attempt | None) -> str:
-    if attempt.counted:
-        return "counted toward quarantine"
-    if attempt.stage is AttemptStage.loading:
-        return "not counted: that model has loaded on this host before"
-    number = previous.number if previous is not None else attempt.number - 1
-    return f"not counted: it got further than attempt {number}"
 
 
 def quarantine_message(inbox: str, input: str, deaths: int, last: Attempt) -> str:

@@ -88,6 +88,7 @@ class Attempt:
     steps: int
     note: str
     counted: bool
+    start_outputs: int | None = None  # outputs already finished when it first reported
 
     @property
     def point(self) -> tuple[int, int]:

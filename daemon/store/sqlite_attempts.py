@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from daemon.store.attempts import death_counts, previous_cut_short
+from daemon.store.attempts import judge
 from daemon.store.rows import Attempt
 from daemon.store.sqlite_base import SqliteDatabase
 from daemon.values import AttemptEnd, AttemptStage
@@ -43,7 +43,8 @@ class SqliteAttempts(SqliteDatabase):
     ) -> None:
         """Move the running claim's furthest point to (done, steps) if that is further."""
         db.execute(
-            f"UPDATE attempts SET total = :total, stage = CASE WHEN :steps > 0 THEN 'generating'"
+            "UPDATE attempts SET total = :total, start_outputs = coalesce(start_outputs, :done),"
+            f" stage = CASE WHEN :steps > 0 THEN 'generating'"
             f" ELSE stage END, note = CASE WHEN {_FURTHER} THEN :note ELSE note END,"
             f" steps = CASE WHEN {_FURTHER} THEN :steps ELSE steps END,"
             f" outputs = CASE WHEN {_FURTHER} THEN :done ELSE outputs END"
@@ -112,7 +113,7 @@ class SqliteAttempts(SqliteDatabase):
             counted = True
         else:
             number = current.number
-            counted = death_counts(current, previous_cut_short(history, number))
+            counted, _ = judge(current, history)
         db.execute(
             "UPDATE attempts SET ended = 'died', ended_at = ?, counted = ?"
             " WHERE job_id = ? AND number = ?",

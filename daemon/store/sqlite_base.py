@@ -90,14 +90,15 @@ _FOLDER_MARK_TRIGGERS = [
 
 # Schema 2. Every claim of a job since it was last (re)queued: who held it, how it ended and
 # the furthest point it reached (``outputs`` finished of ``total``, then ``steps`` denoising
-# steps since the last finished output, ``stage`` before the first step). ``counted`` says
-# whether a claim the process died in counted toward quarantine (see store.attempts).
+# steps since the last finished output, ``stage`` before the first step; ``start_outputs``
+# the outputs already there when it first reported). ``counted`` says whether a claim the
+# process died in counted toward quarantine (see store.attempts).
 _ATTEMPTS = """CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL, number INTEGER NOT NULL, owner TEXT, started_at REAL NOT NULL,
     ended_at REAL, ended TEXT NOT NULL DEFAULT 'running', stage TEXT NOT NULL DEFAULT 'preparing',
     outputs INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL DEFAULT 0,
     steps INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '',
-    counted INTEGER NOT NULL DEFAULT 0,
+    counted INTEGER NOT NULL DEFAULT 0, start_outputs INTEGER,
     PRIMARY KEY (job_id, number)
 )"""
 _ATTEMPTS_TRIGGER = """CREATE TRIGGER IF NOT EXISTS attempts_forget AFTER DELETE ON jobs
