@@ -23,6 +23,7 @@ from daemon.errors import (
 )
 from daemon.generators import Generator
 from daemon.intake.candidates import candidate_for
+from daemon.intake.deliveries import delivering
 from daemon.intake.paths import read_small_table
 from daemon.outputs.folders import escaping_output, foreign_output
 from daemon.outputs.manifest import AttemptRecord, job_is_done, write_manifest
@@ -137,6 +138,16 @@ class Worker:
             self.journal.delete(job.id)  # the input left the inbox
             bound.info("job.vanished")
             return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
+        temporary = delivering(str(candidate.path.parent), self.clock())
+        if temporary is not None:  # what was written beside it may still be on its way
+            folder = candidate.path.parent.relative_to(candidate.inbox.path).as_posix()
+            message = (
+                f"{candidate.rel}: a sync tool is delivering into {folder or '.'} ({temporary}):"
+                " the job starts once the delivery is done"
+            )
+            self.journal.mark_waiting(job.id, message, retry_in=self.settings.settle_seconds)
+            bound.info("job.waiting", error=message)
+            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, message)
         history = self.journal.attempts(job.id)
         attempts = earlier_attempts(history, max((a.number for a in history), default=1))
         try:
