@@ -4,9 +4,13 @@ real process deaths are tests/test_crash_loop.py)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from daemon.cli import main
 from daemon.config import load_config
 from daemon.generators import GenerationEvents, ImageRequest
 from daemon.intake.candidates import candidate_for
@@ -121,3 +125,49 @@ def test_deaths_at_each_stage_are_judged(tmp_path: Path) -> None:
             "0/2 outputs and 1 step into the next); run dropforge retry "
             f"{tmp_path}/inbox/crashy.txt"
         )
+
+
+def test_status_lists_the_attempts_of_a_job_claimed_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job queued again after its process died, and one running again, show each attempt
+    and how far it got, in text and JSON; a job on its first claim shows none."""
+    config = write_config(tmp_path, "/models/solid")
+    settings = load_config(config)
+    with SqliteJournal(settings.journal_path) as journal:
+        again = queue(journal, config, "again")
+        running = queue(journal, config, "running")
+        fresh = queue(journal, config, "fresh")
+        for job, steps in ((again, 3), (running, 1)):
+            claimed = journal.claim("dead:1", 60)
+            assert claimed is not None and claimed.id == job.id
+            journal.set_stage(job.id, AttemptStage.generating)
+            journal.set_progress(job.id, 0, 2, f"step {steps}/3", steps=steps)
+        journal.recover(settings.max_attempts)
+        assert journal.claim("host:1", 60) is not None  # "again" is running once more
+        journal.mark_queued(again.id)
+        assert journal.claim("host:1", 60) is not None  # "again" again: stopped, then running
+        assert journal.get(fresh.id).state is JobState.queued
+    assert main(["status", "-c", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("Running: again.txt"))
+    assert lines[at + 1 : at + 4] == [
+        "  attempt 1: died at 0/2 outputs and 3 steps into the next"
+        " (not counted: it got further than where it started)",
+        "  attempt 2: stopped while preparing",
+        "  attempt 3: running while preparing",
+    ]
+    at = lines.index("Queued again: running.txt")
+    assert lines[at + 1] == (
+        "  attempt 1: died at 0/2 outputs and 1 step into the next"
+        " (not counted: it got further than where it started)"
+    )
+    assert "Queued again: fresh.txt" not in lines
+    assert main(["status", "--json", "-c", str(config)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [(a["attempt"], a["ended"]) for a in status["running"][0]["attempts"]] == [
+        (1, "died"),
+        (2, "stopped"),
+        (3, "running"),
+    ]
+    assert [q["input"] for q in status["requeued"]] == ["running.txt"]

@@ -610,10 +610,18 @@ def test_a_fresh_start_forgets_the_attempts(store: JobStore) -> None:
     assert store.attempts(again.id) == []
 
 
-def test_the_last_twenty_attempts_are_kept(store: JobStore) -> None:
-    """A job claimed again and again keeps the history of its last twenty claims."""
+def test_the_last_twenty_attempts_are_kept(store: JobStore, clock: Clock) -> None:
+    """A job claimed again and again keeps its last twenty claims, and its last twenty that
+    were cut short however many waits came after them."""
     job, _ = add(store)
     for _ in range(25):
         store.claim("w", 60)
         store.mark_queued(job.id)
-    assert [a.number for a in store.attempts(job.id)] == list(range(6, 26))
+    kept = [a.number for a in store.attempts(job.id)]
+    assert kept[-20:] == list(range(6, 26)) and len(kept) <= 21
+    for _ in range(30):
+        store.claim("w", 60)
+        store.mark_waiting(job.id, "a sync tool is delivering", retry_in=0)
+    history = store.attempts(job.id)
+    assert [a.number for a in history if a.ended is AttemptEnd.stopped] == list(range(6, 26))
+    assert [a.number for a in history if a.ended is AttemptEnd.waiting] == list(range(36, 56))

@@ -127,7 +127,8 @@ class JobStore(Protocol):
         ...
 
     def attempts(self, job_id: int) -> list[Attempt]:
-        """Every claim of a job since it was last (re)queued, oldest first (the last 20)."""
+        """Every claim of a job since it was last (re)queued, oldest first: the last 20, and
+        the last 20 that died or were stopped."""
         ...
 
     def counts(self) -> dict[JobState, int]:

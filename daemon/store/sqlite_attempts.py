@@ -16,7 +16,7 @@ from daemon.store.rows import Attempt
 from daemon.store.sqlite_base import SqliteDatabase
 from daemon.values import AttemptEnd, AttemptStage
 
-KEPT_ATTEMPTS = 20  # per job; older rows go when a claim is made
+KEPT_ATTEMPTS = 20  # per job, and as many cut short; older rows go when a claim is made
 
 # The furthest point only moves forward: more outputs, or as many and more steps.
 _FURTHER = "(:done > outputs OR (:done = outputs AND :steps > steps))"
@@ -62,9 +62,14 @@ class SqliteAttempts(SqliteDatabase):
             "INSERT INTO attempts (job_id, number, owner, started_at) VALUES (?, ?, ?, ?)",
             (job_id, number, owner, now),
         )
+        # The last claims, and the last claims cut short: a job held waiting again and again
+        # (a delivery in its folder) keeps the deaths the crash-loop rule compares with.
         db.execute(
-            "DELETE FROM attempts WHERE job_id = ? AND number <= ?",
-            (job_id, number - KEPT_ATTEMPTS),
+            "DELETE FROM attempts WHERE job_id = :id AND number NOT IN (SELECT number FROM"
+            " attempts WHERE job_id = :id ORDER BY number DESC LIMIT :kept) AND number NOT IN"
+            " (SELECT number FROM attempts WHERE job_id = :id AND ended IN ('died', 'stopped')"
+            " ORDER BY number DESC LIMIT :kept)",
+            {"id": job_id, "kept": KEPT_ATTEMPTS},
         )
 
     def _end(self, db: sqlite3.Connection, job_id: int, ended: AttemptEnd, now: float) -> None:
