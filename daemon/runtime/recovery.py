@@ -67,8 +67,8 @@ def recover(settings: Settings, journal: Journal, *, spare: str | None = None) -
     still_running = {job.id for job in journal.running()}
     if quarantined:
         for job_id in running:
-            job = journal.get(job_id)
-            if job.state is JobState.quarantined:
+            job = _get(journal, job_id)
+            if job is not None and job.state is JobState.quarantined:
                 _write_quarantine_manifest(settings, journal, job)
     removed = 0
     for out_dir in sorted({d for i, d in running.items() if i not in still_running}):
@@ -79,6 +79,13 @@ def recover(settings: Settings, journal: Journal, *, spare: str | None = None) -
             "journal.recovered", requeued=requeued, quarantined=quarantined, temporaries=removed
         )
     return requeued
+
+
+def _get(journal: Journal, job_id: int) -> Job | None:
+    try:
+        return journal.get(job_id)
+    except LookupError:  # its input left the inbox meanwhile (another process deleted it)
+        return None
 
 
 def _write_quarantine_manifest(settings: Settings, journal: Journal, job: Job) -> None:

@@ -556,9 +556,13 @@ def _check_journal(work: Workload, summary: Summary) -> None:
         if check != "ok":
             problems.append(f"journal integrity_check: {check}")
         rows = db.execute("SELECT input, state FROM jobs").fetchall()
-        for stage, counted in db.execute(
-            "SELECT stage, counted FROM attempts WHERE ended = 'died'"
-        ).fetchall():
+        try:
+            deaths = db.execute(
+                "SELECT stage, counted FROM attempts WHERE ended = 'died'"
+            ).fetchall()
+        except sqlite3.OperationalError:  # a dropforge before the attempts table
+            deaths = []
+        for stage, counted in deaths:
             verdict = "counted" if counted else "not counted"
             summary.deaths[f"{verdict} ({stage})"] += 1
     finally:
