@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from daemon.config import load_config
 from daemon.intake.candidates import candidate_for
-from daemon.intake.deliveries import Deliveries, delivering, delivery_folder
+from daemon.intake.deliveries import Deliveries, Temporaries, delivering, delivery_folder
 from daemon.intake.names import is_delivery_temporary
 from daemon.intake.settle import Settled, SettleState, SettleTracker
 from daemon.runtime.worker import Outcome, Worker
@@ -188,6 +188,26 @@ def test_a_delivery_is_a_temporary_written_lately(tmp_path: Path) -> None:
     assert delivering(str(tmp_path), now, stall=60) == ".~tmp~"
     assert delivering(str(tmp_path), now + 3600, stall=60) is None
     assert delivering(str(tmp_path / "missing"), now) is None
+
+
+def test_a_folder_is_listed_again_only_when_it_may_hold_a_temporary(tmp_path: Path) -> None:
+    """A folder with no temporary is not listed again until an entry comes or goes; one with
+    a temporary, even an abandoned one, is listed at every look, so that it is seen written
+    again."""
+    temporaries = Temporaries(stall=60)
+    (tmp_path / "cat.png").write_bytes(b"image")
+    now = time.time()
+    assert temporaries.find(str(tmp_path), now) is None
+    listed = tmp_path.stat()
+    (tmp_path / "cat.png").write_bytes(b"image, rewritten in place")  # not an entry change
+    assert tmp_path.stat().st_mtime_ns == listed.st_mtime_ns
+    assert temporaries.find(str(tmp_path), now) is None
+    partial = tmp_path / "dog.png.part"
+    partial.write_bytes(b"half")
+    os.utime(partial, (now - 120, now - 120))
+    assert temporaries.find(str(tmp_path), now) is None  # abandoned
+    partial.write_bytes(b"half, and more")  # resumed: its folder's mtime stays as it was
+    assert temporaries.find(str(tmp_path), time.time()) == "dog.png.part"
 
 
 def test_events_keep_a_folder_busy_for_the_quiet_time(tmp_path: Path) -> None:

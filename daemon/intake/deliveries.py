@@ -46,23 +46,56 @@ def _written_at(entry: os.DirEntry[str]) -> float:
     return newest
 
 
-def delivering(folder: str, now: float, stall: float = DELIVERY_STALL_S) -> str | None:
-    """The name of a delivery temporary in ``folder`` written in the last ``stall`` seconds
-    (``now`` is wall-clock time; a clock that differs from the file system's by more than
-    ``stall`` sees no delivery), or None."""
+def _scan(folder: str, now: float, stall: float) -> tuple[str | None, bool]:
+    """The live temporary in ``folder`` (or None), and whether it holds any temporary."""
+    seen = False
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
                 if not is_delivery_temporary(entry.name):
                     continue
+                seen = True
                 try:
                     if abs(now - _written_at(entry)) < stall:
-                        return entry.name
+                        return entry.name, True
                 except OSError:
                     continue  # renamed into place while we looked
     except OSError:
-        return None
-    return None
+        return None, seen
+    return None, seen
+
+
+def delivering(folder: str, now: float, stall: float = DELIVERY_STALL_S) -> str | None:
+    """The name of a delivery temporary in ``folder`` written in the last ``stall`` seconds
+    (``now`` is wall-clock time; a clock that differs from the file system's by more than
+    ``stall`` sees no delivery), or None."""
+    return _scan(folder, now, stall)[0]
+
+
+class Temporaries:
+    """``delivering``, listing a folder again only when it may hold a temporary: one found
+    before, or an entry added or removed since (which changes the folder's mtime). A folder
+    of ten thousand inputs is listed once, not once per job."""
+
+    def __init__(self, stall: float = DELIVERY_STALL_S) -> None:
+        self._stall = stall
+        self._clear: dict[str, tuple[int, int]] = {}  # folder → its stat when it held none
+
+    def find(self, folder: str, now: float) -> str | None:
+        """The live temporary in ``folder``, or None."""
+        try:
+            st = os.stat(folder)
+        except OSError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns)
+        if self._clear.get(folder) == key:
+            return None
+        found, seen = _scan(folder, now, self._stall)
+        if seen:
+            self._clear.pop(folder, None)
+        else:
+            self._clear[folder] = key
+        return found
 
 
 class Deliveries:
@@ -72,8 +105,8 @@ class Deliveries:
     def __init__(self, clock: Clock, wall_clock: Clock, stall: float = DELIVERY_STALL_S) -> None:
         self._clock = clock
         self._wall_clock = wall_clock
-        self._stall = stall
         self._seen: dict[str, tuple[float, str]] = {}  # folder → (last event, temporary)
+        self._temporaries = Temporaries(stall)
         self._holding: set[str] = set()  # folders whose new inputs wait
 
     def note(self, folder: str, name: str) -> None:
@@ -88,7 +121,7 @@ class Deliveries:
             if self._clock() - seen[0] < quiet:
                 return seen[1]
             del self._seen[folder]
-        return delivering(folder, self._wall_clock(), self._stall)
+        return self._temporaries.find(folder, self._wall_clock())
 
     def holds(self, folder: str, quiet: float) -> bool:
         """``busy``, logging ``intake.held`` when a folder starts holding its new inputs."""

@@ -81,10 +81,12 @@ def is_delivery_temporary(name: str) -> bool:
     Syncthing's ``.syncthing.*.tmp`` / ``~syncthing~*.tmp``, rsync's ``.NAME.XXXXXX`` and
     staging folders, unison's ``*.unison.tmp``, Nextcloud's ``.NAME.~hex``, ``*.part``,
     ``*.crdownload``, ``*.download`` (a Safari folder, too) and ``*.tmp``."""
-    lower = name.lower()
+    if name.lower().endswith(_PARTIAL_SUFFIXES):
+        return True
+    if not name.startswith("."):  # the rest are hidden names (asked of every file in a folder)
+        return False
     return (
-        lower.endswith(_PARTIAL_SUFFIXES)
-        or name in _STAGING_FOLDERS
+        name in _STAGING_FOLDERS
         or bool(_RSYNC_TEMPORARY.fullmatch(name))
         or bool(_NEXTCLOUD_TEMPORARY.fullmatch(name))
     )

@@ -23,7 +23,7 @@ from daemon.errors import (
 )
 from daemon.generators import Generator
 from daemon.intake.candidates import candidate_for
-from daemon.intake.deliveries import delivering
+from daemon.intake.deliveries import Temporaries
 from daemon.intake.paths import read_small_table
 from daemon.outputs.folders import escaping_output, foreign_output
 from daemon.outputs.manifest import AttemptRecord, job_is_done, write_manifest
@@ -99,6 +99,7 @@ class Worker:
         self.progress = progress or Progress()
         self._inboxes = {str(i.path): i for i in settings.inboxes}
         self._loaded_models: set[str] = set()  # model loads this process has recorded
+        self._temporaries = Temporaries()
 
     @property
     def generator(self) -> Generator:
@@ -138,7 +139,7 @@ class Worker:
             self.journal.delete(job.id)  # the input left the inbox
             bound.info("job.vanished")
             return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
-        temporary = delivering(str(candidate.path.parent), self.clock())
+        temporary = self._temporaries.find(str(candidate.path.parent), self.clock())
         if temporary is not None:  # what was written beside it may still be on its way
             folder = candidate.path.parent.relative_to(candidate.inbox.path).as_posix()
             message = (
