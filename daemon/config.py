@@ -21,6 +21,10 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 
+# Pillow's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS, not imported here: config loads
+# without Pillow). ``max_pixels`` may lower it, never raise it: the guard always stays on.
+BOMB_GUARD_PIXELS = 89_478_485
+
 DEFAULT_PRESETS: Mapping[str, Mapping[str, Any]] = {
     "draft": {"steps": 20, "mesh_resolution": 192},
     "standard": {"steps": 30, "mesh_resolution": 256},
@@ -55,7 +59,7 @@ class Settings:
     max_attempts: int = 3
     min_free_mb: int = 500
     active_hours: str = ""
-    max_pixels: int = 16_777_216
+    max_pixels: int = BOMB_GUARD_PIXELS
     max_sidecar_bytes: int = 65_536
     max_batch: int = 8
     log_format: str = "auto"
@@ -255,7 +259,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
         "active_hours": validate_active_hours(
             f"{name} [daemon]", d.get("active_hours", str, "", "HH:MM-HH:MM")
         ),
-        "max_pixels": d.integer("max_pixels", 16_777_216, 4096),
+        "max_pixels": d.integer("max_pixels", BOMB_GUARD_PIXELS, 4096, BOMB_GUARD_PIXELS),
         "max_sidecar_bytes": d.integer("max_sidecar_bytes", 65_536, 256),
         "max_batch": d.integer("max_batch", 8, 1, 64),
         "log_format": d.choice("log_format", "auto", ("auto", "console", "json")),

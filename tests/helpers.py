@@ -11,6 +11,9 @@ from typing import Any
 
 from PIL import Image
 
+from daemon.store.protocols import JobStore
+from daemon.store.rows import Job
+
 # The device the end-to-end tests generate on: cpu here and in CI; DROPFORGE_TEST_DEVICE=cuda
 # runs them through the CUDA path (fp16) on a machine with a GPU.
 TEST_DEVICE = os.environ.get("DROPFORGE_TEST_DEVICE", "cpu")
@@ -95,3 +98,33 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+JOB_INBOX = "/srv/inbox"
+
+
+class SettableClock:
+    """A clock a test sets and advances by hand (for journals and job stores)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def add_job(store: JobStore, input: str = "cat.png", **kw: Any) -> tuple[Job, bool]:
+    """Upsert a job of ``JOB_INBOX`` with defaults for every field not given."""
+    args: dict[str, Any] = {
+        "inbox": JOB_INBOX,
+        "input": input,
+        "kind": "image",
+        "fingerprint": "fp1",
+        "job_key": "key1",
+        "out_dir": f"/srv/outbox/{input}",
+    }
+    args.update(kw)
+    return store.upsert_job(**args)

@@ -160,13 +160,13 @@ def test_steps_are_reported_across_batches(
     assert recorder.steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
-def test_long_prompt_warns_once_that_it_is_truncated(
+def test_long_prompt_is_encoded_whole_without_a_warning(
     generator: DiffusersGenerator, tiny_sd: ModelSource
 ) -> None:
-    """A prompt over 77 tokens gives one warning line naming what was dropped."""
+    """A prompt over 77 tokens is chunked by compel, not truncated: nothing to warn about."""
     prompt = "a red cat " * 25 + "on the moon"
     recorder = generate(generator, make_request(tiny_sd, (1, 2), prompt=prompt))
-    assert recorder.warnings == ["prompt truncated to 77 tokens: dropped 'on the moon'"]
+    assert recorder.warnings == []
     assert len(recorder.images) == 2
 
 

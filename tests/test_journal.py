@@ -16,49 +16,20 @@ import pytest
 
 from daemon.errors import ConfigError, FileChangedError
 from daemon.store import sqlite_base
-from daemon.store.rows import Job
 from daemon.store.sqlite import SqliteJournal
 from daemon.values import AttemptEnd, AttemptStage, JobState
-
-INBOX = "/srv/inbox"
-
-
-class Clock:
-    """A settable clock for the journal."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.helpers import JOB_INBOX, SettableClock, add_job
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SettableClock:
+    return SettableClock()
 
 
 @pytest.fixture
-def journal(tmp_path: Path, clock: Clock) -> Iterator[SqliteJournal]:
+def journal(tmp_path: Path, clock: SettableClock) -> Iterator[SqliteJournal]:
     with SqliteJournal(tmp_path / "state" / "journal.sqlite3", clock=clock) as j:
         yield j
-
-
-def add(journal: SqliteJournal, input: str = "cat.png", **kw: Any) -> tuple[Job, bool]:
-    """Upsert a job with defaults for every field not given."""
-    args: dict[str, Any] = {
-        "inbox": INBOX,
-        "input": input,
-        "kind": "image",
-        "fingerprint": "fp1",
-        "job_key": "key1",
-        "out_dir": f"/srv/outbox/{input}",
-    }
-    args.update(kw)
-    return journal.upsert_job(**args)
 
 
 def sha(data: bytes) -> str:
@@ -66,6 +37,24 @@ def sha(data: bytes) -> str:
 
 
 # --- the database file ---------------------------------------------------------------------
+
+
+def test_a_copy_reads_the_journal_and_writes_nothing_back(
+    journal: SqliteJournal, tmp_path: Path
+) -> None:
+    """A copy (for the dry run) has the file's rows; its writes stay in memory."""
+    add_job(journal, "cat.png")
+    before = journal.path.read_bytes()
+    with SqliteJournal(journal.path, copy=True) as copy:
+        assert copy.get_job(JOB_INBOX, "cat.png") is not None
+        add_job(copy, "dog.png")
+        assert copy.get_job(JOB_INBOX, "dog.png") is not None
+    assert journal.get_job(JOB_INBOX, "dog.png") is None
+    assert journal.path.read_bytes() == before
+    missing = tmp_path / "none" / "journal.sqlite3"
+    with SqliteJournal(missing, copy=True) as empty:
+        assert empty.jobs() == []
+    assert not missing.parent.exists()
 
 
 def test_database_is_wal_with_schema_version(journal: SqliteJournal) -> None:
@@ -78,11 +67,11 @@ def test_database_is_wal_with_schema_version(journal: SqliteJournal) -> None:
         other.close()
 
 
-def test_reopening_keeps_rows(tmp_path: Path, clock: Clock) -> None:
+def test_reopening_keeps_rows(tmp_path: Path, clock: SettableClock) -> None:
     """A second open of the same file sees the rows of the first."""
     path = tmp_path / "journal.sqlite3"
     with SqliteJournal(path, clock=clock) as first:
-        job, _ = add(first)
+        job, _ = add_job(first)
     with SqliteJournal(path, clock=clock) as second:
         assert second.get(job.id) == job
 
@@ -101,7 +90,7 @@ def test_unknown_schema_version_is_a_config_error(tmp_path: Path) -> None:
     )
 
 
-def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: Clock) -> None:
+def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: SettableClock) -> None:
     """A journal written before the attempts table opens as version 2 with its rows intact,
     and its claim that a dead process left running is judged as every death was then."""
     path = tmp_path / "journal.sqlite3"
@@ -113,8 +102,8 @@ def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: Clock) 
         assert journal._query("PRAGMA user_version")[0][0] == 2
         names = {r[0] for r in journal._query("SELECT name FROM sqlite_master")}
         assert {"attempts", "attempts_forget", "model_loads"} <= names
-        crashy = journal.get_job(INBOX, "crashy.png")
-        done = journal.get_job(INBOX, "done.png")
+        crashy = journal.get_job(JOB_INBOX, "crashy.png")
+        done = journal.get_job(JOB_INBOX, "done.png")
         assert crashy is not None and done is not None
         assert (crashy.state, crashy.attempts, crashy.progress_done) == (JobState.running, 2, 1)
         assert (done.state, done.attempts) == (JobState.done, 1)
@@ -136,7 +125,7 @@ def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: Clock) 
         assert again._query("PRAGMA user_version")[0][0] == 2
 
 
-def test_model_loads_are_remembered(journal: SqliteJournal, clock: Clock) -> None:
+def test_model_loads_are_remembered(journal: SqliteJournal, clock: SettableClock) -> None:
     """A model recorded as loaded is known afterwards; others are not."""
     assert not journal.model_loaded("/models/sd on cpu")
     journal.note_model_loaded("/models/sd on cpu")
@@ -157,9 +146,9 @@ def test_garbage_file_is_a_config_error(tmp_path: Path) -> None:
 def test_failed_statement_rolls_back(journal: SqliteJournal) -> None:
     """A statement that fails inside a transaction leaves the journal unchanged and usable."""
     with pytest.raises(sqlite3.IntegrityError):
-        add(journal, kind=None)
+        add_job(journal, kind=None)
     assert journal.jobs() == []
-    assert add(journal)[1]
+    assert add_job(journal)[1]
 
 
 # --- the hash cache ------------------------------------------------------------------------
@@ -283,16 +272,16 @@ def test_missing_file_raises_file_not_found(journal: SqliteJournal, tmp_path: Pa
 
 
 def test_prune_forgets_old_jobs_and_cache_rows_of_what_is_gone(
-    journal: SqliteJournal, clock: Clock, tmp_path: Path
+    journal: SqliteJournal, clock: SettableClock, tmp_path: Path
 ) -> None:
     """prune deletes done jobs and cache rows untouched for the given time whose input or file
     is gone; what is still there is kept however old (rescans of marked folders touch nothing)."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "kept.png").write_bytes(b"k")
-    old_done = add(journal, "old.png", inbox=str(inbox))[0]  # its input has gone
-    old_kept = add(journal, "kept.png", inbox=str(inbox))[0]
-    add(journal, "old-queued.png", inbox=str(inbox))
+    old_done = add_job(journal, "old.png", inbox=str(inbox))[0]  # its input has gone
+    old_kept = add_job(journal, "kept.png", inbox=str(inbox))[0]
+    add_job(journal, "old-queued.png", inbox=str(inbox))
     journal.mark_done(old_done.id, seconds=1)
     journal.mark_done(old_kept.id, seconds=1)
     stale, seen, still = tmp_path / "stale.png", tmp_path / "seen.png", tmp_path / "still.png"
@@ -302,7 +291,7 @@ def test_prune_forgets_old_jobs_and_cache_rows_of_what_is_gone(
     clock.advance(100)
     journal.hash_file(seen)  # a cache hit counts as seen
     stale.unlink()
-    new_done = add(journal, "new.png", inbox=str(inbox))[0]
+    new_done = add_job(journal, "new.png", inbox=str(inbox))[0]
     journal.mark_done(new_done.id, seconds=1)
     assert journal.prune(older_than=50) == 2  # old.png's job and stale.png's cache row
     assert [j.input for j in journal.jobs()] == ["kept.png", "old-queued.png", "new.png"]

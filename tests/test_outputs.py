@@ -319,6 +319,18 @@ def test_contact_sheet_shortens_long_labels_within_their_cell() -> None:
     assert ink_pixels(long, (cell_w, 256 + 8, 2 * cell_w, long.height)) == 0
 
 
+def test_contact_sheet_labels_may_have_two_lines() -> None:
+    """A two-line label (scene and seed) gets a second text row with ink in both rows."""
+    one = contact_sheet([(solid(COLORS[0], (64, 64)), "seed 4294967295")])
+    two = contact_sheet([(solid(COLORS[0], (64, 64)), "scene 12\nseed 4294967295")])
+    assert two.width == one.width
+    line = two.height - one.height
+    assert line > 10
+    first_row = (0, 64 + 4, two.width, 64 + 4 + line)
+    second_row = (0, 64 + 4 + line, two.width, two.height)
+    assert ink_pixels(two, first_row) > 20 and ink_pixels(two, second_row) > 20
+
+
 def test_contact_sheet_keeps_aspect_and_small_images() -> None:
     """Wide images are letterboxed, and 64x64 images are not blown up to 256."""
     wide = contact_sheet([(solid(COLORS[2], (512, 256)), "seed 7")])

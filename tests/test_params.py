@@ -12,6 +12,7 @@ import pytest
 
 from daemon.config import Settings, settings_from_mapping
 from daemon.errors import ConfigError, InputError
+from daemon.generators.samplers import SAMPLER_NAMES
 from daemon.planning.params import (
     PARAM_KEYS,
     check_settings,
@@ -54,6 +55,8 @@ def test_param_keys_are_every_documented_key() -> None:
         "steps", "guidance", "strength", "width", "height", "vary", "mask", "model", "lora",
         "lora_scale", "mesh_resolution", "formats", "texture", "depth", "paths", "pose",
         "start", "end", "endpoints", "exclude_sections", "prompt_template", "force",
+        "sampler", "name_style", "scenes", "fps", "size", "base", "expressions",
+        "seed_range",
     }  # fmt: skip
     assert set(PARAM_KEYS) == expected
     assert len(PARAM_KEYS) == len(expected)
@@ -121,6 +124,22 @@ GOOD: list[tuple[str, Any, Any]] = [
     ("exclude_sections", [], ()),
     ("prompt_template", "graphic novel panel, {text}", "graphic novel panel, {text}"),
     ("force", False, False),
+    ("sampler", "dpm++ 2m karras", "DPM++ 2M Karras"),
+    ("sampler", "", ""),
+    ("name_style", "descriptive", "descriptive"),
+    ("scenes", [2, 5], (2, 5)),
+    ("fps", 12, 12.0),
+    ("size", "1024 x 1536", "1024x1536"),
+    ("base", "faces/neutral.png", "faces/neutral.png"),
+    (
+        "expressions",
+        [{"id": "ah", "prompt": "mouth open"}],
+        ({"id": "ah", "prompt": "mouth open"},),
+    ),
+    ("prompt_template", "panel, {subject}, {mood} mood", "panel, {subject}, {mood} mood"),
+    ("seed", "random", "random"),
+    ("seed_range", [0, 999999], (0, 999999)),
+    ("seed_range", [7, 7], (7, 7)),
 ]
 
 
@@ -167,7 +186,23 @@ BAD: list[tuple[str, Any, str]] = [
     ("count", True, "count must be an integer in 1..20, got true"),
     ("seed", -1, "seed must be 0..4294967295, got -1"),
     ("seed", SEED_MAX + 1, "seed must be 0..4294967295, got 4294967296"),
-    ("seed", 1.5, "seed must be an integer in 0..4294967295, got 1.5"),
+    ("seed", 1.5, 'seed must be an integer in 0..4294967295 or "random", got 1.5'),
+    ("seed", "rand", 'seed must be an integer in 0..4294967295 or "random", got "rand"'),
+    (
+        "seed_range",
+        [9, 1],
+        "seed_range must be [low, high]: two integers in 0..4294967295, low ≤ high, got [9, 1]",
+    ),
+    (
+        "seed_range",
+        [1],
+        "seed_range must be [low, high]: two integers in 0..4294967295, low ≤ high, got [1]",
+    ),
+    (
+        "seed_range",
+        [-1, 5],
+        "seed_range must be [low, high]: two integers in 0..4294967295, low ≤ high, got [-1, 5]",
+    ),
     ("seeds", 5, "seeds must be a list of 1..20 unique integers in 0..4294967295, got 5"),
     ("seeds", [], "seeds must be a list of 1..20 unique integers in 0..4294967295, got []"),
     ("seeds", [1, "2"], 'seeds[2] must be an integer in 0..4294967295, got "2"'),
@@ -327,9 +362,44 @@ BAD: list[tuple[str, Any, str]] = [
     (
         "prompt_template",
         "panel, {txt}",
-        'prompt_template must be a string containing "{text}", got "panel, {txt}"',
+        "prompt_template must be a string containing {text}, {subject}, {setting}, {time}, "
+        '{mood} or {action}, got "panel, {txt}"',
     ),
-    ("prompt_template", 1, 'prompt_template must be a string containing "{text}", got 1'),
+    (
+        "prompt_template",
+        1,
+        "prompt_template must be a string containing {text}, {subject}, {setting}, {time}, "
+        "{mood} or {action}, got 1",
+    ),
+    ("name_style", "fancy", 'name_style must be plain or descriptive, got "fancy"'),
+    ("fps", 0, "fps must be 1..60, got 0"),
+    (
+        "size",
+        "1001x1536",
+        'size must be "WIDTHxHEIGHT", each a multiple of 8 in 64..2048, e.g. "1024x1536", '
+        'got "1001x1536"',
+    ),
+    ("base", "../face.png", 'base must be a relative path inside the inbox, got "../face.png"'),
+    ("expressions", [{"id": "ah"}], "expressions[1].prompt is required"),
+    (
+        "expressions",
+        [{"id": "ah", "prompt": "x", "promt": "y"}],
+        "expressions[1].promt: unknown key, did you mean prompt?",
+    ),
+    (
+        "sampler",
+        "Euler b",
+        "sampler must be an A1111 sampler name: "
+        + ", ".join(SAMPLER_NAMES)
+        + ' (or "" for the model\'s own), got "Euler b", did you mean "Euler a"?',
+    ),
+    (
+        "scenes",
+        [],
+        "scenes must be a list of 1..1000 unique scene numbers (1 is the first scene), got []",
+    ),
+    ("scenes", [2, 0], "scenes[2] must be 1..100000, got 0"),
+    ("scenes", [2, 2], "scenes[2] must be unique (it repeats an earlier scene), got 2"),
     ("force", "true", 'force must be true or false, got "true"'),
     ("force", 0, "force must be true or false, got 0"),
 ]
@@ -416,6 +486,16 @@ def test_seed_and_seeds_in_one_layer(settings: Settings) -> None:
     )
 
 
+def test_seed_range_and_seed_in_one_layer(settings: Settings) -> None:
+    """seed_range beside seed or seeds in one layer is ambiguous and rejected."""
+    assert error_of(settings, {"seed_range": [1, 9], "seed": "random"}) == (
+        'cat.toml: seed_range and seed cannot both be set, got seed = "random"'
+    )
+    assert error_of(settings, {"seed_range": [1, 9], "seeds": [3]}) == (
+        "cat.toml: seed_range and seeds cannot both be set, got seeds = [3]"
+    )
+
+
 # --- read_sidecar ---------------------------------------------------------------------------
 
 
@@ -490,6 +570,9 @@ FALLBACK_RESULT: dict[str, Any] = {
     "lora_scale": 1.0, "mesh_resolution": 256, "formats": ("glb",), "texture": False,
     "depth": 2, "paths": None, "pose": None, "start": None, "end": None, "endpoints": None,
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
+    "sampler": "", "name_style": "plain", "scenes": None,
+    "fps": 8.0, "size": None, "base": None, "expressions": None,
+    "seed_range": None,
 }  # fmt: skip
 
 
@@ -606,6 +689,18 @@ def test_later_seed_replaces_inherited_seeds(settings: Settings) -> None:
     ]
     result = effective_params(settings, layers)
     assert (result["seeds"], result["count"], result["seed"]) == (None, 3, 42)
+
+
+def test_a_later_seed_or_seed_range_replaces_the_other(settings: Settings) -> None:
+    """A sidecar's seed replaces a folder's seed_range, and a seed_range a folder's seed."""
+    result = effective_params(
+        settings, [("_defaults.toml", {"seed_range": [1, 99]}), ("cat.toml", {"seed": 5})]
+    )
+    assert (result["seed_range"], result["seed"]) == (None, 5)
+    result = effective_params(
+        settings, [("_defaults.toml", {"seed": "random"}), ("cat.toml", {"seed_range": [1, 9]})]
+    )
+    assert (result["seed_range"], result["seed"], result["seeds"]) == ((1, 9), None, None)
 
 
 def test_later_count_replaces_inherited_seeds(settings: Settings) -> None:

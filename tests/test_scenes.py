@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import InputError
-from daemon.intake.scenes import apply_template, read_prompt_text, split_scenes
+from daemon.intake.scenes import chapter_number, read_prompt_text, split_scenes
+from daemon.planning.scene_prompts import fill_template
 
 CHAPTER = """\
 # Chapter 1
@@ -37,20 +38,39 @@ A last scene with {braces} and #hashtag.
 
 
 def test_split_scenes_on_every_separator_and_excludes_sections() -> None:
-    """Scenes split on * * *, *** and ---; excluded sections and their tails disappear."""
+    """Scenes split on * * *, *** and ---; headings, excluded sections and their tails go."""
     assert split_scenes(CHAPTER, ["craft notes"]) == [
-        "Chapter 1 Emma opens the letter at her desk.",
+        "Emma opens the letter at her desk.",
         "The harbour at dawn, gulls over the cranes.",
-        "Night Rain on the window.",
+        "Rain on the window.",
         "A last scene with {braces} and #hashtag.",
     ]
+
+
+def test_chapter_headings_of_every_kind_stay_out_of_scenes() -> None:
+    """'# Chapter 1', 'CHAPTER TWO: …', a setext title and 'Part II' are not scene text."""
+    text = (
+        "CHAPTER TWO: The Storm\nPart II\nThe Storm\n=====\nRain fell.\n* * *\nChapter one ended.\n"
+    )
+    assert split_scenes(text, []) == ["Rain fell.", "Chapter one ended."]
+
+
+def test_chapter_number_from_heading_or_file_name() -> None:
+    """The chapter comes from a Chapter heading (digits, words, roman) or the file name."""
+    assert chapter_number("# Chapter 3: Arrival\ntext", "notes.md") == 3
+    assert chapter_number("CHAPTER TWELVE\ntext", "notes.md") == 12
+    assert chapter_number("Chapter IV\ntext", "notes.md") == 4
+    assert chapter_number("text", "chapter_07.md") == 7
+    assert chapter_number("text", "ch2.txt") == 2
+    assert chapter_number("text", "05-harbour.md") == 5
+    assert chapter_number("text", "story.md") is None
 
 
 def test_split_scenes_without_exclusions_keeps_every_section() -> None:
     """With nothing excluded, the notes are scenes like any other."""
     scenes = split_scenes(CHAPTER, [])
     assert len(scenes) == 6
-    assert scenes[2] == "Night Rain on the window. CRAFT NOTES: Keep the rain motif going."
+    assert scenes[2] == "Rain on the window. Keep the rain motif going."
     assert scenes[3] == "**Craft Notes** - pacing is slow here"
 
 
@@ -73,12 +93,21 @@ def test_mentioning_an_excluded_name_in_prose_keeps_the_line() -> None:
     ]
 
 
-def test_apply_template_leaves_other_braces_alone() -> None:
+def test_fill_template_leaves_other_braces_alone() -> None:
     """{text} is replaced; other braces in template or text are kept verbatim."""
-    assert apply_template("graphic novel panel, {text}, {style}", "a {cat}") == (
+    assert fill_template("graphic novel panel, {text}, {style}", "a {cat}", {}) == (
         "graphic novel panel, a {cat}, {style}"
     )
-    assert apply_template("{text} | {text}", "x") == "x | x"
+    assert fill_template("{text} | {text}", "x", {}) == "x | x"
+
+
+def test_fill_template_drops_pieces_whose_parts_are_empty() -> None:
+    """A comma-separated piece whose placeholders found nothing is left out."""
+    parts = {"subject": "Emma", "setting": "office", "time": "", "mood": "tense", "action": ""}
+    template = "graphic novel panel, {subject} {action}, {setting}, at {time}, {mood} mood"
+    assert fill_template(template, "text", parts) == (
+        "graphic novel panel, Emma, office, tense mood"
+    )
 
 
 @pytest.mark.parametrize(

@@ -20,24 +20,9 @@ from daemon.store.protocols import JobStore
 from daemon.store.rows import Job
 from daemon.store.sqlite import SqliteJournal
 from daemon.values import AttemptEnd, AttemptStage, JobState
+from tests.helpers import JOB_INBOX, SettableClock, add_job
 
-INBOX = "/srv/inbox"
-
-
-class Clock:
-    """A settable clock for the store."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-Opener = Callable[[Clock], Any]  # opens a new handle on the test's one store
+Opener = Callable[[SettableClock], Any]  # opens a new handle on the test's one store
 
 
 def _sqlite(tmp_path: Path) -> Opener:
@@ -55,37 +40,23 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SettableClock:
+    return SettableClock()
 
 
 @pytest.fixture
-def store(opener: Opener, clock: Clock) -> Iterator[JobStore]:
+def store(opener: Opener, clock: SettableClock) -> Iterator[JobStore]:
     with opener(clock) as handle:
         yield handle
 
 
-def add(store: JobStore, input: str = "cat.png", **kw: Any) -> tuple[Job, bool]:
-    """Upsert a job with defaults for every field not given."""
-    args: dict[str, Any] = {
-        "inbox": INBOX,
-        "input": input,
-        "kind": "image",
-        "fingerprint": "fp1",
-        "job_key": "key1",
-        "out_dir": f"/srv/outbox/{input}",
-    }
-    args.update(kw)
-    return store.upsert_job(**args)
-
-
-def test_new_job_is_queued(store: JobStore, clock: Clock) -> None:
+def test_new_job_is_queued(store: JobStore, clock: SettableClock) -> None:
     """A new input becomes a queued job with the given identity."""
-    job, changed = add(store, deps=["_defaults.toml", "a/mask.png"])
+    job, changed = add_job(store, deps=["_defaults.toml", "a/mask.png"])
     assert changed
     assert job.state is JobState.queued
     assert (job.inbox, job.input, job.kind, job.fingerprint, job.job_key) == (
-        INBOX,
+        JOB_INBOX,
         "cat.png",
         "image",
         "fp1",
@@ -94,18 +65,18 @@ def test_new_job_is_queued(store: JobStore, clock: Clock) -> None:
     assert (job.attempts, job.waits, job.error, job.force) == (0, 0, None, False)
     assert job.created_at == job.updated_at == clock.now
     assert job.deps == ("_defaults.toml", "a/mask.png")
-    assert store.get_job(INBOX, "cat.png") == job
-    assert store.get_job(INBOX, "dog.png") is None
+    assert store.get_job(JOB_INBOX, "cat.png") == job
+    assert store.get_job(JOB_INBOX, "dog.png") is None
 
 
-def test_unchanged_job_is_left_alone(store: JobStore, clock: Clock) -> None:
+def test_unchanged_job_is_left_alone(store: JobStore, clock: SettableClock) -> None:
     """Upserting the same fingerprint and key leaves a finished job finished."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_done(job.id, seconds=4.0)
     done = store.get(job.id)
     clock.advance(10)
-    again, changed = add(store)
+    again, changed = add_job(store)
     assert not changed
     assert again == done
     assert again.state is JobState.done
@@ -113,10 +84,10 @@ def test_unchanged_job_is_left_alone(store: JobStore, clock: Clock) -> None:
 
 @pytest.mark.parametrize("change", [{"fingerprint": "fp2"}, {"job_key": "key2"}])
 def test_changed_identity_starts_over(
-    store: JobStore, clock: Clock, change: dict[str, str]
+    store: JobStore, clock: SettableClock, change: dict[str, str]
 ) -> None:
     """A changed fingerprint or job key requeues a failed job with fresh counters."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_waiting(job.id, "no model", retry_in=5)
     clock.advance(5)
@@ -124,7 +95,7 @@ def test_changed_identity_starts_over(
     store.mark_failed(job.id, "cat.png: not an image")
     failed = store.get(job.id)
     assert (failed.attempts, failed.waits, failed.error) == (1, 1, "cat.png: not an image")
-    again, changed = add(store, out_dir="/srv/outbox/new", **change)
+    again, changed = add_job(store, out_dir="/srv/outbox/new", **change)
     assert changed
     assert again.id == job.id
     assert again.state is JobState.queued
@@ -134,29 +105,29 @@ def test_changed_identity_starts_over(
 
 def test_force_requeues_an_unchanged_job_once(store: JobStore) -> None:
     """force requeues a done job and sets the flag; a repeat while queued changes nothing."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.mark_done(job.id, seconds=1.0)
-    forced, changed = add(store, force=True)
+    forced, changed = add_job(store, force=True)
     assert changed
     assert (forced.state, forced.force) == (JobState.queued, True)
-    assert add(store, force=True) == (forced, False)
+    assert add_job(store, force=True) == (forced, False)
 
 
-def test_running_job_is_not_reset_under_a_live_lease(store: JobStore, clock: Clock) -> None:
+def test_running_job_is_not_reset_under_a_live_lease(store: JobStore, clock: SettableClock) -> None:
     """A changed input does not disturb a running job until its lease has expired."""
-    add(store)
+    add_job(store)
     running = store.claim("w", 60)
     assert running is not None
-    assert add(store, fingerprint="fp2") == (running, False)
+    assert add_job(store, fingerprint="fp2") == (running, False)
     clock.advance(61)
-    job, changed = add(store, fingerprint="fp2")
+    job, changed = add_job(store, fingerprint="fp2")
     assert changed
     assert (job.state, job.fingerprint, job.lease_owner) == (JobState.queued, "fp2", None)
 
 
 def test_update_identity_and_delete(store: JobStore) -> None:
     """update_identity rewrites the identity in place; delete removes the row."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.update_identity(job.id, "fp9", "key9", "/srv/outbox/x")
     updated = store.get(job.id)
     assert (updated.fingerprint, updated.job_key, updated.out_dir) == (
@@ -170,10 +141,10 @@ def test_update_identity_and_delete(store: JobStore) -> None:
         store.get(job.id)
 
 
-def test_claim_takes_jobs_in_arrival_order(store: JobStore, clock: Clock) -> None:
+def test_claim_takes_jobs_in_arrival_order(store: JobStore, clock: SettableClock) -> None:
     """claim returns the oldest runnable job and leases it."""
-    first, _ = add(store, "b.png")
-    second, _ = add(store, "a.png")
+    first, _ = add_job(store, "b.png")
+    second, _ = add_job(store, "a.png")
     clock.advance(5)
     job = store.claim("host:1", 600)
     assert job is not None
@@ -184,12 +155,12 @@ def test_claim_takes_jobs_in_arrival_order(store: JobStore, clock: Clock) -> Non
     assert store.claim("host:1", 600) is None
 
 
-def test_waiting_job_is_claimed_when_due(store: JobStore, clock: Clock) -> None:
+def test_waiting_job_is_claimed_when_due(store: JobStore, clock: SettableClock) -> None:
     """A waiting job is skipped until its not_before, then taken in arrival order."""
-    early, _ = add(store, "early.png")
+    early, _ = add_job(store, "early.png")
     assert store.claim("w", 60) is not None
     store.mark_waiting(early.id, "model not available", retry_in=100)
-    late, _ = add(store, "late.png")
+    late, _ = add_job(store, "late.png")
     claimed = store.claim("w", 60)
     assert claimed is not None and claimed.id == late.id
     store.mark_done(late.id, seconds=1)
@@ -199,9 +170,9 @@ def test_waiting_job_is_claimed_when_due(store: JobStore, clock: Clock) -> None:
     assert again is not None and again.id == early.id
 
 
-def test_backoff_grows_and_caps(store: JobStore, clock: Clock) -> None:
+def test_backoff_grows_and_caps(store: JobStore, clock: SettableClock) -> None:
     """Default waits back off 30 s, 60 s, 120 s … up to one hour, without counting attempts."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     delays = []
     for _ in range(9):
         assert store.claim("w", 60) is not None
@@ -216,9 +187,9 @@ def test_backoff_grows_and_caps(store: JobStore, clock: Clock) -> None:
     assert (final.error, final.lease_owner) == ("disk below min_free_mb", None)
 
 
-def test_mark_done_records_seconds_and_clears_lease(store: JobStore, clock: Clock) -> None:
+def test_mark_done_records_seconds_and_clears_lease(store: JobStore, clock: SettableClock) -> None:
     """mark_done ends the job, records its time and spends the force flag."""
-    job, _ = add(store, force=True)
+    job, _ = add_job(store, force=True)
     store.claim("w", 60)
     clock.advance(7)
     store.mark_done(job.id, seconds=6.5)
@@ -229,7 +200,7 @@ def test_mark_done_records_seconds_and_clears_lease(store: JobStore, clock: Cloc
 
 def test_mark_failed_records_error(store: JobStore) -> None:
     """mark_failed ends the job with the user-facing error."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_failed(job.id, "cat.toml: count must be 1..20, got 50")
     failed = store.get(job.id)
@@ -242,7 +213,7 @@ def test_mark_failed_records_error(store: JobStore) -> None:
 
 def test_mark_queued_does_not_count_the_claim(store: JobStore) -> None:
     """A job interrupted by a stop goes back to queued with its claim uncounted."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.mark_queued(job.id)
     queued = store.get(job.id)
@@ -251,9 +222,9 @@ def test_mark_queued_does_not_count_the_claim(store: JobStore) -> None:
     assert store.get(job.id).attempts == 0
 
 
-def test_renew_lease_only_for_the_owner(store: JobStore, clock: Clock) -> None:
+def test_renew_lease_only_for_the_owner(store: JobStore, clock: SettableClock) -> None:
     """The owner can extend its lease; anyone else is told it does not hold it."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w1", 60)
     clock.advance(50)
     assert store.renew_lease(job.id, "w1", 60)
@@ -265,7 +236,7 @@ def test_renew_lease_only_for_the_owner(store: JobStore, clock: Clock) -> None:
 
 def test_set_progress(store: JobStore) -> None:
     """set_progress records images done of total and a note; a new claim resets it."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.set_progress(job.id, 2, 4, "step 3/20")
     running = store.running()
@@ -281,8 +252,8 @@ def test_set_progress(store: JobStore) -> None:
 def test_recover_requeues_or_quarantines(store: JobStore) -> None:
     """At start-up running jobs return to the queue, or to quarantine after max_attempts claims
     that got no further."""
-    crashy, _ = add(store, "my cat.png")
-    fresh, _ = add(store, "dog.png")
+    crashy, _ = add_job(store, "my cat.png")
+    fresh, _ = add_job(store, "dog.png")
     for _ in range(2):
         store.claim("dead:1", 60)
         store.recover(max_attempts=3)
@@ -300,10 +271,10 @@ def test_recover_requeues_or_quarantines(store: JobStore) -> None:
     assert store.recover(max_attempts=3) == (0, 0)
 
 
-def test_two_handles_never_claim_the_same_job(opener: Opener, clock: Clock) -> None:
+def test_two_handles_never_claim_the_same_job(opener: Opener, clock: SettableClock) -> None:
     """Four threads over two handles on one store claim every job exactly once."""
     with opener(clock) as first, opener(clock) as second:
-        ids = {add(first, f"{n:03}.png")[0].id for n in range(60)}
+        ids = {add_job(first, f"{n:03}.png")[0].id for n in range(60)}
         claimed: list[list[int]] = [[] for _ in range(4)]
         barrier = threading.Barrier(4)
 
@@ -328,8 +299,8 @@ def test_two_handles_never_claim_the_same_job(opener: Opener, clock: Clock) -> N
 def test_counts_include_zeros(store: JobStore) -> None:
     """counts names every state, zeros included, in enum order."""
     assert store.counts() == {s: 0 for s in JobState}
-    add(store, "a.png")
-    add(store, "b.png")
+    add_job(store, "a.png")
+    add_job(store, "b.png")
     store.claim("w", 60)
     assert list(store.counts().items()) == [
         (JobState.queued, 1),
@@ -343,9 +314,9 @@ def test_counts_include_zeros(store: JobStore) -> None:
 
 def test_jobs_filter_and_limit(store: JobStore) -> None:
     """jobs lists rows in arrival order, filtered by state and limited."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
-    c = add(store, "c.png")[0]
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
+    c = add_job(store, "c.png")[0]
     store.mark_failed(b.id, "bad")
     assert [j.id for j in store.jobs()] == [a.id, b.id, c.id]
     assert [j.id for j in store.jobs(limit=2)] == [a.id, b.id]
@@ -354,12 +325,12 @@ def test_jobs_filter_and_limit(store: JobStore) -> None:
     assert store.jobs([]) == []
 
 
-def test_recent_failures_newest_first(store: JobStore, clock: Clock) -> None:
+def test_recent_failures_newest_first(store: JobStore, clock: SettableClock) -> None:
     """recent_failures lists failed and quarantined jobs, the newest first."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
-    c = add(store, "c.png")[0]
-    add(store, "d.png")
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
+    c = add_job(store, "c.png")[0]
+    add_job(store, "d.png")
     store.mark_failed(c.id, "c broke")
     clock.advance(1)
     store.claim("w", 60)  # a
@@ -377,14 +348,16 @@ def test_recent_failures_newest_first(store: JobStore, clock: Clock) -> None:
 
 def test_retry_by_input_and_state(store: JobStore) -> None:
     """retry requeues named inputs and whole states, counting each job once."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
-    c = add(store, "c.png")[0]
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
+    c = add_job(store, "c.png")[0]
     for job in (a, b, c):
         store.claim("w", 60)
         store.mark_failed(job.id, "bad")
     store.mark_done(c.id, seconds=1)
-    count = store.retry(inputs=[(INBOX, "a.png"), (INBOX, "c.png")], states=[JobState.failed])
+    count = store.retry(
+        inputs=[(JOB_INBOX, "a.png"), (JOB_INBOX, "c.png")], states=[JobState.failed]
+    )
     assert count == 3
     for job in (a, b, c):
         again = store.get(job.id)
@@ -394,16 +367,16 @@ def test_retry_by_input_and_state(store: JobStore) -> None:
             None,
             False,
         )
-    assert store.retry(inputs=[(INBOX, "missing.png")]) == 0
+    assert store.retry(inputs=[(JOB_INBOX, "missing.png")]) == 0
 
 
 def test_retry_force_and_live_lease(store: JobStore) -> None:
     """retry --force sets the flag; a job running under a live lease is not touched."""
-    a = add(store, "a.png")[0]
-    b = add(store, "b.png")[0]
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
     store.mark_done(a.id, seconds=1)
     store.claim("w", 60)  # b
-    assert store.retry(inputs=[(INBOX, "a.png"), (INBOX, "b.png")], force=True) == 1
+    assert store.retry(inputs=[(JOB_INBOX, "a.png"), (JOB_INBOX, "b.png")], force=True) == 1
     assert store.get(a.id).force
     assert store.get(b.id).state is JobState.running
     assert not store.requeue(b.id)
@@ -411,7 +384,7 @@ def test_retry_force_and_live_lease(store: JobStore) -> None:
 
 def test_requeue_quarantined(store: JobStore) -> None:
     """requeue releases a quarantined job with a fresh attempt count."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.recover(max_attempts=1)
     assert store.requeue(job.id, force=True)
@@ -437,10 +410,10 @@ def die_at(store: JobStore, job: Job, done: int, steps: int, total: int = 3) -> 
     store.recover(max_attempts=3)
 
 
-def test_a_claim_records_its_furthest_point(store: JobStore, clock: Clock) -> None:
+def test_a_claim_records_its_furthest_point(store: JobStore, clock: SettableClock) -> None:
     """A claim is an attempt at stage preparing; progress moves its furthest point forward
     only, a step makes it generating, and its note is the one at that point."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     clock.advance(1)
     store.claim("host:1", 60)
     (attempt,) = store.attempts(job.id)
@@ -474,7 +447,7 @@ def test_a_claim_records_its_furthest_point(store: JobStore, clock: Clock) -> No
 def test_deaths_that_get_further_do_not_count(store: JobStore) -> None:
     """A job whose process dies at a later point each time is never quarantined; the first
     death is compared with where the claim started."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     points = [(0, 5), (0, 9), (1, 0), (1, 3), (2, 1), (2, 7)]
     for done, steps in points:
         die_at(store, job, done, steps)
@@ -495,10 +468,10 @@ def test_deaths_at_the_same_point_quarantine(store: JobStore) -> None:
     """A job whose process dies at the same step each time is quarantined after max_attempts
     claims that got no further, with a message saying where; so is one that dies earlier
     than before. The first claim got further than where it started."""
-    same, _ = add(store, "same.png")
+    same, _ = add_job(store, "same.png")
     for _ in range(4):
         die_at(store, same, 1, 4)
-    earlier, _ = add(store, "earlier.png")
+    earlier, _ = add_job(store, "earlier.png")
     for steps in (6, 4, 2, 1):
         die_at(store, earlier, 0, steps)
     for job in (same, earlier):
@@ -519,7 +492,7 @@ def test_deaths_at_the_same_point_quarantine(store: JobStore) -> None:
 def test_a_death_loading_a_known_model_does_not_count(store: JobStore) -> None:
     """Dying while loading a model that loaded here before is not the job's doing; dying at a
     model's first load, or after it loaded and before the first step, is."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     for stage in (AttemptStage.first_load, AttemptStage.loading, AttemptStage.loading):
         store.claim("dead:1", 60)
         store.set_stage(job.id, stage)
@@ -543,7 +516,7 @@ def test_a_death_loading_a_known_model_does_not_count(store: JobStore) -> None:
 def test_a_death_preparing_counts_until_a_claim_got_past_it(store: JobStore) -> None:
     """Dying before the generator was called counts while no claim of the job got further;
     once one did, that point is known to pass and such a death does not count."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     for stage in (AttemptStage.preparing, AttemptStage.first_load):
         store.claim("dead:1", 60)
         store.set_stage(job.id, stage)
@@ -557,10 +530,10 @@ def test_a_death_preparing_counts_until_a_claim_got_past_it(store: JobStore) -> 
     assert store.get(job.id).state is JobState.queued
 
 
-def test_every_end_of_a_claim_is_recorded(store: JobStore, clock: Clock) -> None:
+def test_every_end_of_a_claim_is_recorded(store: JobStore, clock: SettableClock) -> None:
     """Waiting, stopped, done and failed claims end their attempt; a stopped claim is what the
     next death is compared with, a waiting one is not."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     store.claim("w", 60)
     store.set_progress(job.id, 0, 2, "step 3/20", steps=3)
     store.mark_queued(job.id)  # stopped at (0, 3)
@@ -585,7 +558,7 @@ def test_every_end_of_a_claim_is_recorded(store: JobStore, clock: Clock) -> None
         "attempt 3: died at 0/2 outputs and 2 steps into the next (counted toward quarantine)",
         "attempt 4: done",
     ]
-    other, _ = add(store, "other.png")
+    other, _ = add_job(store, "other.png")
     store.claim("w", 60)
     store.mark_failed(other.id, "other.png: not an image")
     assert [a.ended for a in store.attempts(other.id)] == [AttemptEnd.failed]
@@ -594,26 +567,26 @@ def test_every_end_of_a_claim_is_recorded(store: JobStore, clock: Clock) -> None
 def test_a_fresh_start_forgets_the_attempts(store: JobStore) -> None:
     """A requeue (retry, a changed input) starts the history over; a deleted job takes its
     history with it."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     die_at(store, job, 0, 1)
     store.claim("w", 60)
     store.mark_failed(job.id, "bad")
     assert len(store.attempts(job.id)) == 2
-    assert store.retry(inputs=[(INBOX, "cat.png")]) == 1
+    assert store.retry(inputs=[(JOB_INBOX, "cat.png")]) == 1
     assert store.attempts(job.id) == []
     die_at(store, job, 0, 1)
-    add(store, fingerprint="fp2")
+    add_job(store, fingerprint="fp2")
     assert store.attempts(job.id) == []
     store.claim("w", 60)
     assert store.delete(job.id)
-    again, _ = add(store)
+    again, _ = add_job(store)
     assert store.attempts(again.id) == []
 
 
-def test_the_last_twenty_attempts_are_kept(store: JobStore, clock: Clock) -> None:
+def test_the_last_twenty_attempts_are_kept(store: JobStore, clock: SettableClock) -> None:
     """A job claimed again and again keeps its last twenty claims, and its last twenty that
     were cut short however many waits came after them."""
-    job, _ = add(store)
+    job, _ = add_job(store)
     for _ in range(25):
         store.claim("w", 60)
         store.mark_queued(job.id)

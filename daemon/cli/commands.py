@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
+from pathlib import Path
+from typing import NoReturn
 
 from daemon.app import generator_factory, load_settings
 from daemon.config import Settings, display_path
@@ -16,7 +19,7 @@ from daemon.errors import DropforgeError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> NoReturn:
     """`dropforge run`."""
     from daemon.runtime.logs import configure_logging
     from daemon.runtime.service import Service
@@ -27,7 +30,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=logging.INFO,
         logfile=settings.state_dir / "logs" / "dropforge.log",
     )
-    return Service(settings, generator_factory(settings)).run()
+    code = Service(settings, generator_factory(settings)).run()
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process at once, after a graceful stop has closed everything dropforge owns.
+
+    The interpreter's own finalisation would next tear down the torch, diffusers and
+    transformers modules one by one, holding the prompt (or systemd's stop) for a second or
+    more after ``service.stopped`` while doing nothing that matters: the journal is closed,
+    every output was written atomically. Logs and standard streams are flushed first.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -67,7 +86,8 @@ def cmd_once(args: argparse.Namespace) -> int:
         settings.log_format,
         # The report lists failures and waits; the terminal gets log lines only with -v.
         level=logging.INFO if args.verbose else logging.ERROR,
-        logfile=settings.state_dir / "logs" / "dropforge.log",
+        # A dry run writes nothing, not even a log file.
+        logfile=None if args.dry_run else settings.state_dir / "logs" / "dropforge.log",
     )
     if args.dry_run:
         return _print_dry_run(settings)
@@ -82,28 +102,41 @@ def cmd_once(args: argparse.Namespace) -> int:
             progress=display.callbacks(),
             on_planned=display.set_total,
         )
-    print(format_report(report, settings.base_dir), end="")
+    if len(report.missing) < len(settings.inboxes):
+        print(format_report(report, settings.base_dir), end="")
+    for folder in report.missing:
+        print(f"Error: Folder not found: {display_path(Path(folder), settings)}", file=sys.stderr)
     return report.exit_code
 
 
 def _print_dry_run(settings: Settings) -> int:
     from daemon.runtime.once import dry_run
 
-    prepared = dry_run(settings)
-    failed = 0
-    for item in prepared:
-        print(f"{item.candidate.rel}:")
-        if item.plan is None:
-            failed += 1
-            print(f"  Error: {item.error}")
+    forecasts = dry_run(settings)
+    counts: dict[str, int] = {}
+    for item in forecasts:
+        counts[item.action.value] = counts.get(item.action.value, 0) + 1
+        if item.action.value in ("skip", "later"):
+            print(f"{item.rel}: {item.action} ({item.reason})")
             continue
-        plan = item.plan
+        if item.action.value == "fail":
+            print(f"{item.rel}: fail: {item.reason}")
+            continue
+        print(f"{item.rel}: {item.action} ({item.reason})")
+        plan = item.prepared.plan if item.prepared is not None else None
+        if plan is None:
+            continue
         where = display_path(plan.out_dir, settings)
         print(f"  task {plan.task}, model {plan.model.alias} -> {where}")
         for line in plan.describe_outputs():
             print(f"  {line}")
-    print(f"{len(prepared)} inputs, {failed} with errors (dry run: nothing generated)")
-    return EXIT_FAILED if failed else EXIT_OK
+        for note in plan.notes:
+            print(f"  note: {note}")
+    words = ("make", "remake", "skip", "fail", "later")
+    summary = ", ".join(f"{counts.get(w, 0)} {w}" for w in words)
+    inputs = "1 input" if len(forecasts) == 1 else f"{len(forecasts)} inputs"
+    print(f"{inputs}: {summary} (dry run: nothing generated)")
+    return EXIT_FAILED if any(f.fails_now for f in forecasts) else EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:

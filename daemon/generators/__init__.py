@@ -5,7 +5,8 @@ references (``ModelSource``, ``LoraSource``) and ``Task`` come from ``daemon.val
 
 Nothing here imports torch or diffusers: the backend modules do, and only they, on first use
 (``diffusers_backend`` with ``loading``, ``residents``, ``mesh`` and ``tween``, and ``tiny``).
-``subdivision`` (tween frame times and seeds) and ``cubes`` are plain arithmetic.
+``subdivision`` (tween frame times and seeds) and ``cubes`` are plain arithmetic; ``texture``
+bakes a mesh's colours into a UV-mapped texture (xatlas in a child process).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class ImageRequest:
     mask_image: Image.Image | None = None  # inpaint: white = repaint
     lora: LoraSource | None = None
     max_batch: int = 8
+    sampler: str = ""  # an A1111 name (generators.samplers); "" keeps the model's own
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ class MeshRequest:
     seed: int
     resolution: int  # marching-cubes grid points per axis, in MESH_RESOLUTIONS
     formats: tuple[MeshFormat, ...] = ("glb",)
-    texture: bool = False  # keep the model's vertex colours
+    texture: bool = False  # the model's colours baked into a texture (PLY: vertex colours)
+    name: str = "mesh"  # file stem the OBJ's companions are named after (NAME.mtl, …)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class TweenRequest:
     existing: Mapping[float, Image.Image] = field(default_factory=dict)
     lora: LoraSource | None = None
     max_batch: int = 8
+    sampler: str = ""  # an A1111 name (generators.samplers); "" keeps the model's own
 
 
 def _never() -> bool:
@@ -169,6 +173,8 @@ class Generator(Protocol):
 
     def generate_mesh(self, request: MeshRequest, events: GenerationEvents) -> dict[str, bytes]:
         """Make the mesh of ``request``; return format (``glb``, ``ply``, ``obj``) → file bytes.
+
+        A textured OBJ comes with ``mtl`` and ``png`` entries (its material and texture).
 
         Steps are reported through ``events.on_step``. Raises ``ModelUnavailable``,
         ``OutOfMemory``, ``InputError`` (the model found no surface in the image) or

@@ -25,6 +25,7 @@ from daemon.generators import (
 )
 from daemon.generators import mesh as meshes
 from daemon.generators import tween as tweens
+from daemon.generators.conditioning import prompt_kwargs, weighs_prompts
 from daemon.generators.loading import MemorySavers, backend_versions, is_out_of_memory
 from daemon.generators.residents import ImageModel, Residents
 from daemon.generators.subdivision import plan_levels
@@ -160,9 +161,10 @@ class DiffusersGenerator:
         progress: _Progress,
     ) -> bool:
         """Make and deliver ``batch``; return False, memory freed, if it ran out of memory."""
-        pipe = model.pipe(request.task)
+        # Set for every batch: an out-of-memory fallback may have derived the pipelines anew.
+        pipe = model.use_sampler(request.task, request.sampler)
         try:
-            images = list(pipe(**_image_kwargs(request, batch, progress)).images)
+            images = list(pipe(**_image_kwargs(pipe, request, batch, progress)).images)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -175,9 +177,10 @@ class DiffusersGenerator:
     def _warn_truncation(
         self, pipe: Any, pairs: Iterable[tuple[str, str]], events: GenerationEvents
     ) -> None:
-        """Warn once per prompt the text encoder will cut short (the pipeline truncates)."""
+        """Warn once per prompt the text encoder will cut short (pipelines compel does not
+        encode for truncate)."""
         tokenizer = getattr(pipe, "tokenizer", None)
-        if tokenizer is None:
+        if tokenizer is None or weighs_prompts(pipe):
             return
         limit = int(tokenizer.model_max_length)
         seen: set[tuple[str, str]] = set()
@@ -235,7 +238,7 @@ class DiffusersGenerator:
         progress: _Progress,
     ) -> bool:
         """Make and deliver tween ``frames``; return False, memory freed, if out of memory."""
-        pipe = model.pipe(Task.variations)
+        pipe = model.use_sampler(Task.variations, request.sampler)
         try:
             kwargs = tweens.batch_kwargs(request, frames, cache, pipe, progress.callback())
             images = list(pipe(**kwargs).images)
@@ -317,7 +320,7 @@ def _batches(request: ImageRequest) -> Iterator[list[ImageSpec]]:
 
 
 def _image_kwargs(
-    request: ImageRequest, batch: list[ImageSpec], progress: _Progress
+    pipe: Any, request: ImageRequest, batch: list[ImageSpec], progress: _Progress
 ) -> dict[str, Any]:
     """Return the pipeline call for one batch of images with identical sampler values."""
     import torch
@@ -325,8 +328,9 @@ def _image_kwargs(
 
     first = batch[0]
     kwargs: dict[str, Any] = {
-        "prompt": [spec.prompt for spec in batch],
-        "negative_prompt": [spec.negative_prompt for spec in batch],
+        **prompt_kwargs(
+            pipe, [spec.prompt for spec in batch], [spec.negative_prompt for spec in batch]
+        ),
         # CPU generators: the same seed gives the same starting noise on every device.
         "generator": [torch.Generator("cpu").manual_seed(spec.seed) for spec in batch],
         "num_inference_steps": first.steps,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,9 +27,11 @@ from daemon.generators.loading import (
     load_mesh_pipeline,
     resolve_device,
 )
+from daemon.generators.samplers import find_sampler
 from daemon.values import LoraSource, ModelSource, Task
 
 Kind = Literal["images", "mesh"]
+_PEFT_SECOND_ADAPTER = "Already found a `peft_config` attribute in the model"
 
 
 @dataclass
@@ -41,6 +44,14 @@ class ImageModel:
     offloaded: bool  # model CPU offload hooks installed (CUDA only)
     aliases: dict[str, str] = field(default_factory=dict)
     adapters: dict[tuple[str, str], str] = field(default_factory=dict)  # (alias, path) → name
+    # The model's own scheduler, as loaded: what a job without a ``sampler`` gets.
+    scheduler_class: Any = None
+    scheduler_config: Any = None
+
+    def __post_init__(self) -> None:
+        if self.scheduler_class is None:
+            self.scheduler_class = type(self.base.scheduler)
+            self.scheduler_config = self.base.scheduler.config
 
     def pipe(self, task: Task) -> Any:
         """Return the pipeline of ``task``, derived from the base one on first use."""
@@ -53,11 +64,29 @@ class ImageModel:
             )
             # from_pipe shares the scheduler object, whose state is per call; and it casts the
             # shared weights to fp32 unless told the dtype.
-            scheduler = type(self.base.scheduler).from_config(self.base.scheduler.config)
+            scheduler = self.scheduler_class.from_config(self.scheduler_config)
             pipe = auto.from_pipe(self.base, scheduler=scheduler, dtype=self.base.dtype)
             pipe.set_progress_bar_config(disable=True)
             self.pipes[task] = pipe
         return self.pipes[task]
+
+    def use_sampler(self, task: Task, sampler: str) -> Any:
+        """Give the pipeline of ``task`` a fresh scheduler for ``sampler`` and return the pipeline.
+
+        Each pipeline has its own scheduler object (schedulers keep per-call state), made anew
+        for every request from the model's own config, so a job's sampler never leaks into the
+        next job or into another task's pipeline.
+        """
+        pipe = self.pipe(task)
+        if not sampler:
+            pipe.scheduler = self.scheduler_class.from_config(self.scheduler_config)
+            return pipe
+        found = find_sampler(sampler)
+        if found is None:
+            raise ValueError(f"unknown sampler {sampler!r}")
+        scheduler_class = getattr(diffusers_module(), found.scheduler)
+        pipe.scheduler = scheduler_class.from_config(self.scheduler_config, **found.options)
+        return pipe
 
     def use_lora(self, lora: LoraSource | None) -> None:
         """Activate ``lora`` on the shared components, or switch every adapter off."""
@@ -70,7 +99,12 @@ class ImageModel:
             path = locate_lora(lora)
             name = f"lora{len(self.adapters)}_{re.sub(r'[^0-9A-Za-z_]', '_', lora.alias)}"
             try:
-                self.base.load_lora_weights(str(path), adapter_name=name)
+                with warnings.catch_warnings():
+                    # peft warns on every adapter after the first ("Already found a
+                    # `peft_config` attribute … multiple adapters"): several adapters, one
+                    # active at a time, is how LoRAs are switched per job here.
+                    warnings.filterwarnings("ignore", _PEFT_SECOND_ADAPTER, UserWarning)
+                    self.base.load_lora_weights(str(path), adapter_name=name)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 if is_out_of_memory(exc):
                     raise

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from daemon.generators import TweenRequest
+from daemon.generators.conditioning import prompt_kwargs
 from daemon.generators.subdivision import frame_seed, neighbours, snap
 
 if TYPE_CHECKING:
@@ -111,8 +112,7 @@ def batch_kwargs(
 
     count = len(frames)
     return {
-        "prompt": [request.prompt] * count,
-        "negative_prompt": [request.negative_prompt] * count,
+        **prompt_kwargs(pipe, [request.prompt] * count, [request.negative_prompt] * count),
         # A latent-channel tensor is taken as the initial latents, not encoded again.
         "image": torch.cat([cache.starting_point(pipe, t, request.depth) for t in frames]),
         "strength": request.strength,

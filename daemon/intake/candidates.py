@@ -88,8 +88,8 @@ def make_candidate(
             stem = name.rpartition(".")[0]
             mask_name = next((stem + s for s in MASK_SUFFIXES if view.has(stem + s)), None)
             mask = view.folder / mask_name if mask_name else None
-    if kind is FileKind.job:
-        sidecar: Path | None = path
+    if kind is FileKind.job and name.endswith(".job.toml"):
+        sidecar: Path | None = path  # a job file is its own sidecar
     else:
         named = sidecar_name(name)
         has_sidecar = named is not None and view.has(named)

@@ -14,6 +14,24 @@ PROMPT_EXTENSIONS = (".txt", ".prompt", ".md")
 DEFAULTS_NAME = "_defaults.toml"
 
 
+# Seed 004's own tween job file, and named variants of it (``talk.expressions.json``).
+EXPRESSIONS_NAME = "expressions.json"
+
+
+def is_expressions_file(name: str) -> bool:
+    """``expressions.json`` or ``NAME.expressions.json``: a tween job in seed 004's format."""
+    return name == EXPRESSIONS_NAME or name.endswith("." + EXPRESSIONS_NAME)
+
+
+def job_name(name: str) -> str:
+    """The name of a job file's job: ``walk`` for ``walk.job.toml`` and
+    ``walk.expressions.json``, ``expressions`` for ``expressions.json``."""
+    for suffix in (".job.toml", "." + EXPRESSIONS_NAME):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name.rpartition(".")[0] or name
+
+
 _IGNORED_SUFFIXES = (".part", ".crdownload", ".download", ".tmp")
 
 
@@ -45,6 +63,8 @@ def classify(name: str) -> FileKind:
         if name == DEFAULTS_NAME:
             return FileKind.defaults
         return FileKind.job if name.endswith(".job.toml") else FileKind.sidecar
+    if is_expressions_file(name):
+        return FileKind.job
     stem, dot, ext = name.lower().rpartition(".")
     if not dot:
         return FileKind.other

@@ -115,7 +115,8 @@ def named_parts(
     table: Mapping[str, Any], kind: FileKind, real_root: str, real_dir: str
 ) -> tuple[list[str], list[EndpointRule]]:
     """The files a sidecar (``mask``) or job file (``start``, ``end``, ``paths``) names."""
-    keys = ("mask",) if kind is FileKind.sidecar else ("start", "end")
+    # ``base``: the image a tween's endpoints are generated from (job file or sidecar).
+    keys = ("mask", "base") if kind is FileKind.sidecar else ("start", "end", "base")
     files = [f for k in keys if (f := resolve_inside(real_root, table.get(k), real_dir))]
     rules: list[EndpointRule] = []
     paths = table.get("paths")

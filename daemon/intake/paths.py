@@ -3,6 +3,7 @@ chain, the folders a scan skips, and reading the small TOML files a scan peeks i
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -121,7 +122,11 @@ def descend(
 
 
 def read_small_table(path: str) -> dict[str, Any] | None:
-    """A small TOML file's table, or None when it is too big, unreadable or invalid."""
+    """A small TOML file's table, or None when it is too big, unreadable or invalid.
+
+    Seed 004's ``expressions.json`` reads as the job table it amounts to (``base_paths`` are
+    its ``paths``).
+    """
     try:
         with open(path, "rb") as handle:
             data = handle.read(SCAN_TOML_LIMIT + 1)
@@ -129,6 +134,12 @@ def read_small_table(path: str) -> dict[str, Any] | None:
         return None
     if len(data) > SCAN_TOML_LIMIT:
         return None
+    if path.endswith(".json"):
+        try:
+            doc = json.loads(data.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return {"paths": doc.get("base_paths")} if isinstance(doc, dict) else None
     try:
         return tomllib.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError):

@@ -14,6 +14,17 @@ SEPARATORS = frozenset({"* * *", "***", "---"})
 # An ATX heading: up to three spaces, 1-6 '#', then a space or the end of the line.
 _HEADING = re.compile(r"^ {0,3}#{1,6}(?:[ \t]+|$)")
 _CLOSING_HASHES = re.compile(r"[ \t]+#+[ \t]*$")
+# A chapter heading without '#': "Chapter 1", "CHAPTER TWELVE: The Storm", "Part II".
+_CHAPTER_LINE = re.compile(
+    r"^\s*(?:\*\*|__)?(?:chapter|part|book)\s+([0-9]+|[ivxlc]+|[a-z]+(?:-[a-z]+)?)\b[^.!?]*$",
+    re.IGNORECASE,
+)
+_SETEXT_RULE = re.compile(r"^\s*=+\s*$")  # "Title" underlined with "===" is a heading
+_CHAPTER_IN_NAME = re.compile(r"(?:chapter|chap|ch)[ _.\-]*0*([0-9]+)|^0*([0-9]+)(?![0-9])", re.I)
+_NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve thirteen \
+fourteen fifteen sixteen seventeen eighteen nineteen twenty"
+_NUMBER_WORDS = {w: i for i, w in enumerate(_NUMBERS.split())}
+_ROMAN = {"i": 1, "v": 5, "x": 10, "l": 50, "c": 100}
 _WHITESPACE = re.compile(r"\s+")
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8"),
@@ -67,14 +78,16 @@ def read_prompt_text(path: Path, display: str, max_bytes: int = 1_000_000) -> st
 def split_scenes(text: str, exclude_sections: Sequence[str]) -> list[str]:
     """Split prompt text into scenes on ``* * *``, ``***`` or ``---`` lines.
 
-    A line naming an excluded section (a heading, or a line that is just the name)
-    drops the rest of its scene, so a section headed that way disappears whole.
+    Headings (``# …`` lines, ``Title`` over ``===``, ``Chapter 1`` lines) are not scene text.
+    A line naming an excluded section (a heading, or a line that is just the name) drops the
+    rest of its scene, so a section headed that way disappears whole.
     """
     excluded = {_section_name(name) for name in exclude_sections} - {""}
     scenes: list[str] = []
     current: list[str] = []
     cut = False
-    for line in [*text.splitlines(), "***"]:  # the sentinel ends the last scene
+    lines = [*text.splitlines(), "***"]  # the sentinel ends the last scene
+    for i, line in enumerate(lines):
         if line.strip() in SEPARATORS:
             scene = _WHITESPACE.sub(" ", " ".join(current)).strip()
             if scene:
@@ -83,14 +96,44 @@ def split_scenes(text: str, exclude_sections: Sequence[str]) -> list[str]:
         elif not cut:
             if excluded and _section_name(line) in excluded:
                 cut = True
-            else:
-                current.append(_strip_heading(line))
+            elif not _is_heading(line, lines[i + 1] if i + 1 < len(lines) else ""):
+                current.append(line)
     return scenes
 
 
-def apply_template(template: str, text: str) -> str:
-    """Put a scene into a prompt template at ``{text}`` (prompts may hold other braces)."""
-    return template.replace("{text}", text)
+def chapter_number(text: str, file_name: str) -> int | None:
+    """The chapter a prompt file holds: from a ``Chapter N`` heading, else its file name
+    (``chapter_01.md``, ``ch3.txt``, ``02-storm.md``); None when neither says."""
+    for line in text.splitlines():
+        match = _CHAPTER_LINE.match(_strip_heading(line).strip())
+        if match and match.group(0).strip().lower().startswith("chapter"):
+            number = _number(match.group(1))
+            if number is not None:
+                return number
+    match = _CHAPTER_IN_NAME.search(file_name.rpartition(".")[0] or file_name)
+    if match:
+        return int(match.group(1) or match.group(2))
+    return None
+
+
+def _is_heading(line: str, following: str) -> bool:
+    if _HEADING.match(line) or _SETEXT_RULE.match(line):
+        return True
+    if line.strip() and _SETEXT_RULE.match(following):
+        return True
+    return bool(_CHAPTER_LINE.match(line)) and len(line.strip()) <= 80
+
+
+def _number(word: str) -> int | None:
+    word = word.lower()
+    if word.isdigit():
+        return int(word)
+    if word in _NUMBER_WORDS:
+        return _NUMBER_WORDS[word]
+    if word and all(c in _ROMAN for c in word):
+        values = [_ROMAN[c] for c in word]
+        return sum(-v if v < n else v for v, n in zip(values, [*values[1:], 0], strict=True))
+    return None
 
 
 def _strip_heading(line: str) -> str:

@@ -296,10 +296,11 @@ class SequenceRecord:
     pose: str | None
     frames: tuple[tuple[float, str], ...]  # (t, file)
     endpoints: tuple[FileRecord, ...]
+    fps: float | None = None  # the playback rate of preview.gif, for players
 
     def to_json(self) -> dict[str, Any]:
-        """``path_id, expr_start, expr_end, pose, frames [{t, file}], endpoints``."""
-        return {
+        """``path_id, expr_start, expr_end, pose, frames [{t, file}], endpoints`` (and ``fps``)."""
+        doc: dict[str, Any] = {
             "path_id": self.path_id,
             "expr_start": self.expr_start,
             "expr_end": self.expr_end,
@@ -307,6 +308,9 @@ class SequenceRecord:
             "frames": [{"t": t, "file": file} for t, file in self.frames],
             "endpoints": [e.to_json() for e in self.endpoints],
         }
+        if self.fps is not None:
+            doc["fps"] = self.fps
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> SequenceRecord | None:
@@ -327,4 +331,5 @@ class SequenceRecord:
             string_or_none(doc.get("pose")),
             tuple(frames),
             present(parse_list(doc.get("endpoints"), FileRecord.from_json)),
+            number_or_none(doc.get("fps")),
         )

@@ -7,7 +7,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from daemon.errors import InputError, did_you_mean
+from daemon.errors import InputError, did_you_mean, show_value
+from daemon.generators.samplers import SAMPLER_NAMES, closest_sampler, find_sampler
 from daemon.values import TASK_NAMES
 
 if TYPE_CHECKING:
@@ -153,10 +154,32 @@ def _expression(source: str, key: str, value: Any, settings: Settings) -> str:
     return value
 
 
+TEMPLATE_PLACEHOLDERS = ("{text}", "{subject}", "{setting}", "{time}", "{mood}", "{action}")
+
+
 def _template(source: str, key: str, value: Any, settings: Settings) -> str:
-    if not isinstance(value, str) or "{text}" not in value:
-        raise _bad(source, key, 'a string containing "{text}"', value)
+    if not isinstance(value, str) or not any(p in value for p in TEMPLATE_PLACEHOLDERS):
+        rule = "a string containing " + ", ".join(TEMPLATE_PLACEHOLDERS[:-1])
+        raise _bad(source, key, f"{rule} or {TEMPLATE_PLACEHOLDERS[-1]}", value)
     return _text(source, key, value, settings)
+
+
+def _name_style(source: str, key: str, value: Any, settings: Settings) -> str:
+    if value not in ("plain", "descriptive"):
+        raise _bad(source, key, "plain or descriptive", value)
+    return str(value)
+
+
+def _scene_numbers(source: str, key: str, value: Any, settings: Settings) -> tuple[int, ...]:
+    rule = "a list of 1..1000 unique scene numbers (1 is the first scene)"
+    if not isinstance(value, list) or not 1 <= len(value) <= 1000:
+        raise _bad(source, key, rule, value)
+    check = _integer(1, 100_000)
+    for i, item in enumerate(value, 1):
+        check(source, f"{key}[{i}]", item, settings)
+        if item in value[: i - 1]:
+            raise _bad(source, f"{key}[{i}]", "unique (it repeats an earlier scene)", item)
+    return tuple(value)
 
 
 def _prompts(source: str, key: str, value: Any, settings: Settings) -> tuple[str, ...]:
@@ -182,6 +205,27 @@ def _seeds(source: str, key: str, value: Any, settings: Settings) -> tuple[int, 
     return tuple(value)
 
 
+def _seed(source: str, key: str, value: Any, settings: Settings) -> int | str:
+    if value == "random":
+        return "random"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(source, key, f'an integer in 0..{MAX_SEED} or "random"', value)
+    seed: int = _integer(0, MAX_SEED)(source, key, value, settings)
+    return seed
+
+
+def _seed_range(source: str, key: str, value: Any, settings: Settings) -> tuple[int, int]:
+    rule = f"[low, high]: two integers in 0..{MAX_SEED}, low ≤ high"
+    if not isinstance(value, list) or len(value) != 2:
+        raise _bad(source, key, rule, value)
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= MAX_SEED:
+            raise _bad(source, key, rule, value)
+    if value[0] > value[1]:
+        raise _bad(source, key, rule, value)
+    return value[0], value[1]
+
+
 def _formats(source: str, key: str, value: Any, settings: Settings) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise _bad(source, key, "a non-empty list of unique values from glb, ply, obj", value)
@@ -200,6 +244,25 @@ def _strings(source: str, key: str, value: Any, settings: Settings) -> tuple[str
         if not isinstance(item, str):
             raise _bad(source, f"{key}[{i}]", "a string", item)
     return tuple(value)
+
+
+def _sampler(source: str, key: str, value: Any, settings: Settings) -> str:
+    # "" keeps the model's own scheduler; names are matched ignoring case and spacing.
+    if isinstance(value, str) and not value:
+        return value
+    found = find_sampler(value) if isinstance(value, str) else None
+    if found is not None:
+        return found.name
+    close = closest_sampler(value) if isinstance(value, str) else None
+    hint = f", did you mean {show_value(close)}?" if close else ""
+    rule = "an A1111 sampler name: " + ", ".join(SAMPLER_NAMES)
+    raise InputError(
+        source,
+        f'{key} must be {rule} (or "" for the model\'s own), got {show_value(value)}{hint}',
+        key=key,
+        rule=rule,
+        value=value,
+    )
 
 
 _RANGES: Mapping[str, Checker] = {
@@ -262,6 +325,42 @@ def _paths(source: str, key: str, value: Any, settings: Settings) -> tuple[dict[
     return tuple(result)
 
 
+def _frame_size(source: str, key: str, value: Any, settings: Settings) -> str:
+    rule = '"WIDTHxHEIGHT", each a multiple of 8 in 64..2048, e.g. "1024x1536"'
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", value) if isinstance(value, str) else None
+    if match is None:
+        raise _bad(source, key, rule, value)
+    width, height = int(match.group(1)), int(match.group(2))
+    if not all(64 <= n <= 2048 and n % 8 == 0 for n in (width, height)):
+        raise _bad(source, key, rule, value)
+    return f"{width}x{height}"
+
+
+def _expressions(
+    source: str, key: str, value: Any, settings: Settings
+) -> tuple[dict[str, str], ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= 100:
+        raise _bad(source, key, "a list of 1..100 tables {id, prompt}", value)
+    result: list[dict[str, str]] = []
+    for i, table in enumerate(value, 1):
+        where = f"{key}[{i}]"
+        if not isinstance(table, dict):
+            raise _bad(source, where, "a table {id, prompt}", table)
+        for name in table:
+            if name not in ("id", "prompt"):
+                hint = did_you_mean(name, ("id", "prompt"))
+                raise InputError(source, f"{where}.{name}: unknown key{hint}", key=where)
+        for name in ("id", "prompt"):
+            if name not in table:
+                raise InputError(source, f"{where}.{name} is required", key=f"{where}.{name}")
+        expr = _expression(source, f"{where}.id", table["id"], settings)
+        if any(e["id"] == expr for e in result):
+            raise _bad(source, f"{where}.id", "unique (it repeats an earlier id)", expr)
+        prompt = _text(source, f"{where}.prompt", table["prompt"], settings)
+        result.append({"id": expr, "prompt": prompt})
+    return tuple(result)
+
+
 CHECKS: Mapping[str, Checker] = {
     "task": _task,
     "preset": _preset,
@@ -269,7 +368,7 @@ CHECKS: Mapping[str, Checker] = {
     "negative_prompt": _text,
     "prompts": _prompts,
     "count": _integer(1, 20),
-    "seed": _integer(0, MAX_SEED),
+    "seed": _seed,
     "seeds": _seeds,
     "steps": _integer(1, 150),
     "guidance": _number(0, 30),
@@ -293,4 +392,12 @@ CHECKS: Mapping[str, Checker] = {
     "exclude_sections": _strings,
     "prompt_template": _template,
     "force": _flag,
+    "seed_range": _seed_range,
+    "sampler": _sampler,
+    "name_style": _name_style,
+    "scenes": _scene_numbers,
+    "fps": _number(1, 60),
+    "size": _frame_size,
+    "base": _relative_path,
+    "expressions": _expressions,
 }

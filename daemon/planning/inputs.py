@@ -40,21 +40,40 @@ def base_dependencies(candidate: Candidate) -> list[Path]:
     return paths
 
 
+# The hash of a file in the output tree that a job depends on but that is not there (yet).
+ABSENT = "absent"
+
+
+def is_output_dependency(candidate: Candidate, path: Path) -> bool:
+    """Whether ``path`` lies in the candidate's output tree: a file the job itself writes and a
+    user may edit (``STEM.prompts.toml``), recorded by its absolute path."""
+    out = str(candidate.inbox.output)
+    text = str(path)
+    return text.startswith(out) and text[len(out) : len(out) + 1] == os.sep
+
+
 def hash_dependencies(
     hasher: Hasher, candidate: Candidate, paths: Iterable[Path]
 ) -> tuple[Dependency, ...]:
-    """Hash each file through the stat cache (no read when unchanged)."""
+    """Hash each file through the stat cache (no read when unchanged).
+
+    A missing file of the output tree hashes as ``ABSENT`` (the job writes it again); any
+    other missing file raises DependencyMissing.
+    """
     deps: list[Dependency] = []
     seen: set[Path] = set()
     for path in paths:
         if path in seen:
             continue
         seen.add(path)
+        output = is_output_dependency(candidate, path)
         try:
             digest = hasher.hash_file(path)
         except FileNotFoundError:
-            raise DependencyMissing(f"{relative(candidate, path)}: vanished") from None
-        deps.append(Dependency(relative(candidate, path), digest))
+            if not output:
+                raise DependencyMissing(f"{relative(candidate, path)}: vanished") from None
+            digest = ABSENT
+        deps.append(Dependency(str(path) if output else relative(candidate, path), digest))
     return tuple(deps)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from daemon.config import InboxConfig
 from daemon.errors import InputError
+from daemon.intake.names import job_name
 from daemon.outputs.names import sanitize_name
 from daemon.planning.params import Params
 from daemon.values import LoraSource, ModelSource, Task
@@ -37,6 +38,27 @@ class Dependency:
 
 
 @dataclass(frozen=True)
+class Scene:
+    """One scene of a prompt file: its text, the parts found in it and the prompt it gets."""
+
+    number: int  # 1-based, in the file (after excluded sections)
+    text: str
+    prompt: str  # what the images are made from: ``made``, or the user's edit
+    made: str  # the prompt made from the text with ``prompt_template``
+    parts: Mapping[str, str]  # subject, setting, time, mood, action
+    name_words: tuple[str, ...] = ()  # for descriptive file names
+    edited: bool = False
+
+
+@dataclass(frozen=True)
+class PromptsFile:
+    """``STEM.prompts.toml``, the editable prompts of a multi-scene prompt file."""
+
+    path: Path  # in the output folder
+    content: str  # what the job writes there (its hash is one of the job's dependencies)
+
+
+@dataclass(frozen=True)
 class PlanInput:
     """Everything known about one input before planning; built by ``daemon.tasks.prepare``."""
 
@@ -51,6 +73,12 @@ class PlanInput:
     scenes: tuple[str, ...] = ()  # prompt files: scene texts, template applied
     mask: Dependency | None = None
     sidecars: tuple[Dependency, ...] = ()  # _defaults.toml chain and the file's own sidecar
+    scene_plans: tuple[Scene, ...] = ()  # prompt files: every scene, parts and edits resolved
+    chapter: int | None = None  # prompt files: the chapter number, for descriptive names
+    prompts_file: PromptsFile | None = None  # multi-scene prompt files
+    notes: tuple[str, ...] = ()  # for the manifest's warnings
+    image_size: tuple[int, int] | None = None  # an image input's size as shown (probed)
+    set_by_sidecars: frozenset[str] = frozenset()  # keys a _defaults.toml or sidecar sets
 
 
 @dataclass(frozen=True)
@@ -68,6 +96,9 @@ class PlannedOutput:
     scene: int | None = None  # 1-based scene number for multi-scene prompt files
     varied: Mapping[str, float | int] = field(default_factory=dict)
     t: float | None = None
+    # What makes this one image (not its name): an image on disk whose chunk holds it is kept,
+    # whichever job made it, so an edited scene leaves the other scenes' images alone.
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +108,23 @@ class Endpoint:
     dep: Dependency
     expr: str
     pose: str | None
+
+
+@dataclass(frozen=True)
+class GeneratedEndpoint:
+    """An endpoint a tween job makes from its ``base`` image by img2img with an expression's
+    prompt, because no ``{expr}__{pose}`` image exists (seed 004's extreme expressions)."""
+
+    dep: Dependency  # absolute path in the job's output folder; sha256 is the image's key
+    expr: str
+    pose: str
+    prompt: str
+    seed: int
+
+    @property
+    def file(self) -> str:
+        """Its name in the job's output folder: ``endpoints/{expr}__{pose}.png``."""
+        return f"endpoints/{self.expr}__{self.pose}.png"
 
 
 @dataclass(frozen=True)
@@ -101,6 +149,9 @@ class SequencePlan:
     out_dir: Path
     frames: tuple[Frame, ...]
     job_key: str
+    # What the frames' pixels depend on (not the preview's fps): frames holding it are kept.
+    frames_key: str = ""
+    size: tuple[int, int] | None = None  # ``size``: frames made at it, endpoints fitted to it
 
 
 @dataclass(frozen=True)
@@ -128,6 +179,10 @@ class Plan:
     outputs: tuple[PlannedOutput, ...]
     force: bool
     sequences: tuple[SequencePlan, ...] = ()
+    prompts_file: PromptsFile | None = None
+    notes: tuple[str, ...] = ()  # warnings known from planning (an edit that no longer applies)
+    base: Dependency | None = None  # tweens: the image generated endpoints are made from
+    generated: tuple[GeneratedEndpoint, ...] = ()  # tweens: endpoints the job makes first
 
     @property
     def display(self) -> str:
@@ -161,19 +216,25 @@ class Plan:
 def output_dir(inbox: InboxConfig, rel: str) -> Path:
     """``OUT/a/b/cat`` for ``INBOX/a/b/cat.png`` (``NAME`` for ``NAME.job.toml``)."""
     path = PurePosixPath(rel)
-    stem = path.name[: -len(".job.toml")] if path.name.endswith(".job.toml") else path.stem
+    stem = job_name(path.name)
     parts = [sanitize_name(p) for p in path.parent.parts]
     return inbox.output.joinpath(*parts, sanitize_name(stem))
 
 
-def resolve_task(params: Params, inbox: InboxConfig, kind: str, display: str) -> Task:
-    """Turn ``auto`` into a concrete task and check it suits the input's kind."""
+def resolve_task(
+    params: Params, inbox: InboxConfig, kind: str, display: str, *, has_mask: bool = False
+) -> Task:
+    """Turn ``auto`` into a concrete task and check it suits the input's kind.
+
+    ``auto`` (in the sidecars and the inbox) means: an image with a mask is inpainted, any
+    other image varied (img2img), a prompt file drawn (text2image), a job file tweened.
+    """
     name = params.task
     if name == "auto":
         name = inbox.default_task
     allowed = TASKS_FOR_KIND[kind]
     if name == "auto":
-        return allowed[0]
+        return Task.inpaint if kind == "image" and has_mask else allowed[0]
     if name not in allowed:
         raise InputError(
             display,

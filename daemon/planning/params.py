@@ -34,7 +34,17 @@ FALLBACKS: Mapping[str, Any] = MappingProxyType({
     "lora_scale": 1.0, "mesh_resolution": 256, "formats": ("glb",), "texture": False,
     "depth": 2, "paths": None, "pose": None, "start": None, "end": None, "endpoints": None,
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
+    "sampler": "", "name_style": "plain", "scenes": None,
+    "fps": 8.0, "size": None, "base": None, "expressions": None,
+    "seed_range": None,
 })  # fmt: skip
+
+
+# Keys added after the first release: recorded (and so part of job keys) only when set to
+# something other than their fallback, so that adding them left existing job keys unchanged.
+RECORDED_WHEN_SET: frozenset[str] = frozenset(
+    {"sampler", "name_style", "scenes", "fps", "size", "base", "expressions", "seed_range"}
+)
 
 
 PARAM_KEYS: tuple[str, ...] = tuple(FALLBACKS)
@@ -54,7 +64,7 @@ class Params:
     negative_prompt: str
     prompts: tuple[str, ...] | None
     count: int
-    seed: int | None
+    seed: int | str | None  # an integer, "random", or None (derived from the content)
     seeds: tuple[int, ...] | None
     steps: int
     guidance: float
@@ -78,6 +88,14 @@ class Params:
     exclude_sections: tuple[str, ...] = ()
     prompt_template: str = "{text}"
     force: bool = False
+    sampler: str = ""  # an A1111 sampler name; "" keeps the model's own scheduler
+    name_style: str = "plain"  # prompt files: "plain" (story-s02-7.png) or "descriptive"
+    scenes: tuple[int, ...] | None = None  # prompt files: the scene numbers to make
+    fps: float = 8.0  # tweens: frames per second of preview.gif (and players)
+    size: str | None = None  # tweens: "WxH" of the frames; None keeps the endpoints' size
+    base: str | None = None  # tweens: the image endpoints are generated from
+    expressions: tuple[Mapping[str, str], ...] | None = None  # tweens: [{id, prompt}]
+    seed_range: tuple[int, int] | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Params:
@@ -94,6 +112,8 @@ class Params:
         for f in dataclasses.fields(self):
             if f.name not in omit:
                 value = getattr(self, f.name)
+                if f.name in RECORDED_WHEN_SET and value == FALLBACKS[f.name]:
+                    continue
                 if isinstance(value, tuple):
                     value = [dict(v) if isinstance(v, Mapping) else v for v in value]
                 record[f.name] = dict(value) if f.name == "vary" else value
@@ -108,6 +128,17 @@ def validate_layer(data: Mapping[str, Any], source: str, settings: Settings) -> 
         if check is None:
             raise InputError(source, f"{key}: unknown key{did_you_mean(key, PARAM_KEYS)}", key=key)
         result[key] = check(source, key, value, settings)
+    if "seed_range" in result:
+        for other in ("seed", "seeds"):
+            if other in result:
+                raise InputError(
+                    source,
+                    f"seed_range and {other} cannot both be set, "
+                    f"got {other} = {show_value(result[other])}",
+                    key=other,
+                    rule="not together with seed_range",
+                    value=result[other],
+                )
     if "seeds" in result:
         seeds = result["seeds"]
         if "seed" in result:
@@ -165,10 +196,15 @@ def _apply(result: dict[str, Any], layer: Mapping[str, Any]) -> None:
     if "seeds" in layer:
         result["count"] = len(layer["seeds"])
         result["seed"] = None
+        result["seed_range"] = None
+    elif "seed_range" in layer:
+        result["seed"] = result["seeds"] = None
     elif "seed" in layer or "count" in layer:
         # A later seed or count describes the batch anew; inherited explicit seeds would
         # silently override it.
         result["seeds"] = None
+        if "seed" in layer:
+            result["seed_range"] = None
 
 
 def _config_layer(data: Mapping[str, Any], source: str, settings: Settings) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from daemon.config import InboxConfig, Settings, display_path
-from daemon.errors import ConfigError, DropforgeError
+from daemon.errors import ConfigError, DropforgeError, about
 from daemon.intake.candidates import candidate_for
 from daemon.intake.names import FileKind, classify
 from daemon.store.attempts import describe_attempts
@@ -83,12 +83,17 @@ def check_path(settings: Settings, path: Path) -> CheckResult:
     plan = prepared.plan
     lines.append(f"Task: {plan.task}")
     lines.append(f"Model: {plan.model.alias} ({plan.model.describe()})")
+    if plan.task.makes_images:
+        lines.append(f"Size: {plan.params.width}x{plan.params.height}")
     lines.append("Parameters:")
     for key in sorted(plan.record):
         lines.append(f"  {key} = {json.dumps(plan.record[key], ensure_ascii=False)}")
     lines.append(f"Outputs in {display_path(plan.out_dir, settings)}:")
     lines += [f"  {line}" for line in plan.describe_outputs()]
     lines.append("  manifest.json")
+    if plan.notes:
+        lines.append("Notes:")
+        lines += [f"  {note}" for note in plan.notes]
     return CheckResult(True, "\n".join(lines) + "\n")
 
 
@@ -192,11 +197,12 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"Queued again: {q['input']}")
         lines += _attempt_lines(q["attempts"], "  ")
     for w in status["waiting"]:
-        lines.append(f"Waiting: {w['input']} (retry in {w['retry_in']:.0f} s): {w['error']}")
+        error = about(w["input"], w["error"] or "")
+        lines.append(f"Waiting: {w['input']} (retry in {w['retry_in']:.0f} s): {error}")
     if status["failures"]:
         lines.append("Recent failures:")
         for f in status["failures"]:
-            lines.append(f"  [{f['state']}] {f['input']}: {f['error']}")
+            lines.append(f"  [{f['state']}] {f['input']}: {about(f['input'], f['error'] or '')}")
             if f["state"] == JobState.quarantined.value:
                 lines += _attempt_lines(f["attempts"], "    ")
     return "\n".join(lines) + "\n"

@@ -272,7 +272,8 @@ class Watcher:
             if present:
                 self._merge_parts(state, path)
             stem = name[: -len(".toml")]
-            concerned = siblings(path, stem, (FileKind.image, FileKind.prompt))
+            # (FileKind.job: expressions.toml is the sidecar of expressions.json)
+            concerned = siblings(path, stem, (FileKind.image, FileKind.prompt, FileKind.job))
         elif kind is FileKind.mask:
             stem = name.rpartition(".")[0][: -len(".mask")]
             concerned = siblings(path, stem, (FileKind.image,))
@@ -366,7 +367,6 @@ class Watcher:
         recent_before = self._wall_clock() - settle
         counts = dict.fromkeys(Verdict, 0)
         settling = 0
-        busy: dict[str, bool] = {}  # folder → a sync tool is delivering into it
         survey_pass.bulk = len(result.candidates) >= BULK_FROM
         with survey_pass:
             for candidate in result.candidates:
@@ -378,9 +378,7 @@ class Watcher:
                     continue
                 recent = [p for p in files if mtime_or_inf(p) > recent_before]
                 folder = str(candidate.path.parent)
-                if folder not in busy:
-                    busy[folder] = self._held(folder)
-                if recent or busy[folder]:  # settles (and waits for the delivery) first
+                if recent or self._held(folder):  # settles (and waits for the delivery) first
                     settling += 1
                     for path in recent or [candidate.path]:
                         self._track(state, str(path))

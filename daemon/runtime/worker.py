@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -19,6 +20,7 @@ from daemon.errors import (
     DropforgeError,
     InputError,
     Interrupted,
+    ModelUnavailable,
     TransientError,
 )
 from daemon.generators import Generator
@@ -27,6 +29,7 @@ from daemon.intake.deliveries import Temporaries
 from daemon.intake.paths import read_small_table
 from daemon.outputs.folders import escaping_output, foreign_output
 from daemon.outputs.manifest import AttemptRecord, job_is_done, write_manifest
+from daemon.planning.model import Plan
 from daemon.runtime.attempts import AttemptTracker, TrackedGenerator, earlier_attempts
 from daemon.store.protocols import Journal
 from daemon.store.rows import Job, backoff, folder_stamp
@@ -34,11 +37,27 @@ from daemon.tasks.context import JobContext, JobProgress, Prepared
 from daemon.tasks.prepare import prepare
 from daemon.tasks.records import failed_manifest
 from daemon.tasks.registry import TASKS
-from daemon.values import Clock
+from daemon.values import Clock, Task
 
 log = structlog.get_logger("dropforge.worker")
 
-DISK_RETRY_S = 60.0  # the longest wait of a job held by a full disk or min_free_mb
+# The longest wait of a job held by something a person fixes by hand: a full disk (or
+# min_free_mb), or a model not on this machine yet (fetched or copied while jobs wait).
+LOOK_AGAIN_S = 60.0
+DISK_RETRY_S = LOOK_AGAIN_S
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 output``, ``3 outputs``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _settings_of(plan: Plan) -> dict[str, Any]:
+    """What the report says of a job's settings: its preset, and a mesh's texture."""
+    return {
+        "preset": plan.params.preset,
+        "texture": plan.params.texture if plan.task is Task.mesh else None,
+    }
 
 
 class Outcome(str, Enum):
@@ -64,6 +83,8 @@ class JobResult:
     out_dir: str = ""
     generated: int = 0
     kept: int = 0
+    preset: str | None = None  # the preset the job used (None when it could not be planned)
+    texture: bool | None = None  # a mesh job's texture setting (None for other tasks)
 
 
 @dataclass
@@ -202,8 +223,10 @@ class Worker:
             bound.info("job.interrupted")
             return JobResult(job.inbox, job.input, Outcome.interrupted, self.clock() - started)
         except TransientError as exc:
-            # Space is freed by hand: look again every minute rather than backing off to 1 h.
-            retry_in = min(backoff(job.waits), DISK_RETRY_S) if isinstance(exc, DiskFull) else None
+            # Space is freed, a model fetched, by hand: look again every minute at the latest
+            # rather than backing off to 1 h (looking costs a stat of the model's files).
+            by_hand = isinstance(exc, (DiskFull, ModelUnavailable))
+            retry_in = min(backoff(job.waits), LOOK_AGAIN_S) if by_hand else None
             self.journal.mark_waiting(job.id, str(exc), retry_in=retry_in)
             bound.warning("job.waiting", error=str(exc))
             return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
@@ -215,9 +238,9 @@ class Worker:
         self._mark_done(job, plan.out_dir, plan.job_key, seconds)
         self._move_after(prepared, "_done")
         bound.info("job.done", seconds=round(seconds, 3), generated=ran.generated, kept=ran.kept)
-        message = f"{plan.output_count} outputs" + (f", {ran.kept} kept" if ran.kept else "")
+        message = counted(plan.output_count, "output") + (f", {ran.kept} kept" if ran.kept else "")
         if ran.notes:
-            message += f"; {len(ran.notes)} warning(s)"
+            message += "; " + counted(len(ran.notes), "warning")
         return JobResult(
             job.inbox,
             job.input,
@@ -227,6 +250,7 @@ class Worker:
             str(plan.out_dir),
             ran.generated,
             ran.kept,
+            **_settings_of(plan),
         )
 
     def _context(
@@ -285,7 +309,13 @@ class Worker:
         bound.warning("job.failed", error=message)
         self._move_after(prepared, "_failed")
         return JobResult(
-            job.inbox, job.input, Outcome.failed, finished - started, message, str(prepared.out_dir)
+            job.inbox,
+            job.input,
+            Outcome.failed,
+            finished - started,
+            message,
+            str(prepared.out_dir),
+            **(_settings_of(prepared.plan) if prepared.plan is not None else {}),
         )
 
     def _move_after(self, prepared: Prepared, folder: str) -> None:

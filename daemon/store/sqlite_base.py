@@ -139,16 +139,28 @@ _Database = TypeVar("_Database", bound="SqliteDatabase")
 class SqliteDatabase:
     """An open journal file: its connection, transactions and schema."""
 
-    def __init__(self, path: Path, *, clock: Clock = time.time) -> None:
+    def __init__(self, path: Path, *, clock: Clock = time.time, copy: bool = False) -> None:
+        """Open the journal at ``path`` (created if missing).
+
+        ``copy``: work on a private in-memory copy of it instead (empty when there is no file
+        yet); the file is only read, never created or written. ``once --dry-run`` surveys
+        such a copy, so that what it reports comes from the survey a real run makes.
+        """
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not copy:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            ":memory:" if copy else path,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=False,
         )
         self._db.row_factory = sqlite3.Row
         try:
+            if copy and path.is_file():
+                self._copy_from(path)
             self._setup()
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -156,6 +168,15 @@ class SqliteDatabase:
         except BaseException:
             self._db.close()
             raise
+
+    def _copy_from(self, path: Path) -> None:
+        """Fill this (in-memory) database with the journal at ``path``, read-only."""
+        source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            source.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            source.backup(self._db)
+        finally:
+            source.close()
 
     def _setup(self) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")

@@ -35,7 +35,7 @@ class Prepared:
         """The plan's key, or a key derived from the error for unplannable inputs."""
         if self.plan is not None:
             return self.plan.job_key
-        return failure_key(self.fingerprint, str(self.error))
+        return failure_key(self.deps, str(self.error))
 
 
 @dataclass(frozen=True)

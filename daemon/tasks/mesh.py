@@ -8,18 +8,18 @@ from typing import cast
 from daemon.generators import GenerationEvents, MeshFormat, MeshRequest
 from daemon.intake.images import load_input_image
 from daemon.outputs.files import atomic_write_bytes, sha256_file
-from daemon.outputs.manifest import read_manifest, remove_obsolete_outputs, write_manifest
 from daemon.outputs.manifest_fields import OutputEntry
 from daemon.outputs.names import sanitize_name
-from daemon.planning.keys import finish_plan, resolve_seeds
+from daemon.planning.keys import finish_plan, input_version, resolve_seeds
 from daemon.planning.model import Plan, PlannedOutput, output_dir
 from daemon.tasks.context import Draft, JobContext, Prepared, TaskRun
-from daemon.tasks.records import job_manifest
+from daemon.tasks.records import job_manifest, replace_manifest
 from daemon.values import Task
 
 # Keys that mean nothing for a mesh: left out of its manifest and key.
 _NOT_RECORDED = frozenset(
-    {"prompt", "negative_prompt", "prompts", "count", "seeds", "strength", "vary"}
+    {"prompt", "negative_prompt", "prompts", "count", "seeds", "strength", "vary", "sampler"}
+    | {"name_style", "scenes", "fps", "size", "base", "expressions"}
 )
 
 
@@ -27,7 +27,8 @@ def plan(draft: Draft) -> Plan:
     """One seed, one file per requested format (``cat.glb``, ``cat.ply``…)."""
     pi = draft.input
     params = pi.params
-    seed = resolve_seeds(params.replace(seeds=None), pi.input_sha256, count=1)[0]
+    version = input_version(pi)
+    seed = resolve_seeds(params.replace(seeds=None), pi.input_sha256, count=1, version=version)[0]
     stem = sanitize_name(output_dir(pi.inbox, pi.rel).name)
     outputs = [
         PlannedOutput(
@@ -42,8 +43,15 @@ def plan(draft: Draft) -> Plan:
         )
         for i, fmt in enumerate(params.formats)
     ]
+    if params.texture and "obj" in params.formats:
+        # The OBJ's material and texture, named as the generator names them in the MTL.
+        for companion in (f"{stem}.mtl", f"{stem}-texture.png"):
+            outputs.append(dataclasses.replace(outputs[0], index=len(outputs), file=companion))
     resolved = params.replace(task=Task.mesh.value, seed=seed)
-    return finish_plan(pi, Task.mesh, resolved, resolved.as_record(_NOT_RECORDED), outputs)
+    record = resolved.as_record(_NOT_RECORDED)
+    # Textures used to be vertex colours; baked textures are made anew (other meshes are not).
+    extra = {"texture": "baked"} if params.texture else None
+    return finish_plan(pi, Task.mesh, resolved, record, outputs, key_extra=extra)
 
 
 def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> TaskRun:
@@ -52,7 +60,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
     assert plan is not None
     ctx.check_space(plan.out_dir)
     loaded = load_input_image(plan.inbox.path / plan.rel, plan.rel, ctx.settings.max_pixels)
-    notes = list(loaded.warnings)
+    notes = [*plan.notes, *loaded.warnings]
     formats = plan.params.formats
     ctx.progress.record(0, len(formats), "")
     request = MeshRequest(
@@ -65,6 +73,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
         resolution=plan.params.mesh_resolution,
         formats=cast(tuple[MeshFormat, ...], formats),
         texture=plan.params.texture,
+        name=plan.outputs[0].file.rsplit(".", 1)[0],
     )
     events = GenerationEvents(
         on_image=lambda index, image: None,
@@ -79,12 +88,10 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
         atomic_write_bytes(path, meshes[path.suffix.lstrip(".")])
         files.append(OutputEntry(out.file, sha256_file(path), path.stat().st_size, seed=out.seed))
         ctx.progress.on_image(len(files), len(plan.outputs))
-    old = read_manifest(plan.out_dir)
-    manifest = dataclasses.replace(
+    replace_manifest(
+        prepared,
         job_manifest(prepared, started, ctx.clock(), ctx.device_name(), ctx.attempts),
-        outputs=tuple(files),
-        warnings=tuple(notes),
+        files,
+        notes,
     )
-    write_manifest(plan.out_dir, manifest)
-    remove_obsolete_outputs(plan.out_dir, old, manifest)
     return TaskRun(len(files), 0, tuple(notes))

@@ -7,18 +7,37 @@ mask resolved, its task chosen); the task's own planner (``registry.TASKS``) doe
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from daemon.config import Settings
 from daemon.errors import ConfigError, InputError, show_value
 from daemon.intake.candidates import Candidate
+from daemon.intake.expressions import read_expressions
+from daemon.intake.names import is_expressions_file
 from daemon.intake.paths import confine
-from daemon.intake.scenes import apply_template, read_prompt_text, split_scenes
+from daemon.intake.scenes import chapter_number, read_prompt_text, split_scenes
+from daemon.planning.checks import CHECKS
 from daemon.planning.inputs import Hasher, base_dependencies, hash_dependencies, relative
-from daemon.planning.keys import fingerprint, settings_fingerprint
-from daemon.planning.model import Dependency, Plan, PlanInput, output_dir, resolve_task
+from daemon.planning.keys import fingerprint, settings_fingerprint, sha256_text
+from daemon.planning.model import (
+    Dependency,
+    Plan,
+    PlanInput,
+    PromptsFile,
+    output_dir,
+    resolve_task,
+)
 from daemon.planning.params import Params, read_sidecar, resolve_params
+from daemon.planning.scene_prompts import (
+    PROMPTS_SUFFIX,
+    Edit,
+    plan_scenes,
+    read_prompts,
+    render_prompts,
+)
 from daemon.tasks.context import Draft, Prepared
+from daemon.tasks.probes import check_endpoints, check_mask, probe_dependency
 from daemon.tasks.registry import TASKS
 from daemon.values import Task
 
@@ -43,20 +62,15 @@ def _plan(settings: Settings, hasher: Hasher, candidate: Candidate, deps: list[D
     for path in sidecar_paths:
         display = relative(candidate, path)
         layers.append((display, read_sidecar(path, display, settings.max_sidecar_bytes)))
+    notes: tuple[str, ...] = ()
+    if is_expressions_file(candidate.path.name):
+        # Seed 004's own job file: a layer below its sidecar (expressions.toml), above folders.
+        layer, notes = _expressions_layer(settings, candidate)
+        layers.insert(len(candidate.defaults), (candidate.rel, layer))
     params = resolve_params(settings, layers)
     by_path = {d.path: d for d in deps}
     sidecar_deps = tuple(by_path[relative(candidate, p)] for p in sidecar_paths)
     sidecar_display = relative(candidate, sidecar_paths[-1]) if sidecar_paths else candidate.rel
-
-    alias = params.model or ("mesh" if params.task == Task.mesh else "default")
-    try:
-        model = settings.model_source(alias)
-    except ConfigError:
-        choices = ", ".join(sorted(settings.models)) or "none defined"
-        raise InputError.bad_value(
-            sidecar_display, "model", f"one of the [models] aliases: {choices}", alias
-        ) from None
-    lora = settings.lora_source(params.lora, params.lora_scale) if params.lora else None
 
     mask: Dependency | None = None
     if params.mask:
@@ -75,13 +89,39 @@ def _plan(settings: Settings, hasher: Hasher, candidate: Candidate, deps: list[D
         mask = by_path[relative(candidate, candidate.mask)]
 
     kind = candidate.kind.value
+    inbox = candidate.inbox
+    task = resolve_task(params, inbox, kind, candidate.rel, has_mask=mask is not None)
+    alias = params.model or ("mesh" if task is Task.mesh else "default")
+    try:
+        model = settings.model_source(alias)
+    except ConfigError:
+        choices = ", ".join(sorted(settings.models)) or "none defined"
+        raise InputError.bad_value(
+            sidecar_display, "model", f"one of the [models] aliases: {choices}", alias
+        ) from None
+    lora = settings.lora_source(params.lora, params.lora_scale) if params.lora else None
+
+    found_notes = list(notes)  # an expressions.json's
+    image_size = None
+    if kind == "image":
+        # Every image task decodes the input: refuse a bad one now, as the job would.
+        image_size = probe_dependency(settings, inbox.path, by_path[candidate.rel]).size
+        if mask is not None and task is Task.inpaint:
+            check_mask(settings, inbox.path, mask, image_size)
+        elif mask is not None:
+            found_notes.append(f"{mask.path}: mask not used: the task is {task.value}")
+            mask = None
+    scene_input: dict[str, Any] = {}
+    if kind == "prompt":
+        scene_input = prompt_scenes(hasher, candidate, params, deps)
+        found_notes += scene_input.pop("notes", ())
     draft = Draft(
         hasher=hasher,
         candidate=candidate,
         deps=deps,
         sidecar_display=sidecar_display,
         input=PlanInput(
-            inbox=candidate.inbox,
+            inbox=inbox,
             rel=candidate.rel,
             kind=kind,
             input_sha256=by_path[candidate.rel].sha256,
@@ -89,25 +129,37 @@ def _plan(settings: Settings, hasher: Hasher, candidate: Candidate, deps: list[D
             params=params,
             model=model,
             lora=lora,
-            scenes=scenes(candidate, params) if kind == "prompt" else (),
             mask=mask if kind != "job" else None,
             sidecars=sidecar_deps,
+            image_size=image_size,
+            set_by_sidecars=frozenset(key for _, layer in layers for key in layer),
+            notes=tuple(found_notes),
+            **scene_input,
         ),
     )
-    return plan_job(draft)
+    plan = plan_job(draft)
+    check_endpoints(settings, plan)
+    return plan
 
 
 def plan_job(draft: Draft) -> Plan:
     """Choose the task for ``task = "auto"`` (the inbox's or the input kind's default) and
     let that task's planner build the plan."""
     pi = draft.input
-    task = resolve_task(pi.params, pi.inbox, pi.kind, pi.rel)
+    task = resolve_task(pi.params, pi.inbox, pi.kind, pi.rel, has_mask=pi.mask is not None)
     chosen = dataclasses.replace(pi, params=pi.params.replace(task=task.value))
     return TASKS[task].plan(dataclasses.replace(draft, input=chosen))
 
 
-def scenes(candidate: Candidate, params: Params) -> tuple[str, ...]:
-    """A prompt file's scenes: split, excluded sections dropped, the template applied."""
+def prompt_scenes(
+    hasher: Hasher, candidate: Candidate, params: Params, deps: list[Dependency]
+) -> dict[str, Any]:
+    """A prompt file's scenes (headings and excluded sections dropped), their parts and prompts,
+    the edits of ``STEM.prompts.toml`` applied; the ``PlanInput`` fields they fill.
+
+    The prompts file is a dependency of the job, hashed as the job will write it; a file that
+    cannot be read is one with its content's hash, so that fixing it runs the job again.
+    """
     text = read_prompt_text(candidate.path, candidate.rel)
     excluded = list(params.exclude_sections)
     found = split_scenes(text, excluded)
@@ -119,5 +171,75 @@ def scenes(candidate: Candidate, params: Params) -> tuple[str, ...]:
             rule="leaves at least one scene",
             value=excluded,
         )
-    template = params.prompt_template or "{text}"
-    return tuple(apply_template(template, s) for s in found)
+    if params.scenes:
+        for i, number in enumerate(params.scenes, 1):
+            if number > len(found):
+                raise InputError.bad_value(
+                    _innermost(candidate),
+                    f"scenes[{i}]",
+                    f"a scene number in 1..{len(found)}",
+                    number,
+                )
+    out_dir = output_dir(candidate.inbox, candidate.rel)
+    prompts: PromptsFile | None = None
+    edits: list[Edit] = []
+    path = out_dir / (out_dir.name + PROMPTS_SUFFIX)
+    display = f"{candidate.inbox.output.name}/{path.relative_to(candidate.inbox.output).as_posix()}"
+    if len(found) > 1 and path.is_file():
+        deps.append(Dependency(str(path), hasher.hash_file(path)))
+        edits = read_prompts(_read_text(path, display), display)
+        deps.pop()
+    scene_list, notes = plan_scenes(found, params.prompt_template or "{text}", edits, display)
+    if len(found) > 1:
+        prompts = PromptsFile(path, render_prompts(candidate.path.name, scene_list))
+        deps.append(Dependency(str(path), sha256_text(prompts.content)))
+    return {
+        "scenes": tuple(s.prompt for s in scene_list),
+        "scene_plans": tuple(scene_list),
+        "chapter": chapter_number(text, candidate.path.name),
+        "prompts_file": prompts,
+        "notes": tuple(notes),
+    }
+
+
+def _expressions_layer(
+    settings: Settings, candidate: Candidate
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """An ``expressions.json`` as a parameter layer (``base_paths`` → ``paths``), checked with
+    the file's own key names, and a note naming the keys it holds for other tools."""
+    found = read_expressions(candidate.path, candidate.rel, settings.max_sidecar_bytes)
+    layer = {
+        "paths": CHECKS["paths"](candidate.rel, "base_paths", found.values["base_paths"], settings)
+    }
+    if "expressions" in found.values:
+        layer["expressions"] = CHECKS["expressions"](
+            candidate.rel, "expressions", found.values["expressions"], settings
+        )
+    layer = {k: [dict(v) for v in values] for k, values in layer.items()}
+    notes: tuple[str, ...] = ()
+    if found.ignored:
+        notes = (f"{candidate.rel}: keys not used by dropforge: {', '.join(found.ignored)}",)
+    return layer, notes
+
+
+def _innermost(candidate: Candidate) -> str:
+    """The file a scene-selection error names: the innermost sidecar, else the input."""
+    if candidate.sidecar is not None:
+        return relative(candidate, candidate.sidecar)
+    if candidate.defaults:
+        return relative(candidate, candidate.defaults[-1])
+    return candidate.rel
+
+
+def _read_text(path: Path, display: str, max_bytes: int = 4_000_000) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputError(display, f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise InputError(display, f"file is larger than {max_bytes} bytes")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(display, f"not UTF-8 text (bad byte at position {exc.start})") from None

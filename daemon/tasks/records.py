@@ -6,17 +6,26 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from daemon.outputs.manifest import Manifest, ManifestStatus, installed_versions
+from daemon.generators.samplers import sampler_for_scheduler
+from daemon.outputs.manifest import (
+    Manifest,
+    ManifestStatus,
+    installed_versions,
+    read_manifest,
+    remove_obsolete_outputs,
+    write_manifest,
+)
 from daemon.outputs.manifest_fields import (
     AttemptRecord,
     FileRecord,
     InputRecord,
     LoraRecord,
     ModelRecord,
+    OutputEntry,
     Timings,
 )
 from daemon.outputs.png import a1111_parameters
@@ -62,6 +71,23 @@ def job_manifest(
     )
 
 
+def replace_manifest(
+    prepared: Prepared,
+    base: Manifest,
+    outputs: Sequence[OutputEntry],
+    notes: Sequence[str],
+) -> Manifest:
+    """Write a finished job's manifest listing ``outputs``, then delete what the manifest it
+    replaces listed and this one does not (outputs of an older version of the job)."""
+    assert prepared.plan is not None
+    out_dir = prepared.plan.out_dir
+    old = read_manifest(out_dir)
+    manifest = dataclasses.replace(base, outputs=tuple(outputs), warnings=tuple(notes))
+    write_manifest(out_dir, manifest)
+    remove_obsolete_outputs(out_dir, old, manifest)
+    return manifest
+
+
 def failed_manifest(
     prepared: Prepared,
     message: str,
@@ -92,7 +118,7 @@ def parameters_text(
         prompt=prompt,
         negative_prompt=negative_prompt,
         steps=steps,
-        sampler=sampler_name(plan.model),
+        sampler=plan.params.sampler or sampler_name(plan.model),
         guidance=guidance,
         seed=seed,
         width=width,
@@ -104,19 +130,24 @@ def parameters_text(
 
 @functools.lru_cache(maxsize=32)
 def sampler_name(model: ModelSource) -> str:
-    """The scheduler class of a diffusers folder (``DDIMScheduler``…), for the A1111 text.
+    """The A1111 name of a model's own scheduler (``DDIM``, ``PLMS``, ``DPM++ 2M Karras``…).
 
-    Read from ``scheduler/scheduler_config.json`` without importing diffusers; hub ids and
-    single files report ``default``.
+    Read from a diffusers folder's ``scheduler/scheduler_config.json`` without importing
+    diffusers; a scheduler A1111 has no name for keeps its class name; hub ids and single
+    files report ``default``.
     """
     if model.kind != "folder":
         return "default"
     try:
         with open(Path(model.ref) / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
-            name = json.load(f).get("_class_name")
+            config = json.load(f)
+        name = config.get("_class_name")
     except (OSError, ValueError, AttributeError):
         return "default"
-    return name if isinstance(name, str) and name else "default"
+    if not isinstance(name, str) or not name:
+        return "default"
+    found = sampler_for_scheduler(name, config)
+    return found.name if found is not None else name
 
 
 def _size(path: Path) -> int | None:

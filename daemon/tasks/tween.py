@@ -8,9 +8,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
-from daemon.errors import InputError
 from daemon.generators import GenerationEvents, TweenRequest
 from daemon.intake.images import LoadedImage, load_input_image
 from daemon.outputs.files import OutputFile, atomic_write_bytes, sha256_file
@@ -19,13 +18,14 @@ from daemon.outputs.manifest_fields import FileRecord, OutputEntry, SequenceReco
 from daemon.outputs.png import read_dropforge_chunk, write_png
 from daemon.planning.model import SEQUENCES_DIR, Plan, SequencePlan
 from daemon.tasks.context import JobContext, Prepared, TaskRun
+from daemon.tasks.endpoints import make_endpoints
+from daemon.tasks.probes import endpoint_mismatch
 from daemon.tasks.records import job_manifest, parameters_text
 from daemon.tasks.sequences import plan
 
 __all__ = ["plan", "run"]
 
 PREVIEW_NAME = "preview.gif"
-PREVIEW_MS = 120
 
 
 def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> TaskRun:
@@ -33,7 +33,8 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
     job_plan = prepared.plan
     assert job_plan is not None
     ctx.check_space(job_plan.out_dir)
-    notes: list[str] = []
+    notes: list[str] = list(job_plan.notes)
+    endpoint_files = make_endpoints(ctx, job_plan, force, notes)
     made = kept = 0
     counter = _Counter(sum(len(s.frames) for s in job_plan.sequences))
     summaries: list[SequenceSummary | None] = []
@@ -55,6 +56,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
     manifest = dataclasses.replace(
         job_manifest(prepared, started, ctx.clock(), ctx.device_name(), ctx.attempts),
         sequences=tuple(summaries),
+        outputs=tuple(endpoint_files),
         warnings=tuple(notes),
     )
     write_manifest(job_plan.out_dir, manifest)
@@ -85,20 +87,23 @@ def _run_sequence(
 ) -> tuple[int, int]:
     start, end = _load(ctx, plan, seq.start.path), _load(ctx, plan, seq.end.path)
     notes += [*start.warnings, *end.warnings]
-    size = start.image.size
+    size = seq.size or start.image.size
+    if seq.size is not None:  # endpoints scaled and centre-cropped to fill the frame size
+        start = dataclasses.replace(start, image=ImageOps.fit(start.image.convert("RGB"), size))
+        end = dataclasses.replace(end, image=ImageOps.fit(end.image.convert("RGB"), size))
     if end.image.size != size:
-        raise InputError(
-            seq.end.path,
-            f"endpoint is {end.image.size[0]}x{end.image.size[1]} but {seq.start.path} is "
-            f"{size[0]}x{size[1]}: tween endpoints must have the same size",
-            key="end",
-            rule="same size as start",
-            value=f"{end.image.size[0]}x{end.image.size[1]}",
-        )
+        raise endpoint_mismatch(seq, size, end.image.size)
     files: dict[float, OutputFile] = {}
     existing: dict[float, Image.Image] = {}
     for frame in seq.frames:
         path = seq.out_dir / frame.file
+        if frame.seed is None and seq.size is not None:  # an endpoint fitted to ``size``
+            chunk = read_dropforge_chunk(path)
+            if not chunk or chunk.get("key") != seq.frames_key or chunk.get("t") != frame.t:
+                image = (start if frame.t == 0.0 else end).image
+                write_png(path, image, "", {"key": seq.frames_key, "t": frame.t})
+            files[frame.t] = OutputFile(frame.file, sha256_file(path), path.stat().st_size)
+            continue
         if frame.seed is None:  # an endpoint: copied byte for byte
             source = plan.inbox.path / (seq.start if frame.t == 0.0 else seq.end).path
             if not path.is_file() or sha256_file(path) != sha256_file(source):
@@ -106,7 +111,8 @@ def _run_sequence(
             files[frame.t] = OutputFile(frame.file, sha256_file(path), path.stat().st_size)
             continue
         chunk = None if force else read_dropforge_chunk(path)
-        if chunk and chunk.get("job_key") == seq.job_key and chunk.get("t") == frame.t:
+        same = chunk and (chunk.get("key") or chunk.get("job_key")) in (seq.frames_key, seq.job_key)
+        if chunk and same and chunk.get("t") == frame.t:
             with Image.open(path) as im:
                 existing[frame.t] = im.convert("RGB")
             files[frame.t] = OutputFile(frame.file, sha256_file(path), path.stat().st_size)
@@ -126,7 +132,7 @@ def _run_sequence(
             seq.out_dir / frame.file,
             image,
             _parameters(plan, frame.seed or 0, width, height, t),
-            {"job_key": seq.job_key, "t": t, "seed": frame.seed},
+            {"job_key": seq.job_key, "key": seq.frames_key, "t": t, "seed": frame.seed},
         )
         counter.done += 1
         ctx.progress.image(counter.done, counter.total, f"{seq.path_id} {frame.file}")
@@ -144,11 +150,12 @@ def _run_sequence(
             steps=params.steps,
             guidance=params.guidance,
             strength=params.strength,
-            seed=params.seed or 0,
+            seed=int(params.seed or 0),  # resolved by the planner
             times_needed=needed,
             existing=existing,
             lora=plan.lora,
             max_batch=ctx.settings.max_batch,
+            sampler=params.sampler,
         )
         events = GenerationEvents(
             on_image=lambda index, image: None,
@@ -158,7 +165,7 @@ def _run_sequence(
             on_frame=on_frame,
         )
         ctx.generator().generate_tween(request, events)
-    _write_preview(seq.out_dir, [seq.out_dir / f.file for f in seq.frames])
+    _write_preview(seq.out_dir, [seq.out_dir / f.file for f in seq.frames], params.fps)
     outputs = [
         OutputEntry(
             files[f.t].file,
@@ -185,7 +192,10 @@ def _run_sequence(
             expr_end=seq.expr_end,
             pose=seq.pose,
             frames=tuple((f.t, f.file) for f in seq.frames),
-            endpoints=tuple(FileRecord(d.path, d.sha256) for d in (seq.start, seq.end)),
+            endpoints=tuple(
+                FileRecord(_shown(plan, d.path), d.sha256) for d in (seq.start, seq.end)
+            ),
+            fps=params.fps,
         ),
     )
     write_manifest(seq.out_dir, manifest)
@@ -210,8 +220,16 @@ def _parameters(plan: Plan, seed: int, width: int, height: int, t: float) -> str
     )
 
 
-def _write_preview(folder: Path, frames: list[Path]) -> None:
-    """An animated GIF playing the sequence forth and back."""
+def _shown(plan: Plan, path: str) -> str:
+    """An endpoint as a manifest shows it: inside the inbox, or (made by the job) as a path
+    relative to the output root."""
+    if not Path(path).is_absolute():
+        return path
+    return Path(path).relative_to(plan.inbox.output).as_posix()
+
+
+def _write_preview(folder: Path, frames: list[Path], fps: float) -> None:
+    """An animated GIF playing the sequence forth and back at ``fps`` frames per second."""
     images = []
     for path in frames:
         with Image.open(path) as im:
@@ -219,6 +237,11 @@ def _write_preview(folder: Path, frames: list[Path]) -> None:
     loop = images + images[-2:0:-1]
     buffer = io.BytesIO()
     loop[0].save(
-        buffer, format="GIF", save_all=True, append_images=loop[1:], duration=PREVIEW_MS, loop=0
+        buffer,
+        format="GIF",
+        save_all=True,
+        append_images=loop[1:],
+        duration=round(1000 / fps),
+        loop=0,
     )
     atomic_write_bytes(folder / PREVIEW_NAME, buffer.getvalue())

@@ -37,6 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
@@ -485,8 +490,10 @@ def verify(work: Workload, logs: list[Path], summary: Summary) -> None:
             lost_inputs.add(rel)
             continue
         outputs = data.get("outputs", [])
-        made = [o for o in outputs if o.get("role") != "contact"]
-        want = images + (1 if images > 1 else 0)
+        made = [o for o in outputs if o.get("role") not in ("contact", "prompts")]
+        # A multi-scene prompt file also lists its STEM.prompts.toml.
+        prompts = [o for o in outputs if o.get("role") == "prompts"]
+        want = images + (1 if images > 1 else 0) + min(len(prompts), 1)
         if len(made) != images or len(outputs) != want:
             problems.append(f"{rel}: {len(outputs)} outputs listed, expected {want}")
             lost_inputs.add(rel)
@@ -539,6 +546,12 @@ def _check_output(path: Path, entry: dict[str, Any]) -> str | None:
         return f"{path.name} listed but unreadable ({exc})"
     if hashlib.sha256(data).hexdigest() != entry.get("sha256") or len(data) != entry.get("bytes"):
         return f"{path.name} does not match its recorded sha256 and size"
+    if entry.get("role") == "prompts":
+        try:
+            tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            return f"{path.name} is not valid TOML ({exc})"
+        return None
     try:
         with Image.open(path) as image:
             image.load()
