@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class Settings:
     vae_slicing: bool = False
     vae_tiling: bool = False
     attention_slicing: bool = False
+    generator: str = "diffusers"  # or "package.module:factory", a backend of one's own
     models: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     loras: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -171,6 +173,17 @@ def load_config(path: Path | str | None = None) -> Settings:
     return settings_from_mapping(data, config_path)
 
 
+GENERATOR_RULE = '"diffusers" or "package.module:factory"'
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def _generator_value(d: Table) -> str:
+    value = str(d.get("generator", str, "diffusers", GENERATOR_RULE))
+    if value != "diffusers" and not _FACTORY.fullmatch(value):
+        raise ConfigError(f"{d.where}: generator must be {GENERATOR_RULE}, got {show_value(value)}")
+    return value
+
+
 def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Settings:
     """Validate an already-parsed config mapping (used by tests and load_config)."""
     name = config_path.name
@@ -201,6 +214,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
         "vae_slicing": d.get("vae_slicing", bool, False, "true or false"),
         "vae_tiling": d.get("vae_tiling", bool, False, "true or false"),
         "attention_slicing": d.get("attention_slicing", bool, False, "true or false"),
+        "generator": _generator_value(d),
     }
     d.finish()
 

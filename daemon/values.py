@@ -79,6 +79,33 @@ CANCEL_TEXT = {
 }
 
 
+class AttemptEnd(str, Enum):
+    """How one claim of a job ended; ``running`` while it has not."""
+
+    running = "running"
+    done = "done"
+    failed = "failed"
+    waiting = "waiting"  # a cause outside the input; retried later
+    stopped = "stopped"  # a stop interrupted it at a step; requeued
+    died = "died"  # the process ended without finishing it (killed, crashed, power lost)
+    canceled = "canceled"  # a cancel stopped it (or it died while one was asked of it)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class AttemptStage(str, Enum):
+    """Where a claim of a job stands, as far as telling a crash loop from outside kills goes."""
+
+    preparing = "preparing"  # claimed: reading the input and its sidecars, planning
+    first_load = "first_load"  # loading a model that has never loaded on this host
+    loading = "loading"  # loading a model that has loaded on this host before
+    generating = "generating"  # the model is loaded: denoising steps and outputs
+
+    def __str__(self) -> str:
+        return self.value
+
+
 ModelKind = Literal["hub", "folder", "file"]
 
 

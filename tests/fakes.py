@@ -48,6 +48,7 @@ class SolidGenerator:
         with self._lock:
             self.requests.append(request)
         self._start(request.model)
+        events.on_ready()
         total = sum(spec.steps for spec in request.images)
         done = 0
         for spec in request.images:
@@ -62,6 +63,7 @@ class SolidGenerator:
         import trimesh
 
         self._start(request.model)
+        events.on_ready()
         for done in range(1, request.steps + 1):
             self._step(events, done, request.steps)
         mesh = trimesh.creation.icosphere(subdivisions=1)
@@ -71,6 +73,7 @@ class SolidGenerator:
     def generate_tween(self, request: TweenRequest, events: GenerationEvents) -> None:
         """Report each frame to make, level by level, as the start blended into the end at t."""
         self._start(request.model)
+        events.on_ready()
         size = (request.width, request.height)
         start, end = (im.convert("RGB").resize(size) for im in (request.start, request.end))
         frames = [

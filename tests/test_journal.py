@@ -17,6 +17,7 @@ import pytest
 from daemon.errors import ConfigError, FileChangedError
 from daemon.store import sqlite_base
 from daemon.store.sqlite import SqliteJournal
+from daemon.values import AttemptEnd, AttemptStage, JobState
 from tests.helpers import JOB_INBOX, SettableClock, add_job
 
 
@@ -119,6 +120,50 @@ def test_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: SettableC
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     db.close()
+
+
+def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: SettableClock) -> None:
+    """A journal written before the attempts table opens as version 2 with its rows intact,
+    and its claim that a dead process left running is judged as every death was then."""
+    path = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript((Path(__file__).parent / "data" / "journal-v1.sql").read_text())
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    with SqliteJournal(path, clock=clock) as journal:
+        assert journal._query("PRAGMA user_version")[0][0] == 2
+        names = {r[0] for r in journal._query("SELECT name FROM sqlite_master")}
+        assert {"attempts", "attempts_forget", "model_loads"} <= names
+        crashy = journal.get_job(JOB_INBOX, "crashy.png")
+        done = journal.get_job(JOB_INBOX, "done.png")
+        assert crashy is not None and done is not None
+        assert (crashy.state, crashy.attempts, crashy.progress_done) == (JobState.running, 2, 1)
+        assert (done.state, done.attempts) == (JobState.done, 1)
+        assert journal.attempts(crashy.id) == []
+        assert journal.recover(max_attempts=3) == (1, 0)
+        (died,) = journal.attempts(crashy.id)
+        assert (died.number, died.ended, died.stage, died.point, died.counted) == (
+            1,
+            AttemptEnd.died,
+            AttemptStage.generating,
+            (1, 0),
+            True,
+        )
+        assert journal.get(crashy.id).attempts == 2
+        claimed = journal.claim("host:3", 60)
+        assert claimed is not None and claimed.id == crashy.id
+        assert [a.number for a in journal.attempts(crashy.id)] == [1, 2]
+    with SqliteJournal(path, clock=clock) as again:  # opened as complete: no upgrade twice
+        assert again._query("PRAGMA user_version")[0][0] == 2
+
+
+def test_model_loads_are_remembered(journal: SqliteJournal, clock: SettableClock) -> None:
+    """A model recorded as loaded is known afterwards; others are not."""
+    assert not journal.model_loaded("/models/sd on cpu")
+    journal.note_model_loaded("/models/sd on cpu")
+    journal.note_model_loaded("/models/sd on cpu")
+    assert journal.model_loaded("/models/sd on cpu")
+    assert not journal.model_loaded("/models/sd on cuda")
 
 
 def test_garbage_file_is_a_config_error(tmp_path: Path) -> None:

@@ -162,6 +162,10 @@ def test_ready_is_sent_after_the_first_scan_queued_its_jobs(
     for name in ("a.txt", "b.txt"):
         (tmp_path / "inbox" / name).write_text(f"{name}\n", encoding="utf-8")
         os.utime(tmp_path / "inbox" / name, (old, old))
+    # An arrival counts from its ctime too (a rename keeps the mtime), which utime cannot set:
+    # the files are there from before the start once it is older than settle_seconds.
+    written = (tmp_path / "inbox" / "b.txt").stat().st_ctime
+    wait_until(lambda: time.time() - written > 0.5, message="the files to be older than settle")
     with capture_logs() as logs:
         running = launch(config, notifier=Notifier({"NOTIFY_SOCKET": path}))
         ready = next_message(sock, lambda m: m.startswith("READY=1"))

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from daemon.errors import JobNotFound
+from daemon.store.attempts import describe_attempts
 from daemon.store.protocols import JobStore
-from daemon.store.rows import CancelResult, PlannedFile
+from daemon.store.rows import CancelResult, Job, PlannedFile
 from daemon.store.sqlite import SqliteJournal
-from daemon.values import CancelReason, JobState
+from daemon.values import AttemptEnd, AttemptStage, CancelReason, JobState
 from tests.helpers import JOB_INBOX, SettableClock, add_job
 
 Opener = Callable[[SettableClock], Any]  # opens a new handle on the test's one store
@@ -249,7 +250,8 @@ def test_set_progress(store: JobStore) -> None:
 
 
 def test_recover_requeues_or_quarantines(store: JobStore) -> None:
-    """At start-up running jobs return to the queue, or to quarantine after max_attempts claims."""
+    """At start-up running jobs return to the queue, or to quarantine after max_attempts claims
+    that got no further."""
     crashy, _ = add_job(store, "my cat.png")
     fresh, _ = add_job(store, "dog.png")
     for _ in range(2):
@@ -261,8 +263,8 @@ def test_recover_requeues_or_quarantines(store: JobStore) -> None:
     quarantined = store.get(crashy.id)
     assert quarantined.state is JobState.quarantined
     assert quarantined.error == (
-        "quarantined: 3 claims never finished (the process died each time); "
-        "run dropforge retry '/srv/inbox/my cat.png'"
+        "quarantined: the process died 3 times without getting further (the last time while "
+        "preparing); run dropforge retry '/srv/inbox/my cat.png'"
     )
     requeued = store.get(fresh.id)
     assert (requeued.state, requeued.attempts, requeued.lease_owner) == (JobState.queued, 1, None)
@@ -578,3 +580,206 @@ def test_revision_changes_when_another_handle_commits(opener: Opener, clock: Set
         after = watcher.revision()
         assert after != before
         assert watcher.revision() == after
+
+
+# --- attempts: how far each claim got, and which deaths count toward quarantine ---------------
+
+
+def die_at(store: JobStore, job: Job, done: int, steps: int, total: int = 3) -> None:
+    """Claim ``job``, reach (done, steps) of ``total`` outputs, and let its process die."""
+    claimed = store.claim("dead:1", 60)
+    assert claimed is not None and claimed.id == job.id
+    store.set_progress(job.id, done, total, "")
+    for step in range(1, steps + 1):
+        store.set_progress(job.id, done, total, f"step {step}/20", steps=step)
+    store.recover(max_attempts=3)
+
+
+def test_a_claim_records_its_furthest_point(store: JobStore, clock: SettableClock) -> None:
+    """A claim is an attempt at stage preparing; progress moves its furthest point forward
+    only, a step makes it generating, and its note is the one at that point."""
+    job, _ = add_job(store)
+    clock.advance(1)
+    store.claim("host:1", 60)
+    (attempt,) = store.attempts(job.id)
+    assert (attempt.number, attempt.owner, attempt.started_at, attempt.ended_at) == (
+        1,
+        "host:1",
+        clock.now,
+        None,
+    )
+    assert (attempt.ended, attempt.stage, attempt.point, attempt.counted) == (
+        AttemptEnd.running,
+        AttemptStage.preparing,
+        (0, 0),
+        False,
+    )
+    store.set_stage(job.id, AttemptStage.first_load)
+    store.set_progress(job.id, 1, 3, "cat-1.png")
+    assert store.attempts(job.id)[0].stage is AttemptStage.first_load
+    store.set_progress(job.id, 1, 3, "step 2/20", steps=2)
+    store.set_progress(job.id, 1, 3, "step 1/20", steps=1)  # an out-of-memory retry restarts
+    (attempt,) = store.attempts(job.id)
+    assert (attempt.stage, attempt.point, attempt.total, attempt.note) == (
+        AttemptStage.generating,
+        (1, 2),
+        3,
+        "step 2/20",
+    )
+    assert store.get(job.id).progress_note == "step 1/20"  # the status shows the latest
+
+
+def test_deaths_that_get_further_do_not_count(store: JobStore) -> None:
+    """A job whose process dies at a later point each time is never quarantined; the first
+    death is compared with where the claim started."""
+    job, _ = add_job(store)
+    points = [(0, 5), (0, 9), (1, 0), (1, 3), (2, 1), (2, 7)]
+    for done, steps in points:
+        die_at(store, job, done, steps)
+    history = store.attempts(job.id)
+    assert [a.counted for a in history] == [False] * 6
+    assert [(a.ended, a.point) for a in history] == [(AttemptEnd.died, p) for p in points]
+    again = store.get(job.id)
+    assert (again.state, again.attempts) == (JobState.queued, 0)
+    assert describe_attempts(history)[:2] == [
+        "attempt 1: died at 0/3 outputs and 5 steps into the next"
+        " (not counted: it got further than where it started)",
+        "attempt 2: died at 0/3 outputs and 9 steps into the next"
+        " (not counted: it got further than attempt 1)",
+    ]
+
+
+def test_deaths_at_the_same_point_quarantine(store: JobStore) -> None:
+    """A job whose process dies at the same step each time is quarantined after max_attempts
+    claims that got no further, with a message saying where; so is one that dies earlier
+    than before. The first claim got further than where it started."""
+    same, _ = add_job(store, "same.png")
+    for _ in range(4):
+        die_at(store, same, 1, 4)
+    earlier, _ = add_job(store, "earlier.png")
+    for steps in (6, 4, 2, 1):
+        die_at(store, earlier, 0, steps)
+    for job in (same, earlier):
+        quarantined = store.get(job.id)
+        assert (quarantined.state, quarantined.attempts) == (JobState.quarantined, 3)
+        assert [a.counted for a in store.attempts(job.id)] == [False, True, True, True]
+    assert store.get(same.id).error == (
+        "quarantined: the process died 3 times without getting further (the last time at 1/3 "
+        "outputs and 4 steps into the next); run dropforge retry /srv/inbox/same.png"
+    )
+    assert describe_attempts(store.attempts(earlier.id))[1:] == [
+        "attempt 2: died at 0/3 outputs and 4 steps into the next (counted toward quarantine)",
+        "attempt 3: died at 0/3 outputs and 2 steps into the next (counted toward quarantine)",
+        "attempt 4: died at 0/3 outputs and 1 step into the next (counted toward quarantine)",
+    ]
+
+
+def test_a_death_loading_a_known_model_does_not_count(store: JobStore) -> None:
+    """Dying while loading a model that loaded here before is not the job's doing; dying at a
+    model's first load, or after it loaded and before the first step, is."""
+    job, _ = add_job(store)
+    for stage in (AttemptStage.first_load, AttemptStage.loading, AttemptStage.loading):
+        store.claim("dead:1", 60)
+        store.set_stage(job.id, stage)
+        store.recover(max_attempts=3)
+    store.claim("dead:1", 60)
+    store.set_stage(job.id, AttemptStage.generating)
+    store.recover(max_attempts=3)
+    assert [a.counted for a in store.attempts(job.id)] == [True, False, False, True]
+    assert store.get(job.id).attempts == 2
+    assert describe_attempts(store.attempts(job.id)) == [
+        "attempt 1: died while loading the model for the first time on this host"
+        " (counted toward quarantine)",
+        "attempt 2: died while loading the model"
+        " (not counted: that model has loaded on this host before)",
+        "attempt 3: died while loading the model"
+        " (not counted: that model has loaded on this host before)",
+        "attempt 4: died at 0/0 outputs (counted toward quarantine)",
+    ]
+
+
+def test_a_death_preparing_counts_until_a_claim_got_past_it(store: JobStore) -> None:
+    """Dying before the generator was called counts while no claim of the job got further;
+    once one did, that point is known to pass and such a death does not count."""
+    job, _ = add_job(store)
+    for stage in (AttemptStage.preparing, AttemptStage.first_load):
+        store.claim("dead:1", 60)
+        store.set_stage(job.id, stage)
+        store.recover(max_attempts=3)
+    store.claim("dead:1", 60)
+    store.recover(max_attempts=3)
+    assert [a.counted for a in store.attempts(job.id)] == [True, True, False]
+    assert describe_attempts(store.attempts(job.id))[2] == (
+        "attempt 3: died while preparing (not counted: an earlier claim got past preparing)"
+    )
+    assert store.get(job.id).state is JobState.queued
+
+
+def test_every_end_of_a_claim_is_recorded(store: JobStore, clock: SettableClock) -> None:
+    """Waiting, stopped, done and failed claims end their attempt; a stopped claim is what the
+    next death is compared with, a waiting one is not."""
+    job, _ = add_job(store)
+    store.claim("w", 60)
+    store.set_progress(job.id, 0, 2, "step 3/20", steps=3)
+    store.mark_queued(job.id)  # stopped at (0, 3)
+    store.claim("w", 60)
+    store.mark_waiting(job.id, "disk below min_free_mb", retry_in=1)  # at (0, 0)
+    clock.advance(1)
+    die_at(store, job, 0, 2, total=2)  # earlier than the stopped claim: counts
+    store.claim("w", 60)
+    clock.advance(5)
+    store.mark_done(job.id, seconds=5)
+    history = store.attempts(job.id)
+    assert [(a.ended, a.counted) for a in history] == [
+        (AttemptEnd.stopped, False),
+        (AttemptEnd.waiting, False),
+        (AttemptEnd.died, True),
+        (AttemptEnd.done, False),
+    ]
+    assert history[-1].ended_at == clock.now
+    assert describe_attempts(history) == [
+        "attempt 1: stopped at 0/2 outputs and 3 steps into the next",
+        "attempt 2: sent to wait while preparing",
+        "attempt 3: died at 0/2 outputs and 2 steps into the next (counted toward quarantine)",
+        "attempt 4: done",
+    ]
+    other, _ = add_job(store, "other.png")
+    store.claim("w", 60)
+    store.mark_failed(other.id, "other.png: not an image")
+    assert [a.ended for a in store.attempts(other.id)] == [AttemptEnd.failed]
+
+
+def test_a_fresh_start_forgets_the_attempts(store: JobStore) -> None:
+    """A requeue (retry, a changed input) starts the history over; a deleted job takes its
+    history with it."""
+    job, _ = add_job(store)
+    die_at(store, job, 0, 1)
+    store.claim("w", 60)
+    store.mark_failed(job.id, "bad")
+    assert len(store.attempts(job.id)) == 2
+    assert store.retry(inputs=[(JOB_INBOX, "cat.png")]) == 1
+    assert store.attempts(job.id) == []
+    die_at(store, job, 0, 1)
+    add_job(store, fingerprint="fp2")
+    assert store.attempts(job.id) == []
+    store.claim("w", 60)
+    assert store.delete(job.id)
+    again, _ = add_job(store)
+    assert store.attempts(again.id) == []
+
+
+def test_the_last_twenty_attempts_are_kept(store: JobStore, clock: SettableClock) -> None:
+    """A job claimed again and again keeps its last twenty claims, and its last twenty that
+    were cut short however many waits came after them."""
+    job, _ = add_job(store)
+    for _ in range(25):
+        store.claim("w", 60)
+        store.mark_queued(job.id)
+    kept = [a.number for a in store.attempts(job.id)]
+    assert kept[-20:] == list(range(6, 26)) and len(kept) <= 21
+    for _ in range(30):
+        store.claim("w", 60)
+        store.mark_waiting(job.id, "a sync tool is delivering", retry_in=0)
+    history = store.attempts(job.id)
+    assert [a.number for a in history if a.ended is AttemptEnd.stopped] == list(range(6, 26))
+    assert [a.number for a in history if a.ended is AttemptEnd.waiting] == list(range(36, 56))

@@ -134,6 +134,10 @@ def _ignore_frame(t: float, image: Image.Image) -> None:
     return None
 
 
+def _ignore_ready() -> None:
+    return None
+
+
 @dataclass
 class GenerationEvents:
     """Callbacks a backend calls while it works.
@@ -144,7 +148,10 @@ class GenerationEvents:
     ``on_warning`` receives one-line notes for the manifest (e.g. a truncated prompt);
     ``on_frame(t, image)`` receives each new tween frame as soon as it exists;
     ``on_call_step(step, steps)`` tells how far the running pipeline call (one batch of
-    images or frames) has come, where ``on_step`` counts over the whole request.
+    images or frames) has come, where ``on_step`` counts over the whole request;
+    ``on_ready()`` is called once the request's model is loaded (resident), before anything
+    of the request itself (LoRA, prompts, images) touches it: a process that dies before
+    then died loading the model, not working on the job.
     """
 
     on_image: Callable[[int, Image.Image], None]
@@ -153,6 +160,7 @@ class GenerationEvents:
     on_warning: Callable[[str], None] = field(default=_ignore_warning)
     on_frame: Callable[[float, Image.Image], None] = field(default=_ignore_frame)
     on_call_step: Callable[[int, int], None] = field(default=_ignore_step)
+    on_ready: Callable[[], None] = field(default=_ignore_ready)
 
 
 class Generator(Protocol):

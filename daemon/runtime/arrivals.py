@@ -67,10 +67,13 @@ def files_of(candidate: Candidate) -> list[Path]:
 
 
 def mtime_or_inf(path: Path) -> float:
+    """When a file last changed, or arrived: sync tools keep the source's mtime on a file they
+    rename into place, but the rename sets its ctime (on POSIX; Windows has no such time)."""
     try:
-        return path.stat().st_mtime
+        st = path.stat()
     except OSError:
         return float("inf")  # vanished: treat as still changing
+    return st.st_mtime if os.name == "nt" else max(st.st_mtime, st.st_ctime)
 
 
 def siblings(path: str, stem: str, kinds: tuple[FileKind, ...]) -> list[str]:
@@ -87,11 +90,14 @@ def siblings(path: str, stem: str, kinds: tuple[FileKind, ...]) -> list[str]:
     )
 
 
-def wanted(state: InboxState, path: str, excluded: tuple[str, ...]) -> bool:
+def excluded(path: str, roots: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of the output and state ``roots`` or lies below one."""
+    return any(path == root or path.startswith(root + os.sep) for root in roots)
+
+
+def wanted(state: InboxState, path: str, roots: tuple[str, ...]) -> bool:
     """Would a scan look at this path? (name filter, ignored and output folders)."""
-    if not path.startswith(state.root + os.sep):
-        return False
-    if any(path == ex or path.startswith(ex + os.sep) for ex in excluded):
+    if not path.startswith(state.root + os.sep) or excluded(path, roots):
         return False
     *dirs, name = PurePath(os.path.relpath(path, state.root)).parts
     if dirs and not state.inbox.recursive:
@@ -101,11 +107,11 @@ def wanted(state: InboxState, path: str, excluded: tuple[str, ...]) -> bool:
     return classify(name) is not FileKind.other
 
 
-def wanted_folder(state: InboxState, path: str, excluded: tuple[str, ...]) -> bool:
+def wanted_folder(state: InboxState, path: str, roots: tuple[str, ...]) -> bool:
     """A folder inside a mounted inbox: not the inbox itself, not an output folder."""
     if not path.startswith(state.root + os.sep) or not mounted(state):
         return False
-    return not any(path == ex or path.startswith(ex + os.sep) for ex in excluded)
+    return not excluded(path, roots)
 
 
 def mounted(state: InboxState) -> bool:
@@ -114,10 +120,10 @@ def mounted(state: InboxState) -> bool:
     return os.path.isdir(state.root)
 
 
-def walk(state: InboxState, top: str, excluded: tuple[str, ...]) -> list[str]:
-    """The wanted files below ``top`` (a folder moved or copied in whole)."""
+def walk(state: InboxState, top: str, roots: tuple[str, ...]) -> list[str]:
+    """The files below ``top`` (a folder moved in whole) that a scan would look at."""
     found: list[str] = []
     for folder, dirs, files in os.walk(top):
         dirs[:] = [d for d in dirs if not is_ignored_dir(d)]
-        found += [p for n in files if wanted(state, p := os.path.join(folder, n), excluded)]
+        found += [p for n in files if wanted(state, p := os.path.join(folder, n), roots)]
     return found

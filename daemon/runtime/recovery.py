@@ -11,9 +11,15 @@ from typing import Any
 import structlog
 
 from daemon.config import Settings
+from daemon.errors import DropforgeError
 from daemon.intake.paths import read_small_table
 from daemon.outputs.files import remove_stale_temporaries
+from daemon.outputs.folders import escaping_output, foreign_output
+from daemon.outputs.manifest import InputRecord, Manifest, ManifestStatus, write_manifest
+from daemon.runtime.attempts import earlier_attempts
 from daemon.store.protocols import Journal, ScanCache
+from daemon.store.rows import Job
+from daemon.values import JobState
 
 log = structlog.get_logger("dropforge.runner")
 
@@ -59,6 +65,11 @@ def recover(settings: Settings, journal: Journal, *, spare: str | None = None) -
         return 0
     requeued, quarantined = journal.recover(settings.max_attempts, alive=owner_alive, spare=spare)
     still_running = {job.id for job in journal.running()}
+    if quarantined:
+        for job_id in running:
+            job = _get(journal, job_id)
+            if job is not None and job.state is JobState.quarantined:
+                _write_quarantine_manifest(settings, journal, job)
     removed = 0
     for out_dir in sorted({d for i, d in running.items() if i not in still_running}):
         if os.path.isdir(out_dir):
@@ -68,3 +79,40 @@ def recover(settings: Settings, journal: Journal, *, spare: str | None = None) -
             "journal.recovered", requeued=requeued, quarantined=quarantined, temporaries=removed
         )
     return requeued
+
+
+def _get(journal: Journal, job_id: int) -> Job | None:
+    try:
+        return journal.get(job_id)
+    except LookupError:  # its input left the inbox meanwhile (another process deleted it)
+        return None
+
+
+def _write_quarantine_manifest(settings: Settings, journal: Journal, job: Job) -> None:
+    """Tell people who only see the outbox: a ``failed`` manifest with the quarantine message
+    and how far each claim got. Built from the journal alone: nothing of the input is read,
+    since reading it may be what killed the process."""
+    log.warning("job.quarantined", input=job.input, inbox=job.inbox, error=job.error)
+    inbox = next((i for i in settings.inboxes if str(i.path) == job.inbox), None)
+    out_dir = Path(job.out_dir)
+    if inbox is None or escaping_output(inbox.output, [out_dir], job.input):
+        return
+    if foreign_output(inbox.output, out_dir, job.input):
+        return
+    try:
+        size: int | None = (inbox.path / job.input).stat().st_size
+    except OSError:
+        size = None
+    history = journal.attempts(job.id)
+    manifest = Manifest(
+        status=ManifestStatus.failed,
+        job_key=job.job_key,
+        task=None,
+        input=InputRecord(job.input, None, size),
+        error=job.error or "quarantined",
+        attempts=earlier_attempts(history, max((a.number for a in history), default=0) + 1),
+    )
+    try:
+        write_manifest(out_dir, manifest)
+    except (OSError, DropforgeError) as exc:  # e.g. disk full: the journal still says it
+        log.error("manifest.unwritable", input=job.input, error=str(exc))

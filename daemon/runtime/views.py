@@ -11,6 +11,7 @@ from daemon.config import Settings, display_path
 from daemon.errors import about
 from daemon.runtime.presence import running_daemon
 from daemon.runtime.recovery import owner_alive, owner_id
+from daemon.store.attempts import describe_attempts
 from daemon.store.protocols import JobStore
 from daemon.store.rows import Job
 from daemon.values import JobState
@@ -77,9 +78,29 @@ def running_view(job: Job, now: float) -> dict[str, Any]:
     }
 
 
+def attempts_view(store: JobStore, job_id: int) -> list[dict[str, Any]]:
+    """The claims of a job since it was last queued, each with how far it got and a line
+    saying so."""
+    history = store.attempts(job_id)
+    return [
+        {
+            "attempt": a.number,
+            "ended": a.ended.value,
+            "stage": a.stage.value,
+            "outputs": a.outputs,
+            "total": a.total,
+            "steps": a.steps,
+            "counted": a.counted,
+            "summary": line.split(": ", 1)[1],
+        }
+        for a, line in zip(history, describe_attempts(history), strict=True)
+    ]
+
+
 def collect_status(settings: Settings, store: JobStore | None, *, now: float) -> dict[str, Any]:
-    """Queue counts, the daemon, running and interrupted jobs, the first queued jobs, waiting
-    jobs, recent failures and cancels, and missing inbox folders (``None``: no journal yet)."""
+    """Queue counts, the daemon, running and interrupted jobs, the first queued jobs, queued
+    jobs that ran before, waiting jobs, recent failures and cancels — each job with how far
+    its claims got — and missing inbox folders (``None``: no journal yet)."""
     missing = [display_path(i.path, settings) for i in settings.inboxes if not i.path.is_dir()]
     status: dict[str, Any] = {
         "journal": str(settings.journal_path),
@@ -89,6 +110,7 @@ def collect_status(settings: Settings, store: JobStore | None, *, now: float) ->
         "interrupted": [],
         "queued": [],
         "queued_total": 0,
+        "requeued": [],
         "waiting": [],
         "failures": [],
         "canceled": [],
@@ -102,15 +124,30 @@ def collect_status(settings: Settings, store: JobStore | None, *, now: float) ->
     dead = [j for j in running if j not in live]
     status["counts"] = {s.value: counts.get(s, 0) for s in JobState}
     status["counts"]["running"] = len(live)
-    status["running"] = [running_view(j, now) for j in live]
-    status["interrupted"] = [running_view(j, now) for j in dead]
+    status["running"] = [
+        {**running_view(j, now), "attempts": attempts_view(store, j.id)} for j in live
+    ]
+    status["interrupted"] = [
+        {**running_view(j, now), "attempts": attempts_view(store, j.id)} for j in dead
+    ]
     status["queued"] = [job_view(j) for j in store.queue(QUEUED_SHOWN)]
     status["queued_total"] = counts.get(JobState.queued, 0)
+    status["requeued"] = [
+        {**job_view(j), "attempts": attempts}
+        for j in store.queue(20)
+        if (attempts := attempts_view(store, j.id))
+    ]
     status["waiting"] = [
-        {**job_view(j), "retry_in": max(0.0, round((j.not_before or now) - now, 1))}
+        {
+            **job_view(j),
+            "retry_in": max(0.0, round((j.not_before or now) - now, 1)),
+            "attempts": attempts_view(store, j.id),
+        }
         for j in store.jobs([JobState.waiting], limit=20)
     ]
-    status["failures"] = [job_view(j) for j in store.recent_failures(10)]
+    status["failures"] = [
+        {**job_view(j), "attempts": attempts_view(store, j.id)} for j in store.recent_failures(10)
+    ]
     status["canceled"] = [job_view(j) for j in store.recent_cancels(5)]
     return status
 
@@ -134,6 +171,8 @@ def format_status(status: dict[str, Any]) -> str:
         note = f", {r['note']}" if r["note"] else ""
         stop = ", canceling" if r["canceling"] else ""
         lines.append(f"Running: {r['input']} ({progress}{note}{stop}, {r['seconds']} s so far)")
+        if len(r["attempts"]) > 1:  # the claim before this one did not finish the job
+            lines += _attempt_lines(r["attempts"], "  ")
     for r in status["interrupted"]:
         lines.append(
             f"Interrupted: {r['input']} (image {r['images_done']}/{r['images_total']}; its "
@@ -144,6 +183,9 @@ def format_status(status: dict[str, Any]) -> str:
         more = status["queued_total"] - len(status["queued"])
         tail = f" and {more} more" if more > 0 else ""
         lines.append(f"Queued ({status['queued_total']}): {names}{tail}")
+    for q in status["requeued"]:
+        lines.append(f"Queued again: {q['input']}")
+        lines += _attempt_lines(q["attempts"], "  ")
     for w in status["waiting"]:
         error = about(w["input"], w["error"] or "")
         lines.append(f"Waiting: {w['input']} (retry in {w['retry_in']:.0f} s): {error}")
@@ -151,12 +193,18 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append("Recent failures:")
         for f in status["failures"]:
             lines.append(f"  [{f['state']}] {f['input']}: {about(f['input'], f['error'] or '')}")
+            if f["state"] == JobState.quarantined.value:
+                lines += _attempt_lines(f["attempts"], "    ")
     if status["canceled"]:
         lines.append("Recently canceled:")
         lines += [
             f"  {c['input']}: {about(c['input'], c['error'] or '')}" for c in status["canceled"]
         ]
     return "\n".join(lines) + "\n"
+
+
+def _attempt_lines(attempts: list[dict[str, Any]], indent: str) -> list[str]:
+    return [f"{indent}attempt {a['attempt']}: {a['summary']}" for a in attempts]
 
 
 def _queued_name(job: dict[str, Any]) -> str:

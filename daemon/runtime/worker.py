@@ -25,10 +25,12 @@ from daemon.errors import (
 )
 from daemon.generators import Generator
 from daemon.intake.candidates import candidate_for
+from daemon.intake.deliveries import Temporaries
 from daemon.intake.paths import read_small_table
 from daemon.outputs.folders import escaping_output, foreign_output
-from daemon.outputs.manifest import job_is_done, write_manifest
+from daemon.outputs.manifest import AttemptRecord, job_is_done, write_manifest
 from daemon.planning.model import Plan
+from daemon.runtime.attempts import AttemptTracker, TrackedGenerator, earlier_attempts
 from daemon.store.protocols import Journal
 from daemon.store.rows import Job, PlannedFile, backoff, folder_stamp
 from daemon.tasks.context import JobContext, JobProgress, Prepared
@@ -129,6 +131,8 @@ class Worker:
         self._cancel_lock = threading.Lock()
         self._running_id: int | None = None
         self._cancel: CancelReason | None = None
+        self._loaded_models: set[str] = set()  # model loads this process has recorded
+        self._temporaries = Temporaries()
 
     def request_cancel(self, job_id: int, reason: CancelReason) -> bool:
         """Stop the running job at its next step for a cancel, if ``job_id`` is the job
@@ -201,6 +205,18 @@ class Worker:
             self.journal.delete(job.id)  # the input left the inbox
             bound.info("job.vanished")
             return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
+        temporary = self._temporaries.find(str(candidate.path.parent), self.clock())
+        if temporary is not None:  # what was written beside it may still be on its way
+            folder = candidate.path.parent.relative_to(candidate.inbox.path).as_posix()
+            message = (
+                f"{candidate.rel}: a sync tool is delivering into {folder or '.'} ({temporary}):"
+                " the job starts once the delivery is done"
+            )
+            self.journal.mark_waiting(job.id, message, retry_in=self.settings.settle_seconds)
+            bound.info("job.waiting", error=message)
+            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, message)
+        history = self.journal.attempts(job.id)
+        attempts = earlier_attempts(history, max((a.number for a in history), default=1))
         try:
             prepared = prepare(self.settings, self.journal, candidate)
         except DependencyMissing as exc:
@@ -233,7 +249,7 @@ class Worker:
         plan = prepared.plan
         if plan is None:
             assert prepared.error is not None
-            return self._fail(job, prepared, str(prepared.error), started, bound)
+            return self._fail(job, prepared, str(prepared.error), started, bound, attempts)
         force = plan.force or job.force
         if not force and job_is_done(plan.out_dir, plan.job_key):
             self._mark_done(job, plan.out_dir, plan.job_key, 0.0)
@@ -242,7 +258,8 @@ class Worker:
         bound.info("job.started", task=plan.task.value, outputs=len(plan.outputs))
         self.progress.on_start(job, len(plan.outputs))
         try:
-            ran = TASKS[plan.task].run(self._context(job, bound), prepared, force, started)
+            context = self._context(job, bound, attempts)
+            ran = TASKS[plan.task].run(context, prepared, force, started)
         except InputError as exc:
             if not candidate.path.is_file():
                 # Gone since it was planned (deleted, or its share unmounted): not a bad
@@ -250,7 +267,7 @@ class Worker:
                 self.journal.delete(job.id)
                 bound.info("job.vanished", error=str(exc))
                 return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
-            return self._fail(job, prepared, str(exc), started, bound)
+            return self._fail(job, prepared, str(exc), started, bound, attempts)
         except Interrupted:
             reason = self._cancel
             if reason is not None:
@@ -277,7 +294,7 @@ class Worker:
         except Exception as exc:  # a bug must not stop the daemon; record it where users look
             bound.exception("job.crashed")
             message = f"internal error ({type(exc).__name__}: {exc}); please report it"
-            return self._fail(job, prepared, message, started, bound)
+            return self._fail(job, prepared, message, started, bound, attempts)
         seconds = self.clock() - started
         self._mark_done(job, plan.out_dir, plan.job_key, seconds)
         self._move_after(prepared, "_done")
@@ -297,8 +314,23 @@ class Worker:
             **_settings_of(plan),
         )
 
-    def _context(self, job: Job, bound: structlog.stdlib.BoundLogger) -> JobContext:
-        """What the job's task may use: narrow values, not this worker."""
+    def _context(
+        self,
+        job: Job,
+        bound: structlog.stdlib.BoundLogger,
+        attempts: tuple[AttemptRecord, ...],
+    ) -> JobContext:
+        """What the job's task may use: narrow values, not this worker. Its progress and its
+        generator calls are tracked as the claim's furthest point and stage; the planned
+        outputs it finishes are recorded for the queue and the web UI."""
+        tracker = AttemptTracker(
+            self.journal,
+            job,
+            self.settings.device,
+            self._loaded_models,
+            on_image=lambda done, total: self.progress.on_image(job, done, total),
+            on_step=lambda step, steps: self.progress.on_step(job, step, steps),
+        )
         finished: set[int] = set()
         recorded: list[int] = []  # the finished indices last written to the journal
 
@@ -306,25 +338,25 @@ class Worker:
             changed = len(finished) != len(recorded)
             if changed:
                 recorded[:] = sorted(finished)
-            listed = recorded if changed else None
-            self.journal.set_progress(job.id, done, total, note, finished=listed)
+            tracker.record(done, total, note, finished=recorded if changed else None)
 
         return JobContext(
             settings=self.settings,
-            generator=lambda: self.generator,
+            generator=lambda: TrackedGenerator(lambda: self.generator, tracker),
             device_name=self.device_name,
             should_stop=self.should_stop,
             clock=self.clock,
             progress=JobProgress(
                 record=record,
-                on_image=lambda done, total: self.progress.on_image(job, done, total),
-                on_step=lambda step, steps: self.progress.on_step(job, step, steps),
+                on_image=tracker.image,
+                on_step=tracker.step,
                 finish=finished.update,
             ),
             check_space=self.check_space,
             log=bound,
             cancel_reason=self.cancel_reason,
             model_ready=self.model_ready,
+            attempts=attempts,
         )
 
     def model_ready(self, alias: str) -> bool:
@@ -343,9 +375,12 @@ class Worker:
         message: str,
         started: float,
         bound: structlog.stdlib.BoundLogger,
+        attempts: tuple[AttemptRecord, ...] = (),
     ) -> JobResult:
         finished = self.clock()
-        manifest = failed_manifest(prepared, message, started, finished, self.device_name())
+        manifest = failed_manifest(
+            prepared, message, started, finished, self.device_name(), attempts
+        )
         try:
             write_manifest(prepared.out_dir, manifest)
         except (OSError, DropforgeError) as exc:  # e.g. disk full: the journal still records it

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from daemon.store.rows import CancelResult, FolderMark, Job, JobDigest, PlannedFile
-from daemon.values import CancelReason, Clock, JobState
+from daemon.store.rows import Attempt, CancelResult, FolderMark, Job, JobDigest, PlannedFile
+from daemon.values import AttemptStage, CancelReason, Clock, JobState
 
 
 class JobStore(Protocol):
@@ -25,7 +25,8 @@ class JobStore(Protocol):
     Times come from ``clock``. A claim leases a job to an owner; only writes that the
     protocol names may change a job another owner holds under a live lease (a cancel only
     asks: the owner's worker stops the job and marks it canceled). Claims take the highest
-    priority first, then the position (arrival, unless the job was moved).
+    priority first, then the position (arrival, unless the job was moved). Each claim is an
+    attempt, recorded until the job is requeued: how it ended and how far it got.
     """
 
     clock: Clock
@@ -87,7 +88,8 @@ class JobStore(Protocol):
         ...
 
     def claim(self, owner: str, lease_seconds: float) -> Job | None:
-        """Take the first runnable job (queued, or waiting and due) and lease it to owner."""
+        """Take the first runnable job (queued, or waiting and due) and lease it to owner; the
+        claim is its next attempt (``attempts``), at stage preparing."""
         ...
 
     def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
@@ -120,7 +122,11 @@ class JobStore(Protocol):
     ) -> tuple[int, int]:
         """Requeue running jobs that no process runs any more; quarantine crash loops; return
         (requeued, quarantined). ``alive(owner)`` tells whether a lease owner still runs;
-        the jobs of owner ``spare`` are left alone."""
+        the jobs of owner ``spare`` are left alone.
+
+        Each such claim ends as ``died``; it counts toward ``max_attempts`` by the rule of
+        ``store.attempts`` (not when it got further than the claim before, or died loading a
+        model that loads here), and the message of a quarantined job says where it died."""
         ...
 
     def set_progress(
@@ -131,9 +137,22 @@ class JobStore(Protocol):
         note: str = "",
         *,
         finished: Iterable[int] | None = None,
+        steps: int = 0,
     ) -> None:
-        """Record how far a running job has come (shown by ``dropforge status``); ``finished``
-        lists the indices of its planned outputs finished so far."""
+        """Record how far a running job has come (shown by ``dropforge status``): ``done``
+        outputs finished of ``total`` (``finished``: the indices of its planned outputs
+        finished so far) and ``steps`` denoising steps since the last finished one. The
+        running attempt keeps the furthest such point (and its note); a step means the
+        attempt is generating."""
+        ...
+
+    def set_stage(self, job_id: int, stage: AttemptStage) -> None:
+        """Record where the running attempt of a job stands before its first step."""
+        ...
+
+    def attempts(self, job_id: int) -> list[Attempt]:
+        """Every claim of a job since it was last (re)queued, oldest first: the last 20, and
+        the last 20 that died or were stopped."""
         ...
 
     def cancel(
@@ -255,6 +274,14 @@ class ScanCache(Protocol):
         self, path: str, parse: Callable[[str], dict[str, Any] | None]
     ) -> dict[str, Any] | None:
         """A small TOML file's parsed table, re-read only when its stat changed."""
+        ...
+
+    def model_loaded(self, model: str) -> bool:
+        """Whether the model ``model`` describes (source, device, files) loaded here before."""
+        ...
+
+    def note_model_loaded(self, model: str) -> None:
+        """Record that the model ``model`` describes loaded on this host."""
         ...
 
     def output_stamp(self, out_dir: str, job_key: str) -> str | None:

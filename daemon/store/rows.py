@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from daemon.values import CancelReason, JobState
+from daemon.values import AttemptEnd, AttemptStage, CancelReason, JobState
 
 __all__ = [
     "BACKOFF_BASE_S",
     "BACKOFF_CAP_S",
     "MAX_PLANNED",
+    "Attempt",
     "CancelResult",
     "FolderMark",
     "Job",
@@ -103,6 +104,44 @@ class CancelResult(NamedTuple):
 
     canceled: tuple[int, ...]
     stopping: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One claim of a job and the furthest point it reached.
+
+    The point is ``outputs`` finished (of ``total``), then ``steps`` denoising steps since the
+    last finished output; before its first step a claim is only at a ``stage``. ``counted``
+    is set when the process died in the claim and that counted toward quarantine.
+    """
+
+    job_id: int
+    number: int  # 1 for the first claim since the job was (re)queued
+    owner: str | None
+    started_at: float
+    ended_at: float | None
+    ended: AttemptEnd
+    stage: AttemptStage
+    outputs: int
+    total: int
+    steps: int
+    note: str
+    counted: bool
+    start_outputs: int | None = None  # outputs already finished when it first reported
+
+    @property
+    def point(self) -> tuple[int, int]:
+        """What ``further`` compares: finished outputs first, then steps into the next."""
+        return self.outputs, self.steps
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Attempt:
+        """Build an Attempt from a ``SELECT *`` row of ``attempts``."""
+        values: dict[str, Any] = dict(zip(row.keys(), tuple(row), strict=True))
+        values["ended"] = AttemptEnd(values["ended"])
+        values["stage"] = AttemptStage(values["stage"])
+        values["counted"] = bool(values["counted"])
+        return cls(**values)
 
 
 class FolderMark(NamedTuple):

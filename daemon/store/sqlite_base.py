@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 from daemon.errors import ConfigError
 from daemon.values import Clock
 
+# 2: queue control (priority, position, cancel requests, planned outputs) and how far each
+# claim of a job got (attempts, model_loads); a version 1 journal is upgraded in place when it
+# is opened (_UPGRADES, then _ADDED).
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 
@@ -103,7 +106,36 @@ _FOLDER_MARK_TRIGGERS = [
     )
 ]
 
-_ADDED = [_OUTPUT_STAMPS, _VERIFIED_INPUTS, _FOLDER_MARKS, *_FOLDER_MARK_TRIGGERS]
+# Schema 2. Every claim of a job since it was last (re)queued: who held it, how it ended and
+# the furthest point it reached (``outputs`` finished of ``total``, then ``steps`` denoising
+# steps since the last finished output, ``stage`` before the first step; ``start_outputs``
+# the outputs already there when it first reported). ``counted`` says whether a claim the
+# process died in counted toward quarantine (see store.attempts).
+_ATTEMPTS = """CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL, number INTEGER NOT NULL, owner TEXT, started_at REAL NOT NULL,
+    ended_at REAL, ended TEXT NOT NULL DEFAULT 'running', stage TEXT NOT NULL DEFAULT 'preparing',
+    outputs INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '',
+    counted INTEGER NOT NULL DEFAULT 0, start_outputs INTEGER,
+    PRIMARY KEY (job_id, number)
+)"""
+_ATTEMPTS_TRIGGER = """CREATE TRIGGER IF NOT EXISTS attempts_forget AFTER DELETE ON jobs
+    BEGIN DELETE FROM attempts WHERE job_id = OLD.id; END"""
+# Schema 2. Models (source, device, files' stats) that have loaded on this host: a process that
+# dies while loading one of them again was not killed by the job it was loading it for.
+_MODEL_LOADS = """CREATE TABLE IF NOT EXISTS model_loads (
+    model TEXT PRIMARY KEY, loaded_at REAL NOT NULL
+)"""
+
+_ADDED = [
+    _OUTPUT_STAMPS,
+    _VERIFIED_INPUTS,
+    _FOLDER_MARKS,
+    *_FOLDER_MARK_TRIGGERS,
+    _ATTEMPTS,
+    _ATTEMPTS_TRIGGER,
+    _MODEL_LOADS,
+]
 _ADDED_NAMES = {
     "output_stamps",
     "verified_inputs",
@@ -111,8 +143,10 @@ _ADDED_NAMES = {
     "folder_marks_insert",
     "folder_marks_delete",
     "folder_marks_update",
+    "attempts",
+    "attempts_forget",
+    "model_loads",
 }
-
 _Database = TypeVar("_Database", bound="SqliteDatabase")
 
 
@@ -182,7 +216,8 @@ class SqliteDatabase:
                 for statement in _UPGRADES[step]:
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            # Added without a version bump: older journals gain them, older code ignores them.
+            # Tables and triggers added since version 1 (CREATE … IF NOT EXISTS): older journals
+            # gain them; the version tells older code it would not keep them up.
             for statement in _ADDED:
                 db.execute(statement)
 

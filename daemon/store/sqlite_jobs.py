@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from daemon.errors import JobNotFound
+from daemon.store.attempts import quarantine_message
 from daemon.store.rows import MAX_PLANNED, Job, JobDigest, PlannedFile, backoff
 from daemon.store.sqlite_queue import ORDER, SqliteQueue
-from daemon.values import CancelReason, JobState
+from daemon.values import AttemptEnd, CancelReason, JobState
 
 # The columns a requeue resets; kept in one place so every path back to `queued` agrees.
 _REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_before = NULL,
@@ -29,7 +28,8 @@ def planned_json(planned: Sequence[PlannedFile]) -> str:
 
 
 class SqliteJobStore(SqliteQueue):
-    """The jobs table of a journal file."""
+    """The jobs table of a journal file (with, through ``SqliteQueue`` and ``SqliteAttempts``,
+    its queue order, cancels and attempts)."""
 
     def job_digests(self, inbox: str) -> dict[str, JobDigest]:
         """input → the compared columns of its job, for every job of one inbox."""
@@ -108,6 +108,7 @@ class SqliteJobStore(SqliteQueue):
                 " WHERE id = :id RETURNING *",
                 {**args, "id": job.id},
             ).fetchone()
+            self._forget(db, [job.id])
             return Job.from_row(new), True
 
     def update_identity(
@@ -166,7 +167,9 @@ class SqliteJobStore(SqliteQueue):
             f" WHERE ({where}) AND {_NOT_LEASED} RETURNING id",
             {**params, "force": int(force), "now": self.clock()},
         ).fetchall()
-        return {int(r[0]) for r in rows}
+        ids = {int(r[0]) for r in rows}
+        self._forget(db, ids)
+        return ids
 
     def claim(self, owner: str, lease_seconds: float) -> Job | None:
         """Take the first runnable job (queued, or waiting and due) and lease it to owner:
@@ -193,6 +196,7 @@ class SqliteJobStore(SqliteQueue):
                 " WHERE id = :id RETURNING *",
                 {"owner": owner, "expires": now + lease_seconds, "now": now, "id": row[0]},
             ).fetchone()
+            self._begin(db, row[0], owner, now)
             return Job.from_row(claimed)
 
     def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
@@ -208,22 +212,25 @@ class SqliteJobStore(SqliteQueue):
 
     def mark_done(self, job_id: int, *, seconds: float) -> None:
         """The job's outputs are complete."""
-        self._finish(job_id, "done", None, seconds)
+        self._finish(job_id, AttemptEnd.done, None, seconds)
 
     def mark_failed(self, job_id: int, error: str) -> None:
         """The input is bad; terminal until the input or its sidecar changes."""
-        self._finish(job_id, "failed", error, None)
+        self._finish(job_id, AttemptEnd.failed, error, None)
 
-    def _finish(self, job_id: int, state: str, error: str | None, seconds: float | None) -> None:
+    def _finish(
+        self, job_id: int, state: AttemptEnd, error: str | None, seconds: float | None
+    ) -> None:
         now = self.clock()
         with self._tx() as db:
+            self._end(db, job_id, state, now)
             # A forced regeneration is spent once it has ended one way or the other; a cancel
             # that came too late to stop it is forgotten.
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, seconds = ?, finished_at = ?,"
                 " updated_at = ?, not_before = NULL, lease_owner = NULL, lease_expires = NULL,"
                 " force = 0, cancel = NULL WHERE id = ?",
-                (state, error, seconds, now, now, job_id),
+                (state.value, error, seconds, now, now, job_id),
             )
 
     def mark_waiting(self, job_id: int, error: str, *, retry_in: float | None = None) -> None:
@@ -236,6 +243,7 @@ class SqliteJobStore(SqliteQueue):
             row = db.execute("SELECT waits FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return
+            self._end(db, job_id, AttemptEnd.waiting, now)
             delay = backoff(row["waits"]) if retry_in is None else retry_in
             db.execute(
                 "UPDATE jobs SET state = 'waiting', error = ?, not_before = ?, waits = waits + 1,"
@@ -248,6 +256,7 @@ class SqliteJobStore(SqliteQueue):
     def mark_queued(self, job_id: int) -> None:
         """A stop interrupted the job: queue it again without counting the claim."""
         with self._tx() as db:
+            self._end(db, job_id, AttemptEnd.stopped, self.clock())
             db.execute(
                 "UPDATE jobs SET state = 'queued', not_before = NULL,"
                 " attempts = CASE WHEN state = 'running' THEN max(attempts - 1, 0)"
@@ -267,9 +276,12 @@ class SqliteJobStore(SqliteQueue):
 
         ``alive(owner)`` tells whether a lease owner still runs (another dropforge on the
         same journal); its jobs are left alone until their lease runs out. The jobs of owner
-        ``spare`` are left alone whatever their lease. Returns (requeued, quarantined).
+        ``spare`` are left alone whatever their lease. A claim that got further than the one
+        before it, or died loading a model that loads here, does not count toward
+        ``max_attempts`` (``store.attempts``). Returns (requeued, quarantined).
         """
         now = self.clock()
+        requeued = quarantined = 0
         with self._tx() as db:
             rows = [
                 r
@@ -287,34 +299,32 @@ class SqliteJobStore(SqliteQueue):
             ]
             stopped = [r for r in rows if r["cancel"]]
             for r in stopped:  # canceled while its process died: never run again
+                self._end(db, r["id"], AttemptEnd.canceled, now)
                 db.execute(
                     "UPDATE jobs SET state = 'canceled', error = ?, finished_at = ?,"
                     " updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
                     (CancelReason(r["cancel"]).describe(), now, now, r["id"]),
                 )
             rows = [r for r in rows if not r["cancel"]]
-            doomed = [r for r in rows if r["attempts"] >= max_attempts]
-            for r in doomed:
-                retry_path = shlex.quote(str(Path(r["inbox"]) / r["input"]))
-                error = (
-                    f"quarantined: {r['attempts']} claims never finished (the process died "
-                    f"each time); run dropforge retry {retry_path}"
-                )
-                db.execute(
-                    "UPDATE jobs SET state = 'quarantined', error = ?, finished_at = ?,"
-                    " updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
-                    (error, now, now, r["id"]),
-                )
-            doomed_ids = {r["id"] for r in doomed}
             for r in rows:
-                if r["id"] in doomed_ids:
+                last = self._judge_death(db, r["id"], now)
+                attempts = r["attempts"] if last.counted else r["attempts"] - 1
+                if last.counted and attempts >= max_attempts:
+                    error = quarantine_message(r["inbox"], r["input"], attempts, last)
+                    db.execute(
+                        "UPDATE jobs SET state = 'quarantined', error = ?, finished_at = ?,"
+                        " updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                        (error, now, now, r["id"]),
+                    )
+                    quarantined += 1
                     continue
                 db.execute(
-                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL,"
-                    " updated_at = ? WHERE id = ?",
-                    (now, r["id"]),
+                    "UPDATE jobs SET state = 'queued', attempts = ?, lease_owner = NULL,"
+                    " lease_expires = NULL, updated_at = ? WHERE id = ?",
+                    (max(attempts, 0), now, r["id"]),
                 )
-        return len(rows) - len(doomed), len(doomed)
+                requeued += 1
+        return requeued, quarantined
 
     def set_progress(
         self,
@@ -324,9 +334,11 @@ class SqliteJobStore(SqliteQueue):
         note: str = "",
         *,
         finished: Iterable[int] | None = None,
+        steps: int = 0,
     ) -> None:
         """Record how far a running job has come (shown by ``dropforge status`` and the web
-        UI); ``finished`` lists the indices of the planned outputs finished so far."""
+        UI): ``done`` outputs finished of ``total`` (``finished``: the indices of the planned
+        outputs finished so far), ``steps`` denoising steps since the last one."""
         listed = None if finished is None else json.dumps(sorted(finished))
         with self._tx() as db:
             db.execute(
@@ -334,6 +346,7 @@ class SqliteJobStore(SqliteQueue):
                 " finished = coalesce(?, finished), updated_at = ? WHERE id = ?",
                 (done, total, note, listed, self.clock(), job_id),
             )
+            self._reach(db, job_id, done, total, note, steps)
 
     def retry(
         self,

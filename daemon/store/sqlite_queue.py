@@ -9,15 +9,15 @@ from typing import Literal
 
 from daemon.errors import JobNotFound
 from daemon.store.rows import CancelResult, Job
-from daemon.store.sqlite_base import SqliteDatabase
-from daemon.values import CancelReason, JobState
+from daemon.store.sqlite_attempts import SqliteAttempts
+from daemon.values import AttemptEnd, CancelReason, JobState
 
 # A job's place among jobs of its priority: a position set by a move, else its arrival.
 ORDER = "coalesce(position, id)"
 _RUNNABLE = "state IN ('queued', 'waiting')"
 
 
-class SqliteQueue(SqliteDatabase):
+class SqliteQueue(SqliteAttempts):
     """The order of the queue, cancels, and read-only listings of the jobs table."""
 
     def queue(self, limit: int = 100) -> list[Job]:
@@ -84,6 +84,7 @@ class SqliteQueue(SqliteDatabase):
                 return
             reason = CancelReason(row[0]) if row[0] else CancelReason.requested
             text = reason.describe() + (f" ({note})" if note else "")
+            self._end(db, job_id, AttemptEnd.canceled, now)
             db.execute(
                 "UPDATE jobs SET state = 'canceled', cancel = ?, error = ?, finished_at = ?,"
                 " updated_at = ?, not_before = NULL, lease_owner = NULL, lease_expires = NULL,"

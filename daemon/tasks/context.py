@@ -12,6 +12,7 @@ from daemon.config import Settings
 from daemon.errors import InputError
 from daemon.generators import Generator
 from daemon.intake.candidates import Candidate
+from daemon.outputs.manifest_fields import AttemptRecord
 from daemon.planning.inputs import Hasher
 from daemon.planning.keys import failure_key
 from daemon.planning.model import Dependency, Plan, PlanInput
@@ -68,10 +69,12 @@ def _always_ready(alias: str) -> bool:
 class JobProgress:
     """Where a running job reports how far it has come.
 
-    ``record(done, total, note)`` stores it for ``dropforge status``; ``on_image(done, total)``
-    and ``on_step(step, steps)`` feed a progress display and the health check;
-    ``finish(indices)`` notes planned outputs finished (kept or written), recorded with the
-    next ``record``, so that the web UI can fill in their tiles.
+    ``record(done, total, note)`` stores it for ``dropforge status`` and as the furthest point
+    of the claim; ``on_image(done, total)`` and ``on_step(step, steps)`` feed a progress
+    display and the health check, and count the steps since the last output, so they come
+    before the record of the same event; ``finish(indices)`` notes planned outputs finished
+    (kept or written), recorded with the next ``record``, so that the web UI can fill in their
+    tiles.
     """
 
     record: Callable[[int, int, str], None]
@@ -80,18 +83,18 @@ class JobProgress:
     finish: Callable[[Iterable[int]], None] = field(default=_ignore_finished)
 
     def image(self, done: int, total: int, note: str, index: int | None = None) -> None:
-        """An output (planned output ``index``) was written: record it and show it."""
+        """An output (planned output ``index``) was written: show it and record it."""
         if index is not None:
             self.finish((index,))
-        self.record(done, total, note)
         self.on_image(done, total)
+        self.record(done, total, note)
 
     def step(self, done: int, total: int, step: int, steps: int, *, record: bool = True) -> None:
-        """A denoising step finished: record it (unless the step of the pipeline call is
-        recorded instead, see ``call_step``) and show it."""
+        """A denoising step finished: show it and record it (unless the step of the pipeline
+        call is recorded instead, see ``call_step``)."""
+        self.on_step(step, steps)
         if record:
             self.record(done, total, f"step {step}/{steps}")
-        self.on_step(step, steps)
 
     def call_step(self, done: int, total: int, step: int, steps: int) -> None:
         """Step ``step`` of the ``steps`` of the running pipeline call (the batch of images
@@ -115,6 +118,7 @@ class JobContext:
     # not a shutdown, and the task writes a canceled manifest listing what it finished.
     cancel_reason: Callable[[], CancelReason | None] = field(default=_not_canceled)
     model_ready: Callable[[str], bool] = field(default=_always_ready)  # alias is resident
+    attempts: tuple[AttemptRecord, ...] = ()  # earlier claims of the job, for the manifest
 
     def generator_for(self, model: ModelSource, done: int, total: int) -> Generator:
         """The generator, noting ``loading model ALIAS`` in the progress first when the model

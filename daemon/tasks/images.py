@@ -345,7 +345,10 @@ def _finish(
         ctx.log.info("output.written", file=CONTACT_NAME, role="contact")
         files.append(OutputEntry(contact.file, contact.sha256, contact.bytes, role="contact"))
     replace_manifest(
-        prepared, job_manifest(prepared, started, ctx.clock(), ctx.device_name()), files, notes
+        prepared,
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name(), ctx.attempts),
+        files,
+        notes,
     )
 
 

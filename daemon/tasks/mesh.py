@@ -101,6 +101,9 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
         ctx.progress.finish((out.index,))
         ctx.progress.on_image(len(files), len(plan.outputs))
     replace_manifest(
-        prepared, job_manifest(prepared, started, ctx.clock(), ctx.device_name()), files, notes
+        prepared,
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name(), ctx.attempts),
+        files,
+        notes,
     )
     return TaskRun(len(files), 0, tuple(notes))

@@ -20,6 +20,7 @@ from daemon.outputs.manifest import (
     write_manifest,
 )
 from daemon.outputs.manifest_fields import (
+    AttemptRecord,
     FileRecord,
     InputRecord,
     LoraRecord,
@@ -34,8 +35,15 @@ from daemon.tasks.context import JobContext, Prepared
 from daemon.values import CancelReason, ModelSource
 
 
-def job_manifest(prepared: Prepared, started: float, finished: float, device: str) -> Manifest:
-    """The manifest of a finished job with no outputs yet (tasks add theirs), status done."""
+def job_manifest(
+    prepared: Prepared,
+    started: float,
+    finished: float,
+    device: str,
+    attempts: tuple[AttemptRecord, ...] = (),
+) -> Manifest:
+    """The manifest of a finished job with no outputs yet (tasks add theirs), status done;
+    ``attempts`` are the earlier claims that did not finish it."""
     plan = prepared.plan
     rel = prepared.candidate.rel
     deps = {d.path: d for d in prepared.deps}
@@ -60,6 +68,7 @@ def job_manifest(prepared: Prepared, started: float, finished: float, device: st
         warnings=(),
         mask=FileRecord(plan.mask.path, plan.mask.sha256) if plan and plan.mask else None,
         lora=LoraRecord(plan.lora.alias, plan.lora.scale) if plan and plan.lora else None,
+        attempts=attempts,
     )
 
 
@@ -81,10 +90,15 @@ def replace_manifest(
 
 
 def failed_manifest(
-    prepared: Prepared, message: str, started: float, finished: float, device: str
+    prepared: Prepared,
+    message: str,
+    started: float,
+    finished: float,
+    device: str,
+    attempts: tuple[AttemptRecord, ...] = (),
 ) -> Manifest:
     """The manifest of a job that failed: what is known of it, and the one-line error."""
-    done = job_manifest(prepared, started, finished, device)
+    done = job_manifest(prepared, started, finished, device, attempts)
     return dataclasses.replace(done, status=ManifestStatus.failed, error=message, outputs=())
 
 

@@ -76,7 +76,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
             )
         )
     manifest = dataclasses.replace(
-        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name(), ctx.attempts),
         sequences=tuple(summaries),
         outputs=tuple(endpoint_files),
         warnings=tuple(notes),
@@ -235,7 +235,7 @@ def _run_sequence(
         OutputEntry(PREVIEW_NAME, sha256_file(preview), preview.stat().st_size, role="preview")
     )
     manifest = dataclasses.replace(
-        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name(), ctx.attempts),
         job_key=seq.job_key,
         outputs=tuple(outputs),
         warnings=tuple(notes),
