@@ -4,9 +4,10 @@ The same crash loop as tests/test_crash_loop.py (tests/soak/crash_harness.py), l
 life is killed at a seeded random trigger (start-up, first scan, a job started, an output
 written, a job done, a temporary output on disk), new inputs are dropped whenever the work
 runs out, and at the end every input must have exactly one ``done`` manifest, every output
-must exist, decode and match its sha256, no temporary may remain, and no output may have
-been generated more often than the kills explain. Prints a summary; exits 1 on any
-violation. Not a test: run it by hand, e.g. ::
+must exist, decode and match its sha256, no temporary may remain, no output may have been
+generated more often than the kills explain, and — with the default ``max_attempts`` — no job
+may have been quarantined. Prints a summary, with how the crash-loop guard judged the claims
+the kills ended; exits 1 on any violation. Not a test: run it by hand, e.g. ::
 
     python bench/soak_crash.py --kills 200 --inputs 40
 """

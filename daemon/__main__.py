@@ -4,4 +4,6 @@ import sys
 
 from daemon.cli import main
 
-sys.exit(main())
+# Guarded: a child process started with "spawn" (the texture unwrap) imports this module again.
+if __name__ == "__main__":
+    sys.exit(main())

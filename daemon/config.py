@@ -13,6 +13,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from daemon.config_ui import (
+    NotifySettings,
+    Table,
+    UiSettings,
+    is_cuda_index,
+    notify_settings,
+    ui_settings,
+)
 from daemon.errors import ConfigError, did_you_mean, show_value
 from daemon.values import TASK_NAMES, LoraSource, ModelSource
 
@@ -24,6 +32,10 @@ else:  # pragma: no cover - exercised on 3.10 only
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 DATABASE_ENV = "DROPFORGE_DATABASE"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Pillow's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS, not imported here: config loads
+# without Pillow). ``max_pixels`` may lower it, never raise it: the guard always stays on.
+BOMB_GUARD_PIXELS = 89_478_485
 
 DEFAULT_PRESETS: Mapping[str, Mapping[str, Any]] = {
     "draft": {"steps": 20, "mesh_resolution": 192},
@@ -72,7 +84,7 @@ class Settings:
     max_attempts: int = 3
     min_free_mb: int = 500
     active_hours: str = ""
-    max_pixels: int = 16_777_216
+    max_pixels: int = BOMB_GUARD_PIXELS
     max_sidecar_bytes: int = 65_536
     max_batch: int = 8
     log_format: str = "auto"
@@ -80,6 +92,7 @@ class Settings:
     vae_slicing: bool = False
     vae_tiling: bool = False
     attention_slicing: bool = False
+    generator: str = "diffusers"  # or "package.module:factory", a backend of one's own
     models: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     loras: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -87,6 +100,8 @@ class Settings:
         default_factory=lambda: MappingProxyType(dict(DEFAULT_PRESETS))
     )
     cluster: ClusterConfig | None = None
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    ui: UiSettings = field(default_factory=UiSettings)
 
     @property
     def base_dir(self) -> Path:
@@ -134,62 +149,6 @@ def resolve_model_ref(alias: str, value: str, base_dir: Path) -> ModelSource:
     if value.lower().endswith(".safetensors"):
         return ModelSource(alias=alias, kind="file", ref=str(resolved))
     return ModelSource(alias=alias, kind="folder", ref=str(resolved))
-
-
-class _Table:
-    """Reads one TOML table, checking types and recording which keys were used."""
-
-    def __init__(self, where: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where} must be a table, got {show_value(data)}")
-        self.where = where
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any, rule: str) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds:
-            raise ConfigError(f"{self.where}: {key} must be {rule}, got {show_value(value)}")
-        if not isinstance(value, kinds):
-            raise ConfigError(f"{self.where}: {key} must be {rule}, got {show_value(value)}")
-        return value
-
-    def number(self, key: str, default: float, lo: float, hi: float | None = None) -> float:
-        rule = f"a number ≥ {lo:g}" if hi is None else f"a number in {lo:g}..{hi:g}"
-        value = float(self.get(key, (int, float), default, rule))
-        if value < lo or (hi is not None and value > hi):
-            raise ConfigError(f"{self.where}: {key} must be {rule}, got {show_value(value)}")
-        return value
-
-    def integer(self, key: str, default: int, lo: int, hi: int | None = None) -> int:
-        rule = f"an integer ≥ {lo}" if hi is None else f"an integer in {lo}..{hi}"
-        value = int(self.get(key, int, default, rule))
-        if value < lo or (hi is not None and value > hi):
-            raise ConfigError(f"{self.where}: {key} must be {rule}, got {show_value(value)}")
-        return value
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...], rule: str = "") -> str:
-        rule = rule or "one of " + ", ".join(choices)
-        value = str(self.get(key, str, default, rule))
-        if value not in choices and not (key == "device" and _is_cuda_index(value)):
-            raise ConfigError(f"{self.where}: {key} must be {rule}, got {show_value(value)}")
-        return value
-
-    def finish(self) -> None:
-        for key in self.data:
-            if key not in self.used:
-                raise ConfigError(
-                    f"{self.where}: {key}: unknown key{did_you_mean(key, sorted(self.used))}"
-                )
-
-
-def _is_cuda_index(value: str) -> bool:
-    head, _, tail = value.partition(":")
-    return head == "cuda" and tail.isdigit()
 
 
 def validate_active_hours(where: str, value: str) -> str:
@@ -251,16 +210,27 @@ def load_config(path: Path | str | None = None) -> Settings:
     return settings_from_mapping(data, config_path)
 
 
+GENERATOR_RULE = '"diffusers" or "package.module:factory"'
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def _generator_value(d: Table) -> str:
+    value = str(d.get("generator", str, "diffusers", GENERATOR_RULE))
+    if value != "diffusers" and not _FACTORY.fullmatch(value):
+        raise ConfigError(f"{d.where}: generator must be {GENERATOR_RULE}, got {show_value(value)}")
+    return value
+
+
 def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Settings:
     """Validate an already-parsed config mapping (used by tests and load_config)."""
     name = config_path.name
     base = config_path.parent
-    known = ("daemon", "inbox", "models", "loras", "defaults", "presets", "cluster")
+    known = ("daemon", "inbox", "models", "loras", "defaults", "presets", "notify", "ui", "cluster")
     for key in data:
         if key not in known:
             raise ConfigError(f"{name}: [{key}]: unknown table{did_you_mean(key, known)}")
 
-    d = _Table(f"{name} [daemon]", data.get("daemon", {}))
+    d = Table(f"{name} [daemon]", data.get("daemon", {}))
     state_dir = base / os.path.expanduser(str(d.get("state_dir", str, ".dropforge", "a path")))
     daemon_values: dict[str, Any] = {
         "device": d.choice("device", "auto", ("auto", "cpu", "cuda", "mps"), DEVICES_HELP),
@@ -274,7 +244,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
         "active_hours": validate_active_hours(
             f"{name} [daemon]", d.get("active_hours", str, "", "HH:MM-HH:MM")
         ),
-        "max_pixels": d.integer("max_pixels", 16_777_216, 4096),
+        "max_pixels": d.integer("max_pixels", BOMB_GUARD_PIXELS, 4096, BOMB_GUARD_PIXELS),
         "max_sidecar_bytes": d.integer("max_sidecar_bytes", 65_536, 256),
         "max_batch": d.integer("max_batch", 8, 1, 64),
         "log_format": d.choice("log_format", "auto", ("auto", "console", "json")),
@@ -282,6 +252,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
         "vae_slicing": d.get("vae_slicing", bool, False, "true or false"),
         "vae_tiling": d.get("vae_tiling", bool, False, "true or false"),
         "attention_slicing": d.get("attention_slicing", bool, False, "true or false"),
+        "generator": _generator_value(d),
     }
     d.finish()
 
@@ -293,7 +264,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
     inboxes = []
     seen: set[Path] = set()
     for i, table in enumerate(inbox_tables, 1):
-        t = _Table(f"{name} [[inbox]] #{i}", table)
+        t = Table(f"{name} [[inbox]] #{i}", table)
         path = base / os.path.expanduser(str(t.get("path", str, "", "a path")))
         if "path" not in t.data:
             raise ConfigError(f"{t.where}: path is required")
@@ -345,23 +316,25 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
         loras=MappingProxyType(loras),
         defaults=MappingProxyType(dict(defaults)),
         presets=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in presets.items()}),
+        notify=notify_settings(Table(f"{name} [notify]", data.get("notify", {}))),
+        ui=ui_settings(Table(f"{name} [ui]", data.get("ui", {}))),
         cluster=cluster,
         **daemon_values,
     )
 
 
-def _devices(d: _Table) -> tuple[str, ...]:
+def _devices(d: Table) -> tuple[str, ...]:
     """``devices = ["cuda:0", "cuda:1"]``: one worker process per device."""
     rule = f"a list of devices ({DEVICES_HELP})"
     value = d.get("devices", list, [], rule)
     for item in value:
-        ok = isinstance(item, str) and (item in ("cpu", "cuda", "mps") or _is_cuda_index(item))
+        ok = isinstance(item, str) and (item in ("cpu", "cuda", "mps") or is_cuda_index(item))
         if not ok:
             raise ConfigError(f"{d.where}: devices must be {rule}, got {show_value(value)}")
     return tuple(value)
 
 
-def _inbox_name(t: _Table) -> str:
+def _inbox_name(t: Table) -> str:
     """An inbox's ``name``: letters, digits, ``.``, ``_``, ``-`` ("" when not given)."""
     value = str(t.get("name", str, "", "a name of letters, digits, '.', '_' or '-'"))
     if "name" in t.data and not _NAME_RE.match(value):
@@ -374,7 +347,7 @@ def _inbox_name(t: _Table) -> str:
 
 def _cluster(name: str, data: Any) -> ClusterConfig | None:
     """``[cluster]`` (and ``$DROPFORGE_DATABASE``): None when no database is named."""
-    t = _Table(f"{name} [cluster]", data)
+    t = Table(f"{name} [cluster]", data)
     database = str(t.get("database", str, "", "a postgresql:// URL"))
     host = str(t.get("host_name", str, "", "a host name"))
     heartbeat = t.number("heartbeat_seconds", 5.0, 0.1, 60.0)

@@ -30,6 +30,13 @@ def did_you_mean(name: str, choices: Sequence[str]) -> str:
     return f", did you mean {close[0]}?" if close else ""
 
 
+def about(file: str, message: str) -> str:
+    """A message as a line that already names ``file`` shows it: without ``file: `` again
+    (``[failed] broken.png: not a readable image``, not ``broken.png: broken.png: …``)."""
+    prefix = f"{file}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
 class DropforgeError(Exception):
     """Base of every error dropforge raises on purpose."""
 

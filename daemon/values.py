@@ -45,6 +45,62 @@ class JobState(str, Enum):
     failed = "failed"
     waiting = "waiting"
     quarantined = "quarantined"
+    canceled = "canceled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def active(self) -> bool:
+        """Queued, running or waiting: work still to do (what a cancel stops)."""
+        return self in ACTIVE_STATES
+
+
+ACTIVE_STATES = frozenset({JobState.queued, JobState.running, JobState.waiting})
+
+
+class CancelReason(str, Enum):
+    """Why a job was canceled (or is being stopped for a cancel)."""
+
+    requested = "requested"  # `dropforge cancel`, the web UI, the library API
+    removed = "removed"  # its input was deleted or moved out of the inbox
+
+    def __str__(self) -> str:
+        return self.value
+
+    def describe(self) -> str:
+        """The words status, manifests and notices use."""
+        return CANCEL_TEXT[self]
+
+
+CANCEL_TEXT = {
+    CancelReason.requested: "canceled on request",
+    CancelReason.removed: "canceled: its input was removed from the inbox",
+}
+
+
+class AttemptEnd(str, Enum):
+    """How one claim of a job ended; ``running`` while it has not."""
+
+    running = "running"
+    done = "done"
+    failed = "failed"
+    waiting = "waiting"  # a cause outside the input; retried later
+    stopped = "stopped"  # a stop interrupted it at a step; requeued
+    died = "died"  # the process ended without finishing it (killed, crashed, power lost)
+    canceled = "canceled"  # a cancel stopped it (or it died while one was asked of it)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class AttemptStage(str, Enum):
+    """Where a claim of a job stands, as far as telling a crash loop from outside kills goes."""
+
+    preparing = "preparing"  # claimed: reading the input and its sidecars, planning
+    first_load = "first_load"  # loading a model that has never loaded on this host
+    loading = "loading"  # loading a model that has loaded on this host before
+    generating = "generating"  # the model is loaded: denoising steps and outputs
 
     def __str__(self) -> str:
         return self.value

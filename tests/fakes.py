@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from daemon.config import load_config
 from daemon.errors import Interrupted
 from daemon.generators import GenerationEvents, ImageRequest, MeshRequest, TweenRequest
+from daemon.generators.mesh import export
 from daemon.generators.subdivision import plan_levels
 from daemon.runtime.service import Service
 from daemon.runtime.systemd import Notifier
@@ -47,6 +48,7 @@ class SolidGenerator:
         with self._lock:
             self.requests.append(request)
         self._start(request.model)
+        events.on_ready()
         total = sum(spec.steps for spec in request.images)
         done = 0
         for spec in request.images:
@@ -61,19 +63,17 @@ class SolidGenerator:
         import trimesh
 
         self._start(request.model)
+        events.on_ready()
         for done in range(1, request.steps + 1):
             self._step(events, done, request.steps)
         mesh = trimesh.creation.icosphere(subdivisions=1)
         mesh.visual.vertex_colors = (*_seed_colour(request.seed), 255)
-        files: dict[str, bytes] = {}
-        for fmt in request.formats:
-            data = mesh.export(file_type=fmt)
-            files[fmt] = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        return files
+        return export(mesh, request.formats, texture=request.texture, name=request.name)
 
     def generate_tween(self, request: TweenRequest, events: GenerationEvents) -> None:
         """Report each frame to make, level by level, as the start blended into the end at t."""
         self._start(request.model)
+        events.on_ready()
         size = (request.width, request.height)
         start, end = (im.convert("RGB").resize(size) for im in (request.start, request.end))
         frames = [

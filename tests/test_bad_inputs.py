@@ -410,7 +410,7 @@ def test_inputs_that_share_an_output_folder_do_not_overwrite_each_other(tmp_path
         "rename one of the two inputs (or remove that folder)"
     )
     assert [(r.rel, r.outcome, r.message) for r in first.results] == [
-        ("cat.png", Outcome.done, "1 outputs"),
+        ("cat.png", Outcome.done, "1 output"),
         ("cat.txt", Outcome.failed, clash),
     ]
     out = manifest(tmp_path / "outbox" / "cat")

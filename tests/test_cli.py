@@ -63,6 +63,26 @@ def test_configuration_errors_exit_2_without_traceback(
     assert err == ("Error: config.toml [daemon]: settle_seconds must be a number ≥ 0, got -1.0\n")
 
 
+def test_a_generator_that_cannot_be_used_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """[daemon] generator must name a factory as package.module:factory that imports."""
+    config = write_config(tmp_path, "x", extra_daemon='generator = "my backend"')
+    assert main(["status", "-c", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        'Error: config.toml [daemon]: generator must be "diffusers" or '
+        '"package.module:factory", got "my backend"\n'
+    )
+    for factory, why in [
+        ("tests.no_such_module:make", "cannot import tests.no_such_module"),
+        ("tests.soak.backends:nothing", "tests.soak.backends has no nothing"),
+    ]:
+        config = write_config(tmp_path, "x", extra_daemon=f'generator = "{factory}"')
+        assert main(["once", "-c", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"Error: config.toml [daemon]: generator {factory}: {why}"), err
+
+
 def test_missing_config_file_names_the_fix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -161,7 +181,10 @@ def test_retry_without_target_is_a_usage_error(
     """retry with nothing to retry exits 2."""
     config = write_config(tmp_path, "./models/sd")
     assert main(["retry", "-c", str(config)]) == 2
-    assert capsys.readouterr().err == "Error: retry needs PATH…, --failed or --quarantined\n"
+    assert (
+        capsys.readouterr().err
+        == "Error: retry needs PATH…, --failed, --quarantined or --canceled\n"
+    )
 
 
 def test_tiny_model_writes_a_loadable_pipeline_folder(

@@ -167,7 +167,11 @@ def test_disk_full_during_a_write_leaves_no_partial_file_and_the_job_waits(
     assert job.attempts == 0  # a wait is not a crash: no step toward quarantine
     assert temporaries(outbox) == []
     assert not out_dir.exists() or sorted(p.name for p in out_dir.iterdir()) == []
-    assert running.service.status_line() == "0 queued, 1 waiting, 0 failed"
+    # The worker thread lets go of the job a moment after the journal says it waits.
+    wait_until(
+        lambda: running.service.status_line() == "0 queued, 1 waiting, 0 failed",
+        message="the status line without a running job",
+    )
 
     if ballast is not None:
         ballast.unlink()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from structlog.testing import capture_logs
 
 from daemon.config import Settings, load_config
@@ -146,7 +147,7 @@ def _new_input(settings: Settings) -> None:
 
 def _outside_mask(settings: Settings) -> None:
     path = settings.inboxes[0].path / "b" / "masks" / "cat.png"
-    mask_image(path, size=(32, 32))
+    Image.new("L", (64, 64), 255).save(path)  # same size, every pixel repainted
 
 
 def _defaults_above(settings: Settings) -> None:

@@ -78,6 +78,7 @@ class Reports:
     images: list[tuple[int, Image.Image]] = field(default_factory=list)
     frames: list[tuple[float, Image.Image]] = field(default_factory=list)
     steps: list[tuple[int, int]] = field(default_factory=list)
+    ready: list[int] = field(default_factory=list)  # steps reported when on_ready came
 
     def events(self) -> GenerationEvents:
         return GenerationEvents(
@@ -85,6 +86,7 @@ class Reports:
             on_step=lambda done, total: self.steps.append((done, total)),
             should_stop=lambda: self.stop_when(self),
             on_frame=lambda t, image: self.frames.append((t, image)),
+            on_ready=lambda: self.ready.append(len(self.steps)),
         )
 
     def indices(self) -> list[int]:
@@ -273,6 +275,21 @@ def test_stop_during_a_mesh_raises_interrupted(backend: Backend) -> None:
 
 
 # -- device and resident models ------------------------------------------------------------------
+
+
+def test_ready_is_reported_once_before_the_first_step(backend: Backend) -> None:
+    """Every kind of request reports its model loaded exactly once, before any step."""
+    for run in (
+        lambda events: backend.generator.generate_images(image_request(backend.images), events),
+        lambda events: backend.generator.generate_tween(
+            tween_request(backend.images, 1, (0.5,)), events
+        ),
+        lambda events: backend.generator.generate_mesh(mesh_request(backend.mesh), events),
+    ):
+        reports = Reports()
+        run(reports.events())
+        assert reports.ready == [0]
+        assert reports.steps
 
 
 def test_device_name_is_a_non_empty_string(backend: Backend) -> None:

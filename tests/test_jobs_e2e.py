@@ -153,7 +153,7 @@ def test_seed_004_paths_pair_endpoints_by_pose_even_when_they_arrive_late(
     )
     code, out = once(config, capsys)
     assert code == 1
-    assert "talk.job.toml: no endpoint pairs found" in out
+    assert "[FAILED]  face/talk.job.toml -> Error: no endpoint pairs found" in out
     noise_image(inbox / "neutral__center.png", seed=1)
     noise_image(inbox / "ah__center.png", seed=2)
     noise_image(inbox / "neutral__left.png", seed=3)  # no ah__left: no sequence

@@ -17,7 +17,8 @@ import pytest
 from daemon.errors import ConfigError, FileChangedError
 from daemon.store import sqlite_base
 from daemon.store.sqlite import SqliteJournal
-from tests.helpers import SettableClock, add_job
+from daemon.values import AttemptEnd, AttemptStage, JobState
+from tests.helpers import JOB_INBOX, SettableClock, add_job
 
 
 @pytest.fixture
@@ -38,12 +39,30 @@ def sha(data: bytes) -> str:
 # --- the database file ---------------------------------------------------------------------
 
 
+def test_a_copy_reads_the_journal_and_writes_nothing_back(
+    journal: SqliteJournal, tmp_path: Path
+) -> None:
+    """A copy (for the dry run) has the file's rows; its writes stay in memory."""
+    add_job(journal, "cat.png")
+    before = journal.path.read_bytes()
+    with SqliteJournal(journal.path, copy=True) as copy:
+        assert copy.get_job(JOB_INBOX, "cat.png") is not None
+        add_job(copy, "dog.png")
+        assert copy.get_job(JOB_INBOX, "dog.png") is not None
+    assert journal.get_job(JOB_INBOX, "dog.png") is None
+    assert journal.path.read_bytes() == before
+    missing = tmp_path / "none" / "journal.sqlite3"
+    with SqliteJournal(missing, copy=True) as empty:
+        assert empty.jobs() == []
+    assert not missing.parent.exists()
+
+
 def test_database_is_wal_with_schema_version(journal: SqliteJournal) -> None:
     """The journal file is in WAL mode and carries the schema version."""
     other = sqlite3.connect(journal.path)
     try:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert other.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert other.execute("PRAGMA user_version").fetchone()[0] == sqlite_base.SCHEMA_VERSION == 3
     finally:
         other.close()
 
@@ -58,7 +77,7 @@ def test_reopening_keeps_rows(tmp_path: Path, clock: SettableClock) -> None:
 
 
 def test_unknown_schema_version_is_a_config_error(tmp_path: Path) -> None:
-    """A journal written by another schema version is refused with advice."""
+    """A journal written by a newer schema version is refused with advice."""
     path = tmp_path / "journal.sqlite3"
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 7")
@@ -66,9 +85,88 @@ def test_unknown_schema_version_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         SqliteJournal(path)
     assert str(info.value) == (
-        f"{path}: journal schema 7 is not the one this dropforge uses (1); "
-        "move the file aside to start a fresh journal"
+        f"{path}: journal schema 7 is newer than the one this dropforge uses (3); "
+        "upgrade dropforge, or move the file aside to start a fresh journal"
     )
+
+
+def test_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: SettableClock) -> None:
+    """A journal of schema 1 (before queue control) opens, keeps its jobs and gains the new
+    columns: arrival order, no priority, no cancel, nothing planned."""
+    path = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(sqlite_base._SCHEMA + "PRAGMA user_version = 1;")
+    for name in ("b.png", "a.png"):
+        db.execute(
+            "INSERT INTO jobs (inbox, input, kind, fingerprint, job_key, out_dir, state,"
+            " created_at, updated_at) VALUES ('/in', ?, 'image', 'fp', 'k', '/out', 'queued',"
+            " 1, 1)",
+            (name,),
+        )
+    db.commit()
+    db.close()
+    with SqliteJournal(path, clock=clock) as journal:
+        first, second = journal.jobs()
+        assert (first.input, first.priority, first.position, first.cancel) == (
+            "b.png",
+            0,
+            None,
+            None,
+        )
+        assert (first.task, first.planned, first.finished) == ("", (), ())
+        journal.move(second.id, to="top")
+        claimed = journal.claim("w", 60)
+        assert claimed is not None and claimed.input == "a.png"
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    db.close()
+
+
+def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: SettableClock) -> None:
+    """A journal written before the attempts table opens as version 3 (attempts, then claim
+    numbers) with its rows intact, its claim that a dead process left running is judged as
+    every death was then, and its next claim takes the first fencing number."""
+    path = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript((Path(__file__).parent / "data" / "journal-v1.sql").read_text())
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    with SqliteJournal(path, clock=clock) as journal:
+        assert journal._query("PRAGMA user_version")[0][0] == 3
+        names = {r[0] for r in journal._query("SELECT name FROM sqlite_master")}
+        assert {"attempts", "attempts_forget", "model_loads"} <= names
+        crashy = journal.get_job(JOB_INBOX, "crashy.png")
+        done = journal.get_job(JOB_INBOX, "done.png")
+        assert crashy is not None and done is not None
+        assert (crashy.state, crashy.attempts, crashy.progress_done) == (JobState.running, 2, 1)
+        assert (crashy.claim, done.claim) == (0, 0)
+        assert (done.state, done.attempts) == (JobState.done, 1)
+        assert journal.attempts(crashy.id) == []
+        assert journal.recover(max_attempts=3) == (1, 0)
+        (died,) = journal.attempts(crashy.id)
+        assert (died.number, died.ended, died.stage, died.point, died.counted) == (
+            1,
+            AttemptEnd.died,
+            AttemptStage.generating,
+            (1, 0),
+            True,
+        )
+        assert journal.get(crashy.id).attempts == 2
+        claimed = journal.claim("host:3", 60)
+        assert claimed is not None and claimed.id == crashy.id and claimed.claim == 1
+        assert [a.number for a in journal.attempts(crashy.id)] == [1, 2]
+        assert not journal.mark_done(crashy.id, seconds=1.0, claim=0)
+    with SqliteJournal(path, clock=clock) as again:  # opened as complete: no upgrade twice
+        assert again._query("PRAGMA user_version")[0][0] == 3
+
+
+def test_model_loads_are_remembered(journal: SqliteJournal, clock: SettableClock) -> None:
+    """A model recorded as loaded is known afterwards; others are not."""
+    assert not journal.model_loaded("/models/sd on cpu")
+    journal.note_model_loaded("/models/sd on cpu")
+    journal.note_model_loaded("/models/sd on cpu")
+    assert journal.model_loaded("/models/sd on cpu")
+    assert not journal.model_loaded("/models/sd on cuda")
 
 
 def test_garbage_file_is_a_config_error(tmp_path: Path) -> None:

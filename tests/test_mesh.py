@@ -203,22 +203,26 @@ def test_resolution_changes_the_vertex_count(
     assert fine.volume == pytest.approx(coarse.volume, rel=0.1)
 
 
-def test_texture_keeps_vertex_colours(
+def test_texture_bakes_the_colours_and_the_ply_keeps_them_per_vertex(
     generator: DiffusersGenerator, tiny_mesh: ModelSource
 ) -> None:
-    """With texture the vertices carry varied colours; without, the files carry none."""
+    """With texture the GLB carries UVs and a varied colour texture and the PLY varied vertex
+    colours; without, the files carry no colour at all."""
     textured = generator.generate_mesh(
         mesh_request(tiny_mesh, formats=("glb", "ply"), texture=True), Steps().events()
     )
     plain = generator.generate_mesh(
         mesh_request(tiny_mesh, formats=("glb", "ply")), Steps().events()
     )
+    glb = load(textured["glb"], "glb")
+    assert glb.visual.kind == "texture" and glb.visual.uv.shape == (len(glb.vertices), 2)
+    texels = np.asarray(glb.visual.material.baseColorTexture.convert("RGB"), dtype=int)
+    assert texels.reshape(-1, 3).std(axis=0).max() > 5
+    colours = load(textured["ply"], "ply").visual.vertex_colors[:, :3].astype(int)
+    assert colours.std(axis=0).max() > 5
     for fmt in ("glb", "ply"):
-        colours = load(textured[fmt], fmt).visual.vertex_colors[:, :3].astype(int)
-        assert colours.std(axis=0).max() > 5, fmt
         assert load(plain[fmt], fmt).visual.kind is None, fmt
-    assert b"COLOR_0" in textured["glb"]
-    assert b"COLOR_0" not in plain["glb"]
+    assert b"TEXCOORD_0" in textured["glb"] and b"TEXCOORD_0" not in plain["glb"]
 
 
 def test_same_seed_gives_the_same_mesh(

@@ -93,6 +93,11 @@ def test_once_produces_every_output_and_actionable_failures(
     assert story_manifest["status"] == "done"
     assert [o["seed"] for o in story_manifest["outputs"] if o["seed"] is not None] == [7, 8, 7, 8]
     assert all("CRAFT" not in (o["prompt"] or "") for o in story_manifest["outputs"])
+    with Image.open(story / "contact.png") as sheet:  # each tile labelled with scene and seed
+        assert sheet.text["parameters"] == (
+            "contact sheet of story.md: scene 1 seed 7; scene 1 seed 8; scene 2 seed 7; "
+            "scene 2 seed 8"
+        )
 
     cat = outbox / "cat"
     for name in ("cat-100.png", "cat-101.png", "cat-102.png", "contact.png", "manifest.json"):

@@ -27,6 +27,7 @@ from daemon.outputs.files import (
 from daemon.outputs.manifest import (
     MANIFEST_NAME,
     SCHEMA,
+    AttemptRecord,
     FileRecord,
     InputRecord,
     Manifest,
@@ -318,6 +319,18 @@ def test_contact_sheet_shortens_long_labels_within_their_cell() -> None:
     assert ink_pixels(long, (cell_w, 256 + 8, 2 * cell_w, long.height)) == 0
 
 
+def test_contact_sheet_labels_may_have_two_lines() -> None:
+    """A two-line label (scene and seed) gets a second text row with ink in both rows."""
+    one = contact_sheet([(solid(COLORS[0], (64, 64)), "seed 4294967295")])
+    two = contact_sheet([(solid(COLORS[0], (64, 64)), "scene 12\nseed 4294967295")])
+    assert two.width == one.width
+    line = two.height - one.height
+    assert line > 10
+    first_row = (0, 64 + 4, two.width, 64 + 4 + line)
+    second_row = (0, 64 + 4 + line, two.width, two.height)
+    assert ink_pixels(two, first_row) > 20 and ink_pixels(two, second_row) > 20
+
+
 def test_contact_sheet_keeps_aspect_and_small_images() -> None:
     """Wide images are letterboxed, and 64x64 images are not blown up to 256."""
     wide = contact_sheet([(solid(COLORS[2], (512, 256)), "seed 7")])
@@ -466,6 +479,47 @@ def test_tween_fields_follow_the_common_ones(tmp_path: Path) -> None:
     assert document["frames"] == [{"t": 0.0, "file": "000.png"}, {"t": 1.0, "file": "100.png"}]
     back = read_manifest(tmp_path / "seq")
     assert back is not None and back.sequence == sequence
+
+
+def test_earlier_attempts_are_written_after_the_warnings_and_read_leniently(
+    tmp_path: Path,
+) -> None:
+    """A job that took more than one claim lists the earlier ones; an entry of the wrong shape
+    reads as absent."""
+    died = AttemptRecord(
+        1,
+        "2024-05-01T09:59:00Z",
+        "died",
+        "generating",
+        1,
+        2,
+        12,
+        True,
+        "died at 1/2 outputs and 12 steps into the next (counted toward quarantine)",
+    )
+    base = make_manifest(tmp_path, files={})
+    write_manifest(tmp_path, dataclasses.replace(base, attempts=(died,)))
+    document = json.loads((tmp_path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    assert list(document)[-1] == "attempts"
+    assert document["attempts"] == [
+        {
+            "attempt": 1,
+            "started_at": "2024-05-01T09:59:00Z",
+            "ended": "died",
+            "stage": "generating",
+            "outputs": 1,
+            "total": 2,
+            "steps": 12,
+            "counted": True,
+            "summary": "died at 1/2 outputs and 12 steps into the next (counted toward quarantine)",
+        }
+    ]
+    back = read_manifest(tmp_path)
+    assert back is not None and back.attempts == (died,)
+    document["attempts"].append({"attempt": "two", "counted": False})
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(document), encoding="utf-8")
+    again = read_manifest(tmp_path)
+    assert again is not None and again.attempts == (died,)
 
 
 def test_manifest_requires_error_exactly_when_failed() -> None:

@@ -56,6 +56,8 @@ def test_param_keys_are_every_documented_key() -> None:
         "lora_scale", "mesh_resolution", "formats", "texture", "depth", "paths", "pose",
         "start", "end", "endpoints", "exclude_sections", "prompt_template", "force",
         "sampler", "name_style", "scenes", "fps", "size", "base", "expressions",
+        "seed_range",
+        "priority",
     }  # fmt: skip
     assert set(PARAM_KEYS) == expected
     assert len(PARAM_KEYS) == len(expected)
@@ -136,6 +138,11 @@ GOOD: list[tuple[str, Any, Any]] = [
         ({"id": "ah", "prompt": "mouth open"},),
     ),
     ("prompt_template", "panel, {subject}, {mood} mood", "panel, {subject}, {mood} mood"),
+    ("seed", "random", "random"),
+    ("seed_range", [0, 999999], (0, 999999)),
+    ("seed_range", [7, 7], (7, 7)),
+    ("priority", 5, 5),
+    ("priority", -1000, -1000),
 ]
 
 
@@ -182,7 +189,23 @@ BAD: list[tuple[str, Any, str]] = [
     ("count", True, "count must be an integer in 1..20, got true"),
     ("seed", -1, "seed must be 0..4294967295, got -1"),
     ("seed", SEED_MAX + 1, "seed must be 0..4294967295, got 4294967296"),
-    ("seed", 1.5, "seed must be an integer in 0..4294967295, got 1.5"),
+    ("seed", 1.5, 'seed must be an integer in 0..4294967295 or "random", got 1.5'),
+    ("seed", "rand", 'seed must be an integer in 0..4294967295 or "random", got "rand"'),
+    (
+        "seed_range",
+        [9, 1],
+        "seed_range must be [low, high]: two integers in 0..4294967295, low ≤ high, got [9, 1]",
+    ),
+    (
+        "seed_range",
+        [1],
+        "seed_range must be [low, high]: two integers in 0..4294967295, low ≤ high, got [1]",
+    ),
+    (
+        "seed_range",
+        [-1, 5],
+        "seed_range must be [low, high]: two integers in 0..4294967295, low ≤ high, got [-1, 5]",
+    ),
     ("seeds", 5, "seeds must be a list of 1..20 unique integers in 0..4294967295, got 5"),
     ("seeds", [], "seeds must be a list of 1..20 unique integers in 0..4294967295, got []"),
     ("seeds", [1, "2"], 'seeds[2] must be an integer in 0..4294967295, got "2"'),
@@ -382,6 +405,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("scenes", [2, 2], "scenes[2] must be unique (it repeats an earlier scene), got 2"),
     ("force", "true", 'force must be true or false, got "true"'),
     ("force", 0, "force must be true or false, got 0"),
+    ("priority", 1001, "priority must be -1000..1000, got 1001"),
+    ("priority", 1.5, "priority must be an integer in -1000..1000, got 1.5"),
 ]
 
 
@@ -466,6 +491,16 @@ def test_seed_and_seeds_in_one_layer(settings: Settings) -> None:
     )
 
 
+def test_seed_range_and_seed_in_one_layer(settings: Settings) -> None:
+    """seed_range beside seed or seeds in one layer is ambiguous and rejected."""
+    assert error_of(settings, {"seed_range": [1, 9], "seed": "random"}) == (
+        'cat.toml: seed_range and seed cannot both be set, got seed = "random"'
+    )
+    assert error_of(settings, {"seed_range": [1, 9], "seeds": [3]}) == (
+        "cat.toml: seed_range and seeds cannot both be set, got seeds = [3]"
+    )
+
+
 # --- read_sidecar ---------------------------------------------------------------------------
 
 
@@ -542,6 +577,7 @@ FALLBACK_RESULT: dict[str, Any] = {
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
     "sampler": "", "name_style": "plain", "scenes": None,
     "fps": 8.0, "size": None, "base": None, "expressions": None,
+    "seed_range": None, "priority": 0,
 }  # fmt: skip
 
 
@@ -658,6 +694,18 @@ def test_later_seed_replaces_inherited_seeds(settings: Settings) -> None:
     ]
     result = effective_params(settings, layers)
     assert (result["seeds"], result["count"], result["seed"]) == (None, 3, 42)
+
+
+def test_a_later_seed_or_seed_range_replaces_the_other(settings: Settings) -> None:
+    """A sidecar's seed replaces a folder's seed_range, and a seed_range a folder's seed."""
+    result = effective_params(
+        settings, [("_defaults.toml", {"seed_range": [1, 99]}), ("cat.toml", {"seed": 5})]
+    )
+    assert (result["seed_range"], result["seed"]) == (None, 5)
+    result = effective_params(
+        settings, [("_defaults.toml", {"seed": "random"}), ("cat.toml", {"seed_range": [1, 9]})]
+    )
+    assert (result["seed_range"], result["seed"], result["seeds"]) == ((1, 9), None, None)
 
 
 def test_later_count_replaces_inherited_seeds(settings: Settings) -> None:

@@ -52,11 +52,14 @@ def loaded_after(argv: list[str], cwd: Path) -> dict[str, object]:
         ["check", "-c", "config.toml", "inbox/cat.txt"],
         ["status", "-c", "config.toml"],
         ["once", "-c", "config.toml", "--dry-run"],
+        ["queue", "-c", "config.toml"],
+        ["cancel", "-c", "config.toml", "--all"],
     ],
-    ids=["help", "check", "status", "dry-run"],
+    ids=["help", "check", "status", "dry-run", "queue", "cancel"],
 )
 def test_command_imports_no_model_library(tmp_path: Path, argv: list[str]) -> None:
-    """--help, check, status and a dry run finish without importing torch or diffusers."""
+    """--help, check, status, a dry run, queue and cancel finish without importing torch or
+    diffusers."""
     write_config(tmp_path, "org/model")
     (tmp_path / "inbox" / "cat.txt").write_text("a watercolor cat\n", encoding="utf-8")
     result = loaded_after(argv, tmp_path)

@@ -39,6 +39,9 @@ def plan_for(rel: str = "a/cat.png", kind: str = "image", **kw: Any) -> Any:
     """Build a plan for one input with the given parameter overrides."""
     scene_texts = kw.pop("scene_texts", ())
     mask = kw.pop("mask", None)
+    image_size = kw.pop("image_size", None)
+    set_by_sidecars = kw.pop("set_by_sidecars", frozenset())
+    sidecars = kw.pop("sidecars", ())
     kinds = {"image": FileKind.image, "prompt": FileKind.prompt, "job": FileKind.job}
     candidate = Candidate(INBOX, INBOX.path / rel, rel, kinds[kind], None, (), None)
     return plan_job(
@@ -60,6 +63,9 @@ def plan_for(rel: str = "a/cat.png", kind: str = "image", **kw: Any) -> Any:
                     Scene(n, text, text, text, {}) for n, text in enumerate(scene_texts, 1)
                 ),
                 mask=mask,
+                image_size=image_size,
+                set_by_sidecars=set_by_sidecars,
+                sidecars=sidecars,
             ),
         )
     )
@@ -175,3 +181,103 @@ def test_output_dir_sanitises_names_for_every_os() -> None:
     assert output_dir(INBOX, "x/CON.png") == Path("/out/x/CON_")
     assert output_dir(INBOX, "a:b/c?.png") == Path("/out/a_b/c_")
     assert output_dir(INBOX, "t/walk.job.toml") == Path("/out/t/walk")
+
+
+def test_auto_task_inpaints_an_image_with_a_mask_and_varies_one_without() -> None:
+    """task = "auto": a mask makes an image an inpainting; no mask, a variation."""
+    mask = Dependency("a/cat.mask.png", "cd" * 32)
+    assert plan_for(mask=mask).task.value == "inpaint"
+    assert plan_for().task.value == "variations"
+    assert plan_for(mask=mask, task="variations").task.value == "variations"
+
+
+def test_image_size_is_fitted_in_the_box_with_its_aspect_ratio() -> None:
+    """A 640x480 input in a 512x512 box plans 512x384 with a note; the key covers the size."""
+    wide = plan_for(image_size=(640, 480))
+    assert (wide.params.width, wide.params.height) == (512, 384)
+    assert wide.record["width"] == 512 and wide.record["height"] == 384
+    assert wide.notes == (
+        "a/cat.png: 640x480 input generated at 512x384 (fitted within 512x512, aspect ratio "
+        "kept; width and height in a sidecar force a size)",
+    )
+    square = plan_for(image_size=(512, 512))
+    assert (square.params.width, square.params.height, square.notes) == (512, 512, ())
+    assert wide.job_key != square.job_key
+
+
+def test_sidecar_width_or_height_force_the_size() -> None:
+    """Both set by a sidecar: used as given; one set: the other follows the aspect ratio."""
+    both = plan_for(image_size=(640, 480), set_by_sidecars=frozenset({"width", "height"}))
+    assert (both.params.width, both.params.height) == (512, 512)
+    one = plan_for(image_size=(640, 480), width=768, set_by_sidecars=frozenset({"width"}))
+    assert (one.params.width, one.params.height) == (768, 576)
+
+
+def test_text2image_ignores_image_sizes() -> None:
+    """A prompt file is drawn at the configured size."""
+    plan = plan_for("story.txt", kind="prompt", scene_texts=("a fox",))
+    assert (plan.params.width, plan.params.height) == (512, 512)
+
+
+@pytest.mark.parametrize(
+    ("source", "box", "expected"),
+    [
+        ((640, 480), (512, 512), (512, 384)),
+        ((480, 640), (512, 512), (384, 512)),
+        ((96, 64), (192, 192), (192, 128)),
+        ((64, 64), (512, 512), (512, 512)),
+        ((5472, 3648), (512, 512), (512, 344)),
+        ((3000, 100), (512, 512), (512, 64)),
+        ((100, 3000), (2048, 2048), (72, 2048)),
+    ],
+)
+def test_choose_size_rounds_to_multiples_of_8_within_64_to_2048(
+    source: tuple[int, int], box: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    """Fitted sizes are multiples of 8, kept in 64..2048, touching the box on one side."""
+    from daemon.planning.sizes import choose_size
+
+    chosen = choose_size("x.png", source, box)
+    assert (chosen.width, chosen.height) == expected
+
+
+def test_random_seeds_are_drawn_once_per_version_of_the_input() -> None:
+    """seed = "random": distinct seeds, the same for the same version, new for a new sidecar,
+    unlike the content-derived default (which keeps its seeds when only a sidecar changes)."""
+    sidecar = (Dependency("a/cat.toml", "11" * 32),)
+    edited = (Dependency("a/cat.toml", "22" * 32),)
+    first = plan_for(seed="random", count=4, sidecars=sidecar)
+    seeds = first.record["seeds"]
+    assert len(set(seeds)) == 4 and all(0 <= s < 2**32 for s in seeds)
+    assert plan_for(seed="random", count=4, sidecars=sidecar).record["seeds"] == seeds
+    assert plan_for(seed="random", count=4, sidecars=edited).record["seeds"] != seeds
+    assert plan_for(seed="random", count=5, sidecars=sidecar).record["seeds"][:4] == seeds
+    assert plan_for("a/dog.png", seed="random", count=4, sidecars=sidecar).record["seeds"] != seeds
+    default = plan_for(count=4, sidecars=sidecar).record["seeds"]
+    assert plan_for(count=4, sidecars=edited).record["seeds"] == default != seeds
+    assert first.record["seed"] == seeds[0]
+
+
+def test_seed_range_picks_count_distinct_seeds_inside_it() -> None:
+    """seed_range = [10, 20] with count = 5 gives five distinct seeds in 10..20; a range of
+    exactly count seeds gives all of them; a smaller one is an error naming the sidecar."""
+    seeds = plan_for(seed_range=(10, 20), count=5).record["seeds"]
+    assert len(set(seeds)) == 5 and all(10 <= s <= 20 for s in seeds)
+    assert plan_for(seed_range=(7, 9), count=3).record["seeds"] == [7, 8, 9]
+    with pytest.raises(InputError) as caught:
+        plan_for(seed_range=(7, 8), count=3)
+    assert (
+        str(caught.value) == "a/cat.png: seed_range must hold at least count (3) seeds, got [7, 8]"
+    )
+
+
+def test_random_seeds_of_a_scene_survive_an_edit_of_another_scene() -> None:
+    """seed = "random" in a multi-scene file: editing scene 2 redraws only scene 2's seeds."""
+    before = plan_for("story.txt", kind="prompt", scene_texts=("a fox", "a owl"), seed="random")
+    after = plan_for("story.txt", kind="prompt", scene_texts=("a fox", "an owl"), seed="random")
+    seeds = {(o.scene, o.seed) for o in before.outputs}, {(o.scene, o.seed) for o in after.outputs}
+    scene_1 = [{s for n, s in found if n == 1} for found in seeds]
+    scene_2 = [{s for n, s in found if n == 2} for found in seeds]
+    assert scene_1[0] == scene_1[1] and scene_2[0] != scene_2[1]
+    default = plan_for("story.txt", kind="prompt", scene_texts=("a fox", "a owl"))
+    assert {o.seed for o in default.outputs} != {o.seed for o in before.outputs}

@@ -104,6 +104,15 @@ def test_sigterm_mid_job_then_restart_finishes_without_redoing_outputs(
     final = manifest(out_dir)
     assert final["status"] == "done"
     assert len([o for o in final["outputs"] if o["seed"] is not None]) == 20
+    (stopped,) = final["attempts"]  # the claim the SIGTERM ended, and how far it got
+    assert (stopped["attempt"], stopped["ended"], stopped["stage"], stopped["counted"]) == (
+        1,
+        "stopped",
+        "generating",
+        False,
+    )
+    assert (stopped["outputs"], stopped["total"]) == (len(survivors), 20)
+    assert stopped["summary"].startswith(f"stopped at {len(survivors)}/20 outputs")
     after = stamps(out_dir)
     assert {name: after[name] for name in survivors} == survivors, "an image was made twice"
     (done,) = [e for e in events(second_log) if e["event"] == "job.done"]

@@ -162,6 +162,10 @@ def test_ready_is_sent_after_the_first_scan_queued_its_jobs(
     for name in ("a.txt", "b.txt"):
         (tmp_path / "inbox" / name).write_text(f"{name}\n", encoding="utf-8")
         os.utime(tmp_path / "inbox" / name, (old, old))
+    # An arrival counts from its ctime too (a rename keeps the mtime), which utime cannot set:
+    # the files are there from before the start once it is older than settle_seconds.
+    written = (tmp_path / "inbox" / "b.txt").stat().st_ctime
+    wait_until(lambda: time.time() - written > 0.5, message="the files to be older than settle")
     with capture_logs() as logs:
         running = launch(config, notifier=Notifier({"NOTIFY_SOCKET": path}))
         ready = next_message(sock, lambda m: m.startswith("READY=1"))
@@ -583,6 +587,35 @@ def fake_systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return log
 
 
+def without_tmp_warnings(out: str) -> list[str]:
+    """The lines of install's output but its warnings about folders under /tmp (pytest's
+    tmp_path usually is; test_folders_under_tmp_get_a_warning checks them)."""
+    return [line for line in out.splitlines() if not line.startswith("warning: ")]
+
+
+def test_folders_under_tmp_get_a_warning(
+    tmp_path: Path, fake_systemctl: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An inbox under /tmp gets a warning (PrivateTmp=yes hides it); others do not."""
+    options = units.UnitOptions(
+        user=True,
+        command=("dropforge",),
+        config_path="/srv/config.toml",
+        writable=("/tmp/drop/inbox", "/srv/outbox", "/var/tmp/state"),
+        stop_timeout=30,
+    )
+    lines = units.install(options, dry_run=True, target=tmp_path / "unit.service")
+    assert lines[:2] == [
+        "warning: /tmp/drop/inbox is under /tmp, which the service sees as an empty private "
+        "/tmp of its own (PrivateTmp=yes): files put there from outside never reach it; move "
+        "it out of /tmp in config.toml",
+        "warning: /var/tmp/state is under /var/tmp, which the service sees as an empty private "
+        "/var/tmp of its own (PrivateTmp=yes): files put there from outside never reach it; "
+        "move it out of /var/tmp in config.toml",
+    ]
+    assert lines[2] == f"would write {tmp_path / 'unit.service'}:"
+
+
 def test_service_install_and_uninstall_a_user_unit(
     tmp_path: Path, fake_systemctl: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -590,7 +623,7 @@ def test_service_install_and_uninstall_a_user_unit(
     config = write_config(tmp_path, MODEL)
     unit = tmp_path / "xdg" / "systemd" / "user" / "dropforge.service"
     assert main(["service", "install", "--user", "-c", str(config)]) == 0
-    assert capsys.readouterr().out.splitlines() == [
+    assert without_tmp_warnings(capsys.readouterr().out) == [
         f"created {tmp_path / 'outbox'}",
         f"created {tmp_path / 'state'}",
         f"wrote {unit}",
@@ -622,7 +655,7 @@ def test_service_install_dry_run_changes_nothing(
     config = write_config(tmp_path, MODEL)
     code = main(["service", "install", "--dry-run", "--run-as", "media", "-c", str(config)])
     assert code == 0
-    out = capsys.readouterr().out.splitlines()
+    out = without_tmp_warnings(capsys.readouterr().out)
     assert out[0] == "would write /etc/systemd/system/dropforge.service:"
     assert "    User=media" in out
     assert out[-3:] == [

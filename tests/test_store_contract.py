@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from daemon.errors import JobNotFound
+from daemon.store.attempts import describe_attempts
 from daemon.store.protocols import JobStore
+from daemon.store.rows import CancelResult, Job, PlannedFile
 from daemon.store.sqlite import SqliteJournal
-from daemon.values import JobState
+from daemon.values import AttemptEnd, AttemptStage, CancelReason, JobState
 from tests.helpers import JOB_INBOX, SettableClock, add_job
 
 Opener = Callable[[SettableClock], Any]  # opens a new handle on the test's one store
@@ -265,7 +267,8 @@ def test_set_progress(store: JobStore) -> None:
 
 
 def test_recover_requeues_or_quarantines(store: JobStore) -> None:
-    """At start-up running jobs return to the queue, or to quarantine after max_attempts claims."""
+    """At start-up running jobs return to the queue, or to quarantine after max_attempts claims
+    that got no further."""
     crashy, _ = add_job(store, "my cat.png")
     fresh, _ = add_job(store, "dog.png")
     for _ in range(2):
@@ -277,8 +280,8 @@ def test_recover_requeues_or_quarantines(store: JobStore) -> None:
     quarantined = store.get(crashy.id)
     assert quarantined.state is JobState.quarantined
     assert quarantined.error == (
-        "quarantined: 3 claims never finished (the process died each time); "
-        "run dropforge retry '/srv/inbox/my cat.png'"
+        "quarantined: the process died 3 times without getting further (the last time while "
+        "preparing); run dropforge retry '/srv/inbox/my cat.png'"
     )
     requeued = store.get(fresh.id)
     assert (requeued.state, requeued.attempts, requeued.lease_owner) == (JobState.queued, 1, None)
@@ -323,6 +326,7 @@ def test_counts_include_zeros(store: JobStore) -> None:
         (JobState.failed, 0),
         (JobState.waiting, 0),
         (JobState.quarantined, 0),
+        (JobState.canceled, 0),
     ]
 
 
@@ -444,11 +448,36 @@ def test_writes_under_a_lost_claim_are_refused(store: JobStore, clock: SettableC
     assert not store.mark_waiting(job.id, "later", claim=old.claim)
     assert not store.mark_queued(job.id, claim=old.claim)
     assert not store.delete(job.id, claim=old.claim)
+    assert not store.set_progress(job.id, 1, 2, "step 2/2", finished=[0], steps=2, claim=old.claim)
+    assert not store.set_stage(job.id, AttemptStage.generating, claim=old.claim)
+    assert not store.mark_canceled(job.id, "kept 1", claim=old.claim)
     assert store.get(job.id) == new
+    assert store.attempts(job.id)[-1].stage is AttemptStage.preparing
     assert store.set_progress(job.id, 1, 2, "step 1/2", claim=new.claim)
     assert store.mark_done(job.id, seconds=2.0, claim=new.claim)
     assert store.get(job.id).state is JobState.done
     assert not store.holds(job.id, new.claim)
+
+
+def test_a_cancel_reaches_the_live_claim_which_alone_ends_it(store: JobStore) -> None:
+    """A cancel of a running job only asks (no claim needed); the live claim's worker marks
+    it canceled, and its furthest point and stage writes count under that claim."""
+    job, _ = add_job(store)
+    live = store.claim("w", 60)
+    assert live is not None
+    assert store.cancel(ids=[job.id]) == CancelResult((), (job.id,))
+    assert store.get(job.id).cancel is CancelReason.requested
+    assert store.set_stage(job.id, AttemptStage.generating, claim=live.claim)
+    assert store.set_progress(job.id, 1, 3, "step 4/4", finished=[0], steps=4, claim=live.claim)
+    assert store.mark_canceled(job.id, "1 of 3 outputs kept", claim=live.claim)
+    done = store.get(job.id)
+    assert (done.state, done.finished) == (JobState.canceled, (0,))
+    last = store.attempts(job.id)[-1]
+    assert (last.ended, last.stage, last.outputs) == (
+        AttemptEnd.canceled,
+        AttemptStage.generating,
+        1,
+    )
 
 
 def test_claims_can_be_limited_to_inboxes(store: JobStore) -> None:
@@ -458,3 +487,390 @@ def test_claims_can_be_limited_to_inboxes(store: JobStore) -> None:
     assert store.claim("w", 60, inboxes=["/srv/nowhere"]) is None
     job = store.claim("w", 60, inboxes=[JOB_INBOX])
     assert job is not None and job.id == b.id
+
+
+# --- queue control: cancel, priority, order -------------------------------------------------
+
+
+def test_cancel_queued_and_waiting_at_once_running_by_request(store: JobStore) -> None:
+    """A cancel ends queued and waiting jobs at once and only asks a running one to stop."""
+    running = add_job(store, "run.png")[0]
+    store.claim("w", 60)
+    waiting = add_job(store, "wait.png")[0]
+    assert store.claim("w", 60) == store.get(waiting.id)
+    store.mark_waiting(waiting.id, "no model", retry_in=100)
+    queued = add_job(store, "queued.png")[0]
+    result = store.cancel(ids=[running.id, queued.id, waiting.id, 999])
+    assert result == CancelResult((waiting.id, queued.id), (running.id,))
+    for job_id in result.canceled:
+        job = store.get(job_id)
+        assert (job.state, job.cancel, job.error) == (
+            JobState.canceled,
+            CancelReason.requested,
+            "canceled on request",
+        )
+    still = store.get(running.id)
+    assert (still.state, still.cancel, still.lease_owner) == (
+        JobState.running,
+        CancelReason.requested,
+        "w",
+    )
+    assert store.claim("w", 60) is None
+
+
+def test_cancel_by_state_leaves_the_running_job_unless_named(store: JobStore) -> None:
+    """cancel(states=[queued, waiting]) spares the running job; adding running asks it too."""
+    first = add_job(store, "a.png")[0]
+    store.claim("w", 60)
+    second = add_job(store, "b.png")[0]
+    result = store.cancel(states=[JobState.queued, JobState.waiting])
+    assert result == CancelResult((second.id,), ())
+    assert store.get(first.id).cancel is None
+    result = store.cancel(states=[JobState.running], reason=CancelReason.removed)
+    assert result == CancelResult((), (first.id,))
+    assert store.get(first.id).cancel is CancelReason.removed
+
+
+def test_mark_canceled_keeps_the_reason_and_a_retry_restores(store: JobStore) -> None:
+    """A stopped running job is canceled with its reason and a note; retry requeues it."""
+    job = add_job(store)[0]
+    store.claim("w", 60)
+    store.cancel(ids=[job.id], reason=CancelReason.removed)
+    store.mark_canceled(job.id, "kept 2 of 4 outputs")
+    canceled = store.get(job.id)
+    assert (canceled.state, canceled.cancel, canceled.lease_owner) == (
+        JobState.canceled,
+        CancelReason.removed,
+        None,
+    )
+    assert canceled.error == "canceled: its input was removed from the inbox (kept 2 of 4 outputs)"
+    assert [j.id for j in store.recent_cancels()] == [job.id]
+    assert store.retry(inputs=[(JOB_INBOX, "cat.png")]) == 1
+    again = store.get(job.id)
+    assert (again.state, again.cancel, again.error) == (JobState.queued, None, None)
+
+
+def test_retry_takes_back_a_cancel_on_its_way(store: JobStore) -> None:
+    """retry of a running job whose cancel was asked withdraws the request."""
+    job = add_job(store)[0]
+    store.claim("w", 60)
+    store.cancel(ids=[job.id])
+    store.retry(inputs=[(JOB_INBOX, "cat.png")])
+    assert store.get(job.id).cancel is None
+
+
+def test_a_job_that_ends_after_its_cancel_forgets_it(store: JobStore) -> None:
+    """A cancel that came too late (the job finished) leaves the job done, without a cancel."""
+    job = add_job(store)[0]
+    store.claim("w", 60)
+    store.cancel(ids=[job.id])
+    store.mark_done(job.id, seconds=1.0)
+    assert (store.get(job.id).state, store.get(job.id).cancel) == (JobState.done, None)
+
+
+def test_recover_cancels_what_a_dead_process_was_asked_to_stop(store: JobStore) -> None:
+    """A running job whose cancel was asked is canceled, not requeued, when its owner died."""
+    job = add_job(store)[0]
+    store.claim("dead:1", 60)
+    store.cancel(ids=[job.id])
+    assert store.recover(max_attempts=3) == (0, 0)
+    assert store.get(job.id).state is JobState.canceled
+
+
+def test_claims_take_the_highest_priority_then_arrival(store: JobStore) -> None:
+    """Priority beats arrival; equal priorities go in arrival order; waiting jobs take part."""
+    low = add_job(store, "low.png")[0]
+    high = add_job(store, "high.png", priority=5)[0]
+    also_high = add_job(store, "also.png", priority=5)[0]
+    assert [j.id for j in store.queue()] == [high.id, also_high.id, low.id]
+    order = []
+    while (job := store.claim("w", 60)) is not None:
+        order.append(job.id)
+    assert order == [high.id, also_high.id, low.id]
+
+
+def test_upsert_keeps_a_commanded_priority_until_the_input_changes(store: JobStore) -> None:
+    """An unchanged input keeps the priority a command gave it; a changed one starts over
+    at the sidecar's priority."""
+    job = add_job(store, priority=1)[0]
+    store.set_priority(job.id, 9)
+    assert add_job(store, priority=1)[0].priority == 9
+    changed, requeued = add_job(store, fingerprint="fp2", priority=1)
+    assert requeued and changed.priority == 1
+
+
+def test_move_to_top_makes_the_job_the_next_claimed(store: JobStore) -> None:
+    """top takes the highest runnable priority and the first place; bottom the opposite."""
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png", priority=3)[0]
+    c = add_job(store, "c.png")[0]
+    moved = store.move(c.id, to="top")
+    assert moved.priority == 3
+    assert [j.id for j in store.queue()] == [c.id, b.id, a.id]
+    store.move(c.id, to="bottom")
+    assert [j.id for j in store.queue()] == [b.id, a.id, c.id]
+    assert store.move(c.id, to="bottom").position == store.get(c.id).position
+    top = store.move(a.id, to="top")
+    claimed = store.claim("w", 60)
+    assert claimed is not None and claimed.id == top.id == a.id
+
+
+def test_move_before_places_between_neighbours(store: JobStore) -> None:
+    """before=other puts a job just ahead of other, at other's priority, repeatedly."""
+    jobs = [add_job(store, f"{n}.png")[0] for n in "abcd"]
+    a, b, c, d = (j.id for j in jobs)
+    store.move(d, before=b)
+    assert [j.id for j in store.queue()] == [a, d, b, c]
+    store.move(c, before=b)
+    store.move(a, before=c)
+    assert [j.id for j in store.queue()] == [d, a, c, b]
+    store.set_priority(b, 2)
+    store.move(d, before=b)
+    assert [j.id for j in store.queue()] == [d, b, a, c]
+    assert store.get(d).priority == 2
+    with pytest.raises(JobNotFound):
+        store.move(999, to="top")
+
+
+def test_set_priority_returns_to_arrival_order(store: JobStore) -> None:
+    """set_priority forgets a moved position: the job takes its arrival place."""
+    a = add_job(store, "a.png")[0]
+    b = add_job(store, "b.png")[0]
+    store.move(b.id, to="top")
+    store.set_priority(b.id, 0)
+    assert [j.id for j in store.queue()] == [a.id, b.id]
+    with pytest.raises(JobNotFound):
+        store.set_priority(999, 1)
+
+
+def test_plan_and_progress_are_recorded(store: JobStore) -> None:
+    """The planned outputs come with the upsert; finished indices with the progress."""
+    planned = [PlannedFile("cat-1.png", 1), PlannedFile("cat-2.png", 2)]
+    job = add_job(store, task="variations", planned=planned)[0]
+    assert (job.task, job.planned) == ("variations", tuple(planned))
+    store.claim("w", 60)
+    store.set_progress(job.id, 1, 2, "cat-2.png", finished=[1])
+    store.set_progress(job.id, 1, 2, "step 1/3")
+    (running,) = store.running()
+    assert running.finished == (1,)
+    store.update_identity(job.id, "fp", "k", "/o", planned=[PlannedFile("x.png", None)])
+    assert store.get(job.id).planned == (PlannedFile("x.png", None),)
+    assert store.active_in_folder(JOB_INBOX, "") == 1
+    assert store.active_in_folder(JOB_INBOX, "a/") == 0
+    add_job(store, "a/b.png")
+    assert store.active_in_folder(JOB_INBOX, "a/") == 1
+    assert store.active_folders() == {(JOB_INBOX, ""): 1, (JOB_INBOX, "a/"): 1}
+
+
+def test_revision_changes_when_another_handle_commits(opener: Opener, clock: SettableClock) -> None:
+    """revision() moves when another handle writes, and stays put otherwise."""
+    with opener(clock) as watcher, opener(clock) as writer:
+        before = watcher.revision()
+        assert watcher.revision() == before
+        add_job(writer)
+        after = watcher.revision()
+        assert after != before
+        assert watcher.revision() == after
+
+
+# --- attempts: how far each claim got, and which deaths count toward quarantine ---------------
+
+
+def die_at(store: JobStore, job: Job, done: int, steps: int, total: int = 3) -> None:
+    """Claim ``job``, reach (done, steps) of ``total`` outputs, and let its process die."""
+    claimed = store.claim("dead:1", 60)
+    assert claimed is not None and claimed.id == job.id
+    store.set_progress(job.id, done, total, "")
+    for step in range(1, steps + 1):
+        store.set_progress(job.id, done, total, f"step {step}/20", steps=step)
+    store.recover(max_attempts=3)
+
+
+def test_a_claim_records_its_furthest_point(store: JobStore, clock: SettableClock) -> None:
+    """A claim is an attempt at stage preparing; progress moves its furthest point forward
+    only, a step makes it generating, and its note is the one at that point."""
+    job, _ = add_job(store)
+    clock.advance(1)
+    store.claim("host:1", 60)
+    (attempt,) = store.attempts(job.id)
+    assert (attempt.number, attempt.owner, attempt.started_at, attempt.ended_at) == (
+        1,
+        "host:1",
+        clock.now,
+        None,
+    )
+    assert (attempt.ended, attempt.stage, attempt.point, attempt.counted) == (
+        AttemptEnd.running,
+        AttemptStage.preparing,
+        (0, 0),
+        False,
+    )
+    store.set_stage(job.id, AttemptStage.first_load)
+    store.set_progress(job.id, 1, 3, "cat-1.png")
+    assert store.attempts(job.id)[0].stage is AttemptStage.first_load
+    store.set_progress(job.id, 1, 3, "step 2/20", steps=2)
+    store.set_progress(job.id, 1, 3, "step 1/20", steps=1)  # an out-of-memory retry restarts
+    (attempt,) = store.attempts(job.id)
+    assert (attempt.stage, attempt.point, attempt.total, attempt.note) == (
+        AttemptStage.generating,
+        (1, 2),
+        3,
+        "step 2/20",
+    )
+    assert store.get(job.id).progress_note == "step 1/20"  # the status shows the latest
+
+
+def test_deaths_that_get_further_do_not_count(store: JobStore) -> None:
+    """A job whose process dies at a later point each time is never quarantined; the first
+    death is compared with where the claim started."""
+    job, _ = add_job(store)
+    points = [(0, 5), (0, 9), (1, 0), (1, 3), (2, 1), (2, 7)]
+    for done, steps in points:
+        die_at(store, job, done, steps)
+    history = store.attempts(job.id)
+    assert [a.counted for a in history] == [False] * 6
+    assert [(a.ended, a.point) for a in history] == [(AttemptEnd.died, p) for p in points]
+    again = store.get(job.id)
+    assert (again.state, again.attempts) == (JobState.queued, 0)
+    assert describe_attempts(history)[:2] == [
+        "attempt 1: died at 0/3 outputs and 5 steps into the next"
+        " (not counted: it got further than where it started)",
+        "attempt 2: died at 0/3 outputs and 9 steps into the next"
+        " (not counted: it got further than attempt 1)",
+    ]
+
+
+def test_deaths_at_the_same_point_quarantine(store: JobStore) -> None:
+    """A job whose process dies at the same step each time is quarantined after max_attempts
+    claims that got no further, with a message saying where; so is one that dies earlier
+    than before. The first claim got further than where it started."""
+    same, _ = add_job(store, "same.png")
+    for _ in range(4):
+        die_at(store, same, 1, 4)
+    earlier, _ = add_job(store, "earlier.png")
+    for steps in (6, 4, 2, 1):
+        die_at(store, earlier, 0, steps)
+    for job in (same, earlier):
+        quarantined = store.get(job.id)
+        assert (quarantined.state, quarantined.attempts) == (JobState.quarantined, 3)
+        assert [a.counted for a in store.attempts(job.id)] == [False, True, True, True]
+    assert store.get(same.id).error == (
+        "quarantined: the process died 3 times without getting further (the last time at 1/3 "
+        "outputs and 4 steps into the next); run dropforge retry /srv/inbox/same.png"
+    )
+    assert describe_attempts(store.attempts(earlier.id))[1:] == [
+        "attempt 2: died at 0/3 outputs and 4 steps into the next (counted toward quarantine)",
+        "attempt 3: died at 0/3 outputs and 2 steps into the next (counted toward quarantine)",
+        "attempt 4: died at 0/3 outputs and 1 step into the next (counted toward quarantine)",
+    ]
+
+
+def test_a_death_loading_a_known_model_does_not_count(store: JobStore) -> None:
+    """Dying while loading a model that loaded here before is not the job's doing; dying at a
+    model's first load, or after it loaded and before the first step, is."""
+    job, _ = add_job(store)
+    for stage in (AttemptStage.first_load, AttemptStage.loading, AttemptStage.loading):
+        store.claim("dead:1", 60)
+        store.set_stage(job.id, stage)
+        store.recover(max_attempts=3)
+    store.claim("dead:1", 60)
+    store.set_stage(job.id, AttemptStage.generating)
+    store.recover(max_attempts=3)
+    assert [a.counted for a in store.attempts(job.id)] == [True, False, False, True]
+    assert store.get(job.id).attempts == 2
+    assert describe_attempts(store.attempts(job.id)) == [
+        "attempt 1: died while loading the model for the first time on this host"
+        " (counted toward quarantine)",
+        "attempt 2: died while loading the model"
+        " (not counted: that model has loaded on this host before)",
+        "attempt 3: died while loading the model"
+        " (not counted: that model has loaded on this host before)",
+        "attempt 4: died at 0/0 outputs (counted toward quarantine)",
+    ]
+
+
+def test_a_death_preparing_counts_until_a_claim_got_past_it(store: JobStore) -> None:
+    """Dying before the generator was called counts while no claim of the job got further;
+    once one did, that point is known to pass and such a death does not count."""
+    job, _ = add_job(store)
+    for stage in (AttemptStage.preparing, AttemptStage.first_load):
+        store.claim("dead:1", 60)
+        store.set_stage(job.id, stage)
+        store.recover(max_attempts=3)
+    store.claim("dead:1", 60)
+    store.recover(max_attempts=3)
+    assert [a.counted for a in store.attempts(job.id)] == [True, True, False]
+    assert describe_attempts(store.attempts(job.id))[2] == (
+        "attempt 3: died while preparing (not counted: an earlier claim got past preparing)"
+    )
+    assert store.get(job.id).state is JobState.queued
+
+
+def test_every_end_of_a_claim_is_recorded(store: JobStore, clock: SettableClock) -> None:
+    """Waiting, stopped, done and failed claims end their attempt; a stopped claim is what the
+    next death is compared with, a waiting one is not."""
+    job, _ = add_job(store)
+    store.claim("w", 60)
+    store.set_progress(job.id, 0, 2, "step 3/20", steps=3)
+    store.mark_queued(job.id)  # stopped at (0, 3)
+    store.claim("w", 60)
+    store.mark_waiting(job.id, "disk below min_free_mb", retry_in=1)  # at (0, 0)
+    clock.advance(1)
+    die_at(store, job, 0, 2, total=2)  # earlier than the stopped claim: counts
+    store.claim("w", 60)
+    clock.advance(5)
+    store.mark_done(job.id, seconds=5)
+    history = store.attempts(job.id)
+    assert [(a.ended, a.counted) for a in history] == [
+        (AttemptEnd.stopped, False),
+        (AttemptEnd.waiting, False),
+        (AttemptEnd.died, True),
+        (AttemptEnd.done, False),
+    ]
+    assert history[-1].ended_at == clock.now
+    assert describe_attempts(history) == [
+        "attempt 1: stopped at 0/2 outputs and 3 steps into the next",
+        "attempt 2: sent to wait while preparing",
+        "attempt 3: died at 0/2 outputs and 2 steps into the next (counted toward quarantine)",
+        "attempt 4: done",
+    ]
+    other, _ = add_job(store, "other.png")
+    store.claim("w", 60)
+    store.mark_failed(other.id, "other.png: not an image")
+    assert [a.ended for a in store.attempts(other.id)] == [AttemptEnd.failed]
+
+
+def test_a_fresh_start_forgets_the_attempts(store: JobStore) -> None:
+    """A requeue (retry, a changed input) starts the history over; a deleted job takes its
+    history with it."""
+    job, _ = add_job(store)
+    die_at(store, job, 0, 1)
+    store.claim("w", 60)
+    store.mark_failed(job.id, "bad")
+    assert len(store.attempts(job.id)) == 2
+    assert store.retry(inputs=[(JOB_INBOX, "cat.png")]) == 1
+    assert store.attempts(job.id) == []
+    die_at(store, job, 0, 1)
+    add_job(store, fingerprint="fp2")
+    assert store.attempts(job.id) == []
+    store.claim("w", 60)
+    assert store.delete(job.id)
+    again, _ = add_job(store)
+    assert store.attempts(again.id) == []
+
+
+def test_the_last_twenty_attempts_are_kept(store: JobStore, clock: SettableClock) -> None:
+    """A job claimed again and again keeps its last twenty claims, and its last twenty that
+    were cut short however many waits came after them."""
+    job, _ = add_job(store)
+    for _ in range(25):
+        store.claim("w", 60)
+        store.mark_queued(job.id)
+    kept = [a.number for a in store.attempts(job.id)]
+    assert kept[-20:] == list(range(6, 26)) and len(kept) <= 21
+    for _ in range(30):
+        store.claim("w", 60)
+        store.mark_waiting(job.id, "a sync tool is delivering", retry_in=0)
+    history = store.attempts(job.id)
+    assert [a.number for a in history if a.ended is AttemptEnd.stopped] == list(range(6, 26))
+    assert [a.number for a in history if a.ended is AttemptEnd.waiting] == list(range(36, 56))

@@ -22,6 +22,7 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from daemon.generators import ImageRequest
+from daemon.planning.sizes import choose_size
 from daemon.runtime.worker import Outcome
 from daemon.store.sqlite import SqliteJournal
 from daemon.values import JobState
@@ -86,9 +87,14 @@ def content_of_request(request: ImageRequest) -> str:
 
 
 def content_of_input(rel: str, data: bytes) -> str:
-    """What the generator must be shown for an input whose final bytes are ``data``."""
+    """What the generator must be shown for an input whose final bytes are ``data``: the image
+    fitted within the configured 64x64, as the plan decides."""
     if rel.endswith(".png"):
         image = Image.open(io.BytesIO(data)).convert("RGB")
+        chosen = choose_size(rel, image.size, (64, 64))
+        fitted = (chosen.width, chosen.height)
+        if fitted != image.size:
+            image = image.resize(fitted, Image.Resampling.LANCZOS, reducing_gap=3.0)
         return f"image {image.size} {hashlib.sha256(image.tobytes()).hexdigest()}"
     return "prompt " + data.decode("utf-8").strip()
 

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import os
 import sys
-import time
+from pathlib import Path
+from typing import NoReturn
 
 from daemon.app import generator_factory, load_settings
+from daemon.cli import steer
+from daemon.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from daemon.config import Settings, display_path
 from daemon.errors import DropforgeError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+__all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE"]
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> NoReturn:
     """`dropforge run`."""
     from daemon.runtime.logs import configure_logging
     from daemon.runtime.pool import on_device, worker_devices
@@ -28,14 +31,58 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=logging.INFO,
         logfile=settings.state_dir / "logs" / "dropforge.log",
     )
+    companions = []
+    if settings.ui.enabled:
+        from daemon.ui.server import WebUI
+
+        companions.append(WebUI(settings))
     devices = worker_devices(settings)  # one worker process per device
     first = on_device(settings, devices[0])
-    return Service(
+    code = Service(
         first,
         generator_factory(first),
+        companions=companions,
         extra_devices=devices[1:],
         make_factory=generator_factory,
     ).run()
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process at once, after a graceful stop has closed everything dropforge owns.
+
+    The interpreter's own finalisation would next tear down the torch, diffusers and
+    transformers modules one by one, holding the prompt (or systemd's stop) for a second or
+    more after ``service.stopped`` while doing nothing that matters: the journal is closed,
+    every output was written atomically. Logs and standard streams are flushed first.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`dropforge serve`: the web UI alone, until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    from daemon.runtime.logs import configure_logging
+    from daemon.ui.server import WebUI
+
+    settings = load_settings(args.config)
+    configure_logging(settings.log_format, level=logging.INFO)
+    ui = WebUI(settings, required=True)
+    stop = threading.Event()
+    for name in ("SIGTERM", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda signum, frame: stop.set())
+    ui.start()
+    print(f"dropforge web UI on {ui.url} (Ctrl-C stops)", flush=True)
+    stop.wait()
+    ui.stop(timeout=settings.stop_timeout)
+    return EXIT_OK
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -75,7 +122,8 @@ def cmd_once(args: argparse.Namespace) -> int:
         settings.log_format,
         # The report lists failures and waits; the terminal gets log lines only with -v.
         level=logging.INFO if args.verbose else logging.ERROR,
-        logfile=settings.state_dir / "logs" / "dropforge.log",
+        # A dry run writes nothing, not even a log file.
+        logfile=None if args.dry_run else settings.state_dir / "logs" / "dropforge.log",
     )
     if args.dry_run:
         return _print_dry_run(settings)
@@ -90,28 +138,41 @@ def cmd_once(args: argparse.Namespace) -> int:
             progress=display.callbacks(),
             on_planned=display.set_total,
         )
-    print(format_report(report, settings.base_dir), end="")
+    if len(report.missing) < len(settings.inboxes):
+        print(format_report(report, settings.base_dir), end="")
+    for folder in report.missing:
+        print(f"Error: Folder not found: {display_path(Path(folder), settings)}", file=sys.stderr)
     return report.exit_code
 
 
 def _print_dry_run(settings: Settings) -> int:
     from daemon.runtime.once import dry_run
 
-    prepared = dry_run(settings)
-    failed = 0
-    for item in prepared:
-        print(f"{item.candidate.rel}:")
-        if item.plan is None:
-            failed += 1
-            print(f"  Error: {item.error}")
+    forecasts = dry_run(settings)
+    counts: dict[str, int] = {}
+    for item in forecasts:
+        counts[item.action.value] = counts.get(item.action.value, 0) + 1
+        if item.action.value in ("skip", "later"):
+            print(f"{item.rel}: {item.action} ({item.reason})")
             continue
-        plan = item.plan
+        if item.action.value == "fail":
+            print(f"{item.rel}: fail: {item.reason}")
+            continue
+        print(f"{item.rel}: {item.action} ({item.reason})")
+        plan = item.prepared.plan if item.prepared is not None else None
+        if plan is None:
+            continue
         where = display_path(plan.out_dir, settings)
         print(f"  task {plan.task}, model {plan.model.alias} -> {where}")
         for line in plan.describe_outputs():
             print(f"  {line}")
-    print(f"{len(prepared)} inputs, {failed} with errors (dry run: nothing generated)")
-    return EXIT_FAILED if failed else EXIT_OK
+        for note in plan.notes:
+            print(f"  note: {note}")
+    words = ("make", "remake", "skip", "fail", "later")
+    summary = ", ".join(f"{counts.get(w, 0)} {w}" for w in words)
+    inputs = "1 input" if len(forecasts) == 1 else f"{len(forecasts)} inputs"
+    print(f"{inputs}: {summary} (dry run: nothing generated)")
+    return EXIT_FAILED if any(f.fails_now for f in forecasts) else EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -122,35 +183,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     result = check_path(settings, args.path)
     print(result.text, end="")
     return EXIT_OK if result.ok else EXIT_FAILED
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """`dropforge status`."""
-    from daemon.runtime.inspect import collect_status, format_status
-
-    settings = load_settings(args.config)
-    status = collect_status(settings, now=time.time())
-    if args.json:
-        print(json.dumps(status, indent=2, ensure_ascii=False))
-    else:
-        print(format_status(status), end="")
-    return EXIT_OK
-
-
-def cmd_retry(args: argparse.Namespace) -> int:
-    """`dropforge retry`."""
-    from daemon.runtime.inspect import retry
-
-    settings = load_settings(args.config)
-    if not (args.paths or args.failed or args.quarantined):
-        raise DropforgeError("retry needs PATH…, --failed or --quarantined")
-    count, unknown = retry(
-        settings, args.paths, failed=args.failed, quarantined=args.quarantined, force=args.force
-    )
-    for path in unknown:
-        print(f"{path}: not in the journal yet (run dropforge once)", file=sys.stderr)
-    print(f"requeued {count} job{'s' if count != 1 else ''}")
-    return EXIT_OK if not unknown else EXIT_FAILED
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -187,11 +219,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "once": cmd_once,
-    "status": cmd_status,
+    "status": steer.cmd_status,
     "check": cmd_check,
-    "retry": cmd_retry,
+    "retry": steer.cmd_retry,
+    "cancel": steer.cmd_cancel,
+    "queue": steer.cmd_queue,
+    "priority": steer.cmd_priority,
     "tiny-model": cmd_tiny_model,
     "models": cmd_models,
     "run": cmd_run,
+    "serve": cmd_serve,
     "service": cmd_service,
 }

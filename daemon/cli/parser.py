@@ -42,12 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("path", type=Path, help="an input (or its sidecar) inside an inbox")
 
-    p = sub.add_parser("retry", help="requeue failed, quarantined or named jobs")
+    p = sub.add_parser("retry", help="requeue failed, quarantined, canceled or named jobs")
     _add_config(p)
-    p.add_argument("paths", nargs="*", type=Path, help="inputs to requeue")
+    p.add_argument("paths", nargs="*", type=Path, help="inputs (or folders) to requeue")
     p.add_argument("--failed", action="store_true", help="requeue every failed job")
     p.add_argument("--quarantined", action="store_true", help="requeue every quarantined job")
+    p.add_argument("--canceled", action="store_true", help="requeue every canceled job")
     p.add_argument("--force", action="store_true", help="regenerate even existing outputs")
+    _add_queue_commands(sub)
 
     p = sub.add_parser("tiny-model", help="write small random-weight pipelines for offline use")
     _add_config(p)
@@ -62,8 +64,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_queue_commands(sub: Any) -> None:
+    p = sub.add_parser("queue", help="list running and queued jobs in the order they will run")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--limit", type=int, default=1000, help="list at most N queued jobs")
+
+    p = sub.add_parser("cancel", help="cancel queued or running jobs")
+    _add_config(p)
+    p.add_argument("paths", nargs="*", type=Path, help="inputs (or folders) whose jobs to cancel")
+    p.add_argument("--all", action="store_true", help="cancel every queued and waiting job")
+    p.add_argument("--running", action="store_true", help="with --all: the running job too")
+
+    p = sub.add_parser("priority", help="move a queued job: --top, --bottom or priority N")
+    _add_config(p)
+    p.add_argument("path", type=Path, help="a queued input")
+    p.add_argument("value", nargs="?", type=int, help="priority (higher runs first; default 0)")
+    p.add_argument("--top", action="store_true", help="make it the next job to run")
+    p.add_argument("--bottom", action="store_true", help="make it the last job to run")
+
+
 def _add_run_and_service(sub: Any) -> None:
     p = sub.add_parser("run", help="watch the inboxes and generate until stopped")
+    _add_config(p)
+
+    p = sub.add_parser("serve", help="serve the web UI only (no generating)")
     _add_config(p)
 
     p = sub.add_parser("service", help="install or remove the systemd unit or Windows service")

@@ -5,7 +5,8 @@ references (``ModelSource``, ``LoraSource``) and ``Task`` come from ``daemon.val
 
 Nothing here imports torch or diffusers: the backend modules do, and only they, on first use
 (``diffusers_backend`` with ``loading``, ``residents``, ``mesh`` and ``tween``, and ``tiny``).
-``subdivision`` (tween frame times and seeds) and ``cubes`` are plain arithmetic.
+``subdivision`` (tween frame times and seeds) and ``cubes`` are plain arithmetic; ``texture``
+bakes a mesh's colours into a UV-mapped texture (xatlas in a child process).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class MeshRequest:
     seed: int
     resolution: int  # marching-cubes grid points per axis, in MESH_RESOLUTIONS
     formats: tuple[MeshFormat, ...] = ("glb",)
-    texture: bool = False  # keep the model's vertex colours
+    texture: bool = False  # the model's colours baked into a texture (PLY: vertex colours)
+    name: str = "mesh"  # file stem the OBJ's companions are named after (NAME.mtl, …)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,10 @@ def _ignore_frame(t: float, image: Image.Image) -> None:
     return None
 
 
+def _ignore_ready() -> None:
+    return None
+
+
 @dataclass
 class GenerationEvents:
     """Callbacks a backend calls while it works.
@@ -140,7 +146,12 @@ class GenerationEvents:
     write it before the next batch starts; ``should_stop()`` is polled at every
     denoising step and the backend raises ``Interrupted`` when it returns True;
     ``on_warning`` receives one-line notes for the manifest (e.g. a truncated prompt);
-    ``on_frame(t, image)`` receives each new tween frame as soon as it exists.
+    ``on_frame(t, image)`` receives each new tween frame as soon as it exists;
+    ``on_call_step(step, steps)`` tells how far the running pipeline call (one batch of
+    images or frames) has come, where ``on_step`` counts over the whole request;
+    ``on_ready()`` is called once the request's model is loaded (resident), before anything
+    of the request itself (LoRA, prompts, images) touches it: a process that dies before
+    then died loading the model, not working on the job.
     """
 
     on_image: Callable[[int, Image.Image], None]
@@ -148,6 +159,8 @@ class GenerationEvents:
     should_stop: Callable[[], bool] = field(default=_never)
     on_warning: Callable[[str], None] = field(default=_ignore_warning)
     on_frame: Callable[[float, Image.Image], None] = field(default=_ignore_frame)
+    on_call_step: Callable[[int, int], None] = field(default=_ignore_step)
+    on_ready: Callable[[], None] = field(default=_ignore_ready)
 
 
 class Generator(Protocol):
@@ -163,6 +176,8 @@ class Generator(Protocol):
 
     def generate_mesh(self, request: MeshRequest, events: GenerationEvents) -> dict[str, bytes]:
         """Make the mesh of ``request``; return format (``glb``, ``ply``, ``obj``) → file bytes.
+
+        A textured OBJ comes with ``mtl`` and ``png`` entries (its material and texture).
 
         Steps are reported through ``events.on_step``. Raises ``ModelUnavailable``,
         ``OutOfMemory``, ``InputError`` (the model found no surface in the image) or

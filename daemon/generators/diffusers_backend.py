@@ -51,6 +51,7 @@ class _Progress:
     def step(self, index: int, count: int) -> None:
         """Count step ``index`` (from 0) of a pipeline call of ``count`` steps."""
         self.done += 1
+        self.events.on_call_step(index + 1, count)
         self.events.on_step(self.done, self.done + count - index - 1 + self.waiting)
 
     def callback(self) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
@@ -134,6 +135,7 @@ class DiffusersGenerator:
             for spec in request.images:
                 _check_strength(request.task, spec.steps, spec.strength)
         model = self._models.image_model(request.model)
+        events.on_ready()
         model.use_lora(request.lora)
         pipe = model.pipe(request.task)
         pairs = [(spec.prompt, spec.negative_prompt) for spec in request.images]
@@ -206,6 +208,7 @@ class DiffusersGenerator:
         if not levels:
             return
         model = self._models.image_model(request.model)
+        events.on_ready()
         model.use_lora(request.lora)
         pipe = model.pipe(Task.variations)
         self._warn_truncation(pipe, [(request.prompt, request.negative_prompt)], events)
@@ -263,6 +266,7 @@ class DiffusersGenerator:
                 "parameters", "formats", 'a list of "glb", "ply", "obj"', list(request.formats)
             )
         pipe = self._models.mesh_model(request.model).pipe
+        events.on_ready()
 
         def retry_once(stage: str, run: Callable[[], Any]) -> Any:
             for attempt in (1, 2):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,37 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+# Image processors diffusers imports from transformers (its Stable Diffusion, SDXL and Shap-E
+# pipelines, and its IP-adapter loader, which every image pipeline pulls in).
+_IMAGE_PROCESSORS = ("CLIPImageProcessor", "SiglipImageProcessor")
+
+
+def use_pillow_image_processors() -> None:
+    """Without torchvision, let transformers' image processors be its Pillow ones, quietly.
+
+    transformers 5 gives ``CLIPImageProcessor`` a torchvision backend; without torchvision the
+    name falls back to ``CLIPImageProcessorPil`` with a warning per name, which every
+    ``import diffusers`` set off and no user can act on (dropforge needs no torchvision). Bound
+    here before diffusers looks them up, the names resolve to the class transformers' own
+    fallback picks, without that warning. Nothing changes with torchvision installed, or with a
+    transformers that has no ``…Pil`` classes.
+    """
+    if importlib.util.find_spec("torchvision") is not None:
+        return
+    transformers = importlib.import_module("transformers")
+    for name in _IMAGE_PROCESSORS:
+        if name in vars(transformers):
+            continue  # already resolved (by us, or by transformers' fallback)
+        try:
+            pillow = getattr(transformers, f"{name}Pil")
+        except (AttributeError, ImportError):
+            continue  # an older transformers: the plain name is the Pillow processor
+        setattr(transformers, name, pillow)
+
+
 def diffusers_module(submodule: str = "") -> Any:
     """Import diffusers (or one of its submodules) on first use; it is only partly typed."""
+    use_pillow_image_processors()
     return importlib.import_module("diffusers" + (f".{submodule}" if submodule else ""))
 
 

@@ -8,6 +8,7 @@ diffusers and trimesh are imported on first use.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -113,11 +114,50 @@ def to_trimesh(decoded: Any, texture: bool) -> Any:
     return mesh
 
 
-def export(mesh: Any, formats: Iterable[MeshFormat]) -> dict[str, bytes]:
-    """Return format → file bytes: glb (glTF binary), ply (binary) and obj (text)."""
+def export(
+    mesh: Any,
+    formats: Iterable[MeshFormat],
+    *,
+    texture: bool = False,
+    name: str = "mesh",
+    events: GenerationEvents | None = None,
+) -> dict[str, bytes]:
+    """Return format → file bytes: glb (glTF binary), ply (binary) and obj (text).
+
+    With ``texture`` (the mesh carries vertex colours), the colours are baked into a texture
+    (``texture.bake``): the GLB gets TEXCOORD_0 and a baseColorTexture; the OBJ comes with
+    ``mtl`` (``NAME.mtl``) and ``png`` (``NAME-texture.png``, which the MTL names); the PLY
+    keeps its vertex colours. ``events``: the bake honours stop requests and reports its
+    notes (a fallback) as warnings.
+    """
+    formats = tuple(formats)
     files: dict[str, bytes] = {}
+    textured = None
+    if texture and ("glb" in formats or "obj" in formats):
+        from daemon.generators.texture import bake, textured_mesh
+
+        colors = mesh.visual.vertex_colors[:, :3]
+        events = events or GenerationEvents(on_image=lambda index, image: None)
+        baked = bake(
+            mesh.vertices,
+            mesh.faces,
+            colors,
+            should_stop=events.should_stop,
+            on_warning=events.on_warning,
+        )
+        textured = textured_mesh(baked, f"{name}-texture")
     for fmt in formats:
-        data = mesh.export(file_type=fmt)
+        if textured is not None and fmt == "obj":
+            obj: Any = importlib.import_module("trimesh.exchange.obj")  # untyped
+            text, extra = obj.export_obj(
+                textured, include_texture=True, return_texture=True, mtl_name=f"{name}.mtl"
+            )
+            files["obj"] = text.encode("utf-8")
+            files["mtl"] = bytes(extra[f"{name}.mtl"])
+            files["png"] = bytes(extra[f"{name}-texture.png"])
+            continue
+        source = textured if textured is not None and fmt == "glb" else mesh
+        data = source.export(file_type=fmt)
         files[fmt] = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     return files
 
@@ -143,4 +183,5 @@ def make_mesh(
     except NoSurface:
         raise InputError(request.display, NO_SURFACE) from None
     events.on_step(request.steps + 1, request.steps + 1)
-    return export(to_trimesh(decoded, request.texture), request.formats)
+    mesh = to_trimesh(decoded, request.texture)
+    return export(mesh, request.formats, texture=request.texture, name=request.name, events=events)

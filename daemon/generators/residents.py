@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from daemon.generators.samplers import find_sampler
 from daemon.values import LoraSource, ModelSource, Task
 
 Kind = Literal["images", "mesh"]
+_PEFT_SECOND_ADAPTER = "Already found a `peft_config` attribute in the model"
 
 
 @dataclass
@@ -97,7 +99,12 @@ class ImageModel:
             path = locate_lora(lora)
             name = f"lora{len(self.adapters)}_{re.sub(r'[^0-9A-Za-z_]', '_', lora.alias)}"
             try:
-                self.base.load_lora_weights(str(path), adapter_name=name)
+                with warnings.catch_warnings():
+                    # peft warns on every adapter after the first ("Already found a
+                    # `peft_config` attribute … multiple adapters"): several adapters, one
+                    # active at a time, is how LoRAs are switched per job here.
+                    warnings.filterwarnings("ignore", _PEFT_SECOND_ADAPTER, UserWarning)
+                    self.base.load_lora_weights(str(path), adapter_name=name)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 if is_out_of_memory(exc):
                     raise

@@ -22,6 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from daemon.generators.loading import diffusers_module
+
 TINY_SD_SUBDIR = "sd"
 TINY_MESH_SUBDIR = "mesh"  # the tiny Shap-E image-to-3D model
 TINY_LORA_FILE = "lora.safetensors"  # a LoRA for the sd model, for [loras]
@@ -137,7 +139,7 @@ def _write_sd(folder: Path, lora_file: Path) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     # diffusers is only partly typed; going through the module keeps its classes untyped (Any).
-    diffusers: Any = importlib.import_module("diffusers")
+    diffusers: Any = diffusers_module()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -289,10 +291,11 @@ def _shape_renderer(renderer: Any) -> None:
 def _write_mesh(folder: Path) -> None:
     """Write the tiny Shap-E image-to-3D pipeline folder (safetensors only)."""
     import torch
+
+    diffusers: Any = diffusers_module()
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    diffusers: Any = importlib.import_module("diffusers")
-    shap_e: Any = importlib.import_module("diffusers.pipelines.shap_e")
+    shap_e: Any = diffusers_module("pipelines.shap_e")
     transformers_logging: Any = importlib.import_module("transformers.utils.logging")
 
     with torch.random.fork_rng(devices=[]):

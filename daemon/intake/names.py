@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -84,6 +85,45 @@ def is_ignored_name(name: str) -> bool:
         or ".sync-conflict-" in lower
         or "conflicted copy" in lower
     )
+
+
+# rsync writes .NAME.XXXXXX (six random letters and digits); Nextcloud and ownCloud download
+# into .NAME.~1f2e3d; rsync --delay-updates stages into .~tmp~/, --partial-dir into
+# .rsync-partial/.
+_RSYNC_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9]{6}")
+_NEXTCLOUD_TEMPORARY = re.compile(r"\..+\.~[0-9a-f]+")
+_STAGING_FOLDERS = frozenset({".~tmp~", ".rsync-partial"})
+_PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp")
+
+
+def is_delivery_temporary(name: str) -> bool:
+    """True for what a sync tool or browser writes while it delivers a file into a folder:
+    Syncthing's ``.syncthing.*.tmp`` / ``~syncthing~*.tmp``, rsync's ``.NAME.XXXXXX`` and
+    staging folders, unison's ``*.unison.tmp``, Nextcloud's ``.NAME.~hex``, ``*.part``,
+    ``*.crdownload``, ``*.download`` (a Safari folder, too) and ``*.tmp``."""
+    if name.lower().endswith(_PARTIAL_SUFFIXES):
+        return True
+    if not name.startswith("."):  # the rest are hidden names (asked of every file in a folder)
+        return False
+    return (
+        name in _STAGING_FOLDERS
+        or bool(_RSYNC_TEMPORARY.fullmatch(name))
+        or bool(_NEXTCLOUD_TEMPORARY.fullmatch(name))
+    )
+
+
+def settle_group(name: str) -> str:
+    """The stem an input shares with its sidecar and mask (``cat`` for ``cat.png``,
+    ``cat.toml`` and ``cat.mask.png``); "" for ``_defaults.toml``, which concerns its folder."""
+    if name == DEFAULTS_NAME:
+        return ""
+    stem = name.rpartition(".")[0] or name
+    kind = classify(name)
+    if kind is FileKind.mask:
+        return stem[: -len(".mask")]
+    if kind is FileKind.job:
+        return stem[: -len(".job")]
+    return stem
 
 
 def is_ignored_dir(name: str) -> bool:

@@ -41,8 +41,9 @@ def contact_sheet(
     """Lay images out in a near-square grid with a label under each (e.g. ``seed 100``).
 
     Images are shrunk to fit a ``thumb`` square with their aspect kept, never enlarged: a
-    batch smaller than ``thumb`` gets cells of its own size. Cells widen to fit short labels;
-    longer labels are shortened with an ellipsis.
+    batch smaller than ``thumb`` gets cells of its own size. A label may have several lines
+    (``scene 2`` and ``seed 7``); every row leaves room for the most lines any label has.
+    Cells widen to fit short lines; longer lines are shortened with an ellipsis.
     """
     if not items:
         raise ValueError("a contact sheet needs at least one image")
@@ -53,17 +54,16 @@ def contact_sheet(
     pad = max(4, box // 32)
     line = math.ceil(font_size * 1.25)
     font = _default_font(font_size)
-    # One line each: a newline would run into the next row.
-    labels = [" ".join(label.split()) for _, label in items]
-    widest = max(_text_width(font, label) for label in labels)
+    labels = [[" ".join(part.split()) for part in label.split("\n")] for _, label in items]
+    widest = max(_text_width(font, text) for lines in labels for text in lines)
     # Room for "seed 4294967295" even under 64-pixel thumbnails, but no wider than that.
     cell_w = max(box, min(widest, max(box, 12 * font_size))) + 2 * pad
-    cell_h = box + line + 3 * pad
+    cell_h = box + line * max(len(lines) for lines in labels) + 3 * pad
     cols = columns or math.ceil(math.sqrt(len(items)))
     rows = math.ceil(len(items) / cols)
     sheet = Image.new("RGB", (cols * cell_w, rows * cell_h), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    for index, ((image, _), label) in enumerate(zip(items, labels, strict=True)):
+    for index, ((image, _), lines) in enumerate(zip(items, labels, strict=True)):
         left = (index % cols) * cell_w
         top = (index // cols) * cell_h
         small = image.convert("RGBA")
@@ -71,9 +71,10 @@ def contact_sheet(
         x = left + (cell_w - small.width) // 2
         y = top + pad + (box - small.height) // 2
         sheet.paste(small, (x, y), small)
-        text = _fit_label(font, label, cell_w - 2 * pad)
-        text_x = left + (cell_w - _text_width(font, text)) // 2
-        draw.text((text_x, top + 2 * pad + box), text, fill=_INK, font=font)
+        for n, label in enumerate(lines):
+            text = _fit_label(font, label, cell_w - 2 * pad)
+            text_x = left + (cell_w - _text_width(font, text)) // 2
+            draw.text((text_x, top + 2 * pad + box + n * line), text, fill=_INK, font=font)
     return sheet
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from daemon.outputs.files import atomic_write_bytes
 from daemon.outputs.manifest_fields import (
+    AttemptRecord,
     FileRecord,
     InputRecord,
     LoraRecord,
@@ -37,6 +38,7 @@ from daemon.outputs.manifest_fields import (
 __all__ = [
     "MANIFEST_NAME",
     "SCHEMA",
+    "AttemptRecord",
     "FileRecord",
     "InputRecord",
     "LoraRecord",
@@ -64,6 +66,7 @@ class ManifestStatus(str, Enum):
 
     done = "done"
     failed = "failed"
+    canceled = "canceled"  # stopped on request: ``outputs`` lists what it had finished
 
     def __str__(self) -> str:
         return self.value
@@ -96,6 +99,7 @@ class Manifest:
     error: str | None = None
     sequences: tuple[SequenceSummary | None, ...] | None = None
     sequence: SequenceRecord | None = None
+    attempts: tuple[AttemptRecord, ...] = ()  # earlier claims that did not finish the job
     schema: str | None = SCHEMA
 
     def __post_init__(self) -> None:
@@ -136,6 +140,8 @@ class Manifest:
             doc["lora"] = self.lora.to_json()
         if self.error is not None:
             doc["error"] = self.error
+        if self.attempts:
+            doc["attempts"] = [a.to_json() for a in self.attempts]
         if self.sequences is not None:
             doc["sequences"] = [s.to_json() for s in self.sequences if s is not None]
         if self.sequence is not None:
@@ -147,7 +153,7 @@ class Manifest:
         """Read a manifest object leniently: a field of the wrong shape becomes None or empty."""
         status = doc.get("status")
         error = string_or_none(doc.get("error"))
-        known = status in (ManifestStatus.done.value, ManifestStatus.failed.value)
+        known = status in {s.value for s in ManifestStatus}
         if known and (status == ManifestStatus.failed.value) == (error is not None):
             status = ManifestStatus(status)
         outputs = doc.get("outputs")
@@ -180,6 +186,7 @@ class Manifest:
             error=error,
             sequences=_summaries(sequences),
             sequence=SequenceRecord.from_json(doc),
+            attempts=present(parse_list(doc.get("attempts"), AttemptRecord.from_json)),
             schema=string_or_none(doc.get("schema")),
         )
 

@@ -211,6 +211,51 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class AttemptRecord:
+    """An earlier claim of the job that did not finish it: how it ended and how far it got
+    (``outputs`` of ``total``, ``steps`` into the next), and ``summary``, the same in words."""
+
+    attempt: int
+    started_at: str
+    ended: str  # died, stopped or waiting
+    stage: str
+    outputs: int
+    total: int
+    steps: int
+    counted: bool  # toward quarantine (a death that got no further than the claim before)
+    summary: str
+
+    def to_json(self) -> dict[str, Any]:
+        """``{attempt, started_at, ended, stage, outputs, total, steps, counted, summary}``."""
+        return {
+            "attempt": self.attempt,
+            "started_at": self.started_at,
+            "ended": self.ended,
+            "stage": self.stage,
+            "outputs": self.outputs,
+            "total": self.total,
+            "steps": self.steps,
+            "counted": self.counted,
+            "summary": self.summary,
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> AttemptRecord | None:
+        """Read an ``attempts[]`` entry; None when a field is missing or of the wrong type."""
+        if not isinstance(value, dict) or not isinstance(value.get("counted"), bool):
+            return None
+        numbers = [int_or_none(value.get(k)) for k in ("attempt", "outputs", "total", "steps")]
+        texts = [string_or_none(value.get(k)) for k in ("started_at", "ended", "stage", "summary")]
+        if any(n is None for n in numbers) or any(t is None for t in texts):
+            return None
+        attempt, outputs, total, steps = (int(n or 0) for n in numbers)
+        started_at, ended, stage, summary = (str(t) for t in texts)
+        return cls(
+            attempt, started_at, ended, stage, outputs, total, steps, value["counted"], summary
+        )
+
+
+@dataclass(frozen=True)
 class SequenceSummary:
     """A tween job's own manifest lists each of its sequence folders."""
 

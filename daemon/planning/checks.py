@@ -205,6 +205,27 @@ def _seeds(source: str, key: str, value: Any, settings: Settings) -> tuple[int, 
     return tuple(value)
 
 
+def _seed(source: str, key: str, value: Any, settings: Settings) -> int | str:
+    if value == "random":
+        return "random"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(source, key, f'an integer in 0..{MAX_SEED} or "random"', value)
+    seed: int = _integer(0, MAX_SEED)(source, key, value, settings)
+    return seed
+
+
+def _seed_range(source: str, key: str, value: Any, settings: Settings) -> tuple[int, int]:
+    rule = f"[low, high]: two integers in 0..{MAX_SEED}, low ≤ high"
+    if not isinstance(value, list) or len(value) != 2:
+        raise _bad(source, key, rule, value)
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= MAX_SEED:
+            raise _bad(source, key, rule, value)
+    if value[0] > value[1]:
+        raise _bad(source, key, rule, value)
+    return value[0], value[1]
+
+
 def _formats(source: str, key: str, value: Any, settings: Settings) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise _bad(source, key, "a non-empty list of unique values from glb, ply, obj", value)
@@ -347,7 +368,7 @@ CHECKS: Mapping[str, Checker] = {
     "negative_prompt": _text,
     "prompts": _prompts,
     "count": _integer(1, 20),
-    "seed": _integer(0, MAX_SEED),
+    "seed": _seed,
     "seeds": _seeds,
     "steps": _integer(1, 150),
     "guidance": _number(0, 30),
@@ -371,6 +392,7 @@ CHECKS: Mapping[str, Checker] = {
     "exclude_sections": _strings,
     "prompt_template": _template,
     "force": _flag,
+    "seed_range": _seed_range,
     "sampler": _sampler,
     "name_style": _name_style,
     "scenes": _scene_numbers,
@@ -378,4 +400,5 @@ CHECKS: Mapping[str, Checker] = {
     "size": _frame_size,
     "base": _relative_path,
     "expressions": _expressions,
+    "priority": _integer(-1000, 1000),
 }

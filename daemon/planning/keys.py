@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from daemon.planning.params import Params
 
 SEED_SPACE = 2**32
+RANDOM = "random"  # seed = "random": seeds drawn for each version of the input
 
 
 def canonical_json(value: Any) -> str:
@@ -28,16 +29,60 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def resolve_seeds(params: Params, input_sha256: str, *, count: int | None = None) -> list[int]:
-    """Explicit ``seeds``, else ``seed, seed+1, …``, else seeds derived from the content hash.
+def resolve_seeds(
+    params: Params, input_sha256: str, *, count: int | None = None, version: str | None = None
+) -> list[int]:
+    """Explicit ``seeds``, else ``seed, seed+1, …``, else drawn (``seed = "random"``, or from
+    ``seed_range``), else seeds derived from the content hash.
 
-    ``count`` overrides the parameters' count (a mesh or a tween takes one seed).
+    ``count`` overrides the parameters' count (a mesh or a tween takes one seed). Draws are
+    made from ``version`` (``input_version``; the input's hash when not given): the same
+    version of an input always gets the same draw, so a rerun, a restart or a lost journal
+    never draws again, and any change to the input, its sidecars or its mask draws anew.
     """
     if params.seeds:
         return [int(s) for s in params.seeds]
     n = params.count if count is None else count
-    base = params.seed if params.seed is not None else int(input_sha256[:8], 16)
+    if params.seed == RANDOM or params.seed_range is not None:
+        low, high = params.seed_range or (0, SEED_SPACE - 1)
+        return draw_seeds(version or input_sha256, n, low, high)
+    base = params.seed if isinstance(params.seed, int) else int(input_sha256[:8], 16)
     return [(base + i) % SEED_SPACE for i in range(n)]
+
+
+def draw_seeds(version: str, count: int, low: int, high: int) -> list[int]:
+    """``count`` distinct seeds in ``low..high``, drawn from ``version`` (the i-th draw does
+    not depend on ``count``, so a larger count keeps the seeds already drawn)."""
+    span = high - low + 1
+    if count >= span:  # the whole range (checks make sure it is large enough)
+        return list(range(low, high + 1))[:count]
+    seeds: list[int] = []
+    attempt = 0
+    while len(seeds) < count:
+        digest = sha256_text(f"dropforge seed draw\0{version}\0{attempt}")
+        seed = low + int(digest[:16], 16) % span
+        if seed not in seeds:
+            seeds.append(seed)
+        attempt += 1
+    return seeds
+
+
+def input_version(pi: PlanInput, *, content: str | None = None) -> str:
+    """A hash of what makes this version of an input: its path and content, its sidecar
+    stack and its mask (not the settings, so that a settings change draws no new seeds).
+
+    ``content`` replaces the input's own hash: one scene's text of a prompt file, so that
+    editing a scene draws new seeds for that scene only.
+    """
+    return sha256_text(
+        canonical_json(
+            {
+                "input": [pi.rel, content or pi.input_sha256],
+                "sidecars": [[d.path, d.sha256] for d in pi.sidecars],
+                "mask": pi.mask.sha256 if pi.mask else None,
+            }
+        )
+    )
 
 
 def spread(low: float, high: float, count: int, index: int) -> float:
@@ -47,9 +92,14 @@ def spread(low: float, high: float, count: int, index: int) -> float:
     return low + (high - low) * index / (count - 1)
 
 
-def failure_key(fingerprint: str, message: str) -> str:
-    """The job key recorded for an input that could not be planned."""
-    return sha256_text(canonical_json({"failed": fingerprint, "error": message}))
+def failure_key(deps: Sequence[Dependency], message: str) -> str:
+    """The job key recorded for an input that could not be planned: its files and the error.
+
+    The settings are left out: a settings change that leaves the error as it was (an alias
+    the input does not name) leaves the failed job as it is.
+    """
+    items = sorted((d.path, d.sha256) for d in deps)
+    return sha256_text(canonical_json({"failed": items, "error": message}))
 
 
 def fingerprint(
@@ -126,8 +176,14 @@ def finish_plan(
     params: Params,
     record: Mapping[str, Any],
     outputs: Sequence[PlannedOutput],
+    notes: Sequence[str] = (),
+    key_extra: Mapping[str, Any] | None = None,
 ) -> Plan:
-    """The plan of an image or mesh job, with the key over everything that shapes its outputs."""
+    """The plan of an image or mesh job, with the key over everything that shapes its outputs.
+
+    ``key_extra`` is hashed into the key as well: a task's way of making one kind of its
+    outputs anew (say, after a change to how textures are made) without touching other keys.
+    """
     key_material = {
         "generator": GENERATOR_VERSION,
         "task": task.value,
@@ -138,6 +194,8 @@ def finish_plan(
         "lora": None if pi.lora is None else {"alias": pi.lora.alias, "path": pi.lora.key_path()},
         "outputs": [[o.file, o.seed, o.prompt, o.steps, o.guidance, o.strength] for o in outputs],
     }
+    if key_extra:
+        key_material["extra"] = dict(key_extra)
     return Plan(
         job_key=sha256_text(canonical_json(key_material)),
         task=task,
@@ -154,4 +212,5 @@ def finish_plan(
         sidecars=pi.sidecars,
         outputs=tuple(outputs),
         force=params.force,
+        notes=(*pi.notes, *notes),
     )

@@ -77,6 +77,8 @@ class PlanInput:
     chapter: int | None = None  # prompt files: the chapter number, for descriptive names
     prompts_file: PromptsFile | None = None  # multi-scene prompt files
     notes: tuple[str, ...] = ()  # for the manifest's warnings
+    image_size: tuple[int, int] | None = None  # an image input's size as shown (probed)
+    set_by_sidecars: frozenset[str] = frozenset()  # keys a _defaults.toml or sidecar sets
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,17 @@ class Plan:
             lines.append(f"sequences/{seq.out_dir.name}/  {frames}  preview.gif")
         return lines
 
+    def planned_files(self) -> list[tuple[str, int | None]]:
+        """Every file the job makes, relative to the inbox's output root, with its seed (None
+        for a tween's copied endpoints): images and meshes, then each sequence's frames."""
+        root = self.inbox.output
+        folder = self.out_dir.relative_to(root).as_posix()
+        files: list[tuple[str, int | None]] = [(f"{folder}/{o.file}", o.seed) for o in self.outputs]
+        for seq in self.sequences:
+            seq_folder = seq.out_dir.relative_to(root).as_posix()
+            files += [(f"{seq_folder}/{f.file}", f.seed) for f in seq.frames]
+        return files
+
     @property
     def wants_contact_sheet(self) -> bool:
         """A contact sheet is made for batches of two or more images."""
@@ -219,14 +232,20 @@ def output_dir(inbox: InboxConfig, rel: str) -> Path:
     return inbox.output.joinpath(*parts, sanitize_name(stem))
 
 
-def resolve_task(params: Params, inbox: InboxConfig, kind: str, display: str) -> Task:
-    """Turn ``auto`` into a concrete task and check it suits the input's kind."""
+def resolve_task(
+    params: Params, inbox: InboxConfig, kind: str, display: str, *, has_mask: bool = False
+) -> Task:
+    """Turn ``auto`` into a concrete task and check it suits the input's kind.
+
+    ``auto`` (in the sidecars and the inbox) means: an image with a mask is inpainted, any
+    other image varied (img2img), a prompt file drawn (text2image), a job file tweened.
+    """
     name = params.task
     if name == "auto":
         name = inbox.default_task
     allowed = TASKS_FOR_KIND[kind]
     if name == "auto":
-        return allowed[0]
+        return Task.inpaint if kind == "image" and has_mask else allowed[0]
     if name not in allowed:
         raise InputError(
             display,

@@ -36,17 +36,21 @@ FALLBACKS: Mapping[str, Any] = MappingProxyType({
     "exclude_sections": (), "prompt_template": "{text}", "force": False,
     "sampler": "", "name_style": "plain", "scenes": None,
     "fps": 8.0, "size": None, "base": None, "expressions": None,
+    "seed_range": None, "priority": 0,
 })  # fmt: skip
 
 
 # Keys added after the first release: recorded (and so part of job keys) only when set to
 # something other than their fallback, so that adding them left existing job keys unchanged.
 RECORDED_WHEN_SET: frozenset[str] = frozenset(
-    {"sampler", "name_style", "scenes", "fps", "size", "base", "expressions"}
+    {"sampler", "name_style", "scenes", "fps", "size", "base", "expressions", "seed_range"}
 )
 
 
 PARAM_KEYS: tuple[str, ...] = tuple(FALLBACKS)
+
+# Keys that steer the queue, not what a job makes: never recorded in manifests or job keys.
+QUEUE_KEYS = frozenset({"priority"})
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class Params:
     negative_prompt: str
     prompts: tuple[str, ...] | None
     count: int
-    seed: int | None
+    seed: int | str | None  # an integer, "random", or None (derived from the content)
     seeds: tuple[int, ...] | None
     steps: int
     guidance: float
@@ -94,6 +98,8 @@ class Params:
     size: str | None = None  # tweens: "WxH" of the frames; None keeps the endpoints' size
     base: str | None = None  # tweens: the image endpoints are generated from
     expressions: tuple[Mapping[str, str], ...] | None = None  # tweens: [{id, prompt}]
+    seed_range: tuple[int, int] | None = None
+    priority: int = 0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Params:
@@ -105,10 +111,11 @@ class Params:
         return dataclasses.replace(self, **changes)
 
     def as_record(self, omit: frozenset[str] = frozenset()) -> dict[str, Any]:
-        """The table recorded in manifests and hashed into job keys, in key order."""
+        """The table recorded in manifests and hashed into job keys, in key order (the queue's
+        keys, like ``priority``, left out: they change when a job runs, not what it makes)."""
         record: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name not in omit:
+            if f.name not in omit and f.name not in QUEUE_KEYS:
                 value = getattr(self, f.name)
                 if f.name in RECORDED_WHEN_SET and value == FALLBACKS[f.name]:
                     continue
@@ -126,6 +133,17 @@ def validate_layer(data: Mapping[str, Any], source: str, settings: Settings) -> 
         if check is None:
             raise InputError(source, f"{key}: unknown key{did_you_mean(key, PARAM_KEYS)}", key=key)
         result[key] = check(source, key, value, settings)
+    if "seed_range" in result:
+        for other in ("seed", "seeds"):
+            if other in result:
+                raise InputError(
+                    source,
+                    f"seed_range and {other} cannot both be set, "
+                    f"got {other} = {show_value(result[other])}",
+                    key=other,
+                    rule="not together with seed_range",
+                    value=result[other],
+                )
     if "seeds" in result:
         seeds = result["seeds"]
         if "seed" in result:
@@ -183,10 +201,15 @@ def _apply(result: dict[str, Any], layer: Mapping[str, Any]) -> None:
     if "seeds" in layer:
         result["count"] = len(layer["seeds"])
         result["seed"] = None
+        result["seed_range"] = None
+    elif "seed_range" in layer:
+        result["seed"] = result["seeds"] = None
     elif "seed" in layer or "count" in layer:
         # A later seed or count describes the batch anew; inherited explicit seeds would
         # silently override it.
         result["seeds"] = None
+        if "seed" in layer:
+            result["seed_range"] = None
 
 
 def _config_layer(data: Mapping[str, Any], source: str, settings: Settings) -> dict[str, Any]:

@@ -7,11 +7,11 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from daemon.config import InboxConfig
 from daemon.intake.candidates import Candidate
-from daemon.intake.names import FileKind, classify, is_ignored_name
+from daemon.intake.names import FileKind, classify, is_ignored_dir, is_ignored_name
 from daemon.intake.parts import NO_PARTS, Parts
 
 TOMLS = (FileKind.sidecar, FileKind.job, FileKind.defaults)
@@ -67,10 +67,13 @@ def files_of(candidate: Candidate) -> list[Path]:
 
 
 def mtime_or_inf(path: Path) -> float:
+    """When a file last changed, or arrived: sync tools keep the source's mtime on a file they
+    rename into place, but the rename sets its ctime (on POSIX; Windows has no such time)."""
     try:
-        return path.stat().st_mtime
+        st = path.stat()
     except OSError:
         return float("inf")  # vanished: treat as still changing
+    return st.st_mtime if os.name == "nt" else max(st.st_mtime, st.st_ctime)
 
 
 def siblings(path: str, stem: str, kinds: tuple[FileKind, ...]) -> list[str]:
@@ -85,3 +88,42 @@ def siblings(path: str, stem: str, kinds: tuple[FileKind, ...]) -> list[str]:
         for n in names
         if n.rpartition(".")[0] == stem and not is_ignored_name(n) and classify(n) in kinds
     )
+
+
+def excluded(path: str, roots: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of the output and state ``roots`` or lies below one."""
+    return any(path == root or path.startswith(root + os.sep) for root in roots)
+
+
+def wanted(state: InboxState, path: str, roots: tuple[str, ...]) -> bool:
+    """Would a scan look at this path? (name filter, ignored and output folders)."""
+    if not path.startswith(state.root + os.sep) or excluded(path, roots):
+        return False
+    *dirs, name = PurePath(os.path.relpath(path, state.root)).parts
+    if dirs and not state.inbox.recursive:
+        return False
+    if any(map(is_ignored_dir, dirs)) or is_ignored_name(name):
+        return False
+    return classify(name) is not FileKind.other
+
+
+def wanted_folder(state: InboxState, path: str, roots: tuple[str, ...]) -> bool:
+    """A folder inside a mounted inbox: not the inbox itself, not an output folder."""
+    if not path.startswith(state.root + os.sep) or not mounted(state):
+        return False
+    return not excluded(path, roots)
+
+
+def mounted(state: InboxState) -> bool:
+    """Whether the inbox folder is there: an unmounted share looks as if every file in it was
+    deleted, which must cancel nothing."""
+    return os.path.isdir(state.root)
+
+
+def walk(state: InboxState, top: str, roots: tuple[str, ...]) -> list[str]:
+    """The files below ``top`` (a folder moved in whole) that a scan would look at."""
+    found: list[str] = []
+    for folder, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if not is_ignored_dir(d)]
+        found += [p for n in files if wanted(state, p := os.path.join(folder, n), roots)]
+    return found

@@ -1,22 +1,17 @@
-"""`check`, `status` and `retry`: looking at inputs and the journal without generating."""
+"""`check`: looking at an input without generating; ``locate`` maps a path to its inbox."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from daemon.config import InboxConfig, Settings, display_path
-from daemon.config import redact_url as redact
 from daemon.errors import ConfigError, DropforgeError
 from daemon.intake.candidates import candidate_for
 from daemon.intake.names import FileKind, classify
 from daemon.store.open import open_journal
-from daemon.store.protocols import HostRegistry
 from daemon.tasks.prepare import prepare
-from daemon.values import JobState
 
 
 def locate(settings: Settings, path: Path) -> tuple[InboxConfig, str]:
@@ -83,125 +78,17 @@ def check_path(settings: Settings, path: Path) -> CheckResult:
     plan = prepared.plan
     lines.append(f"Task: {plan.task}")
     lines.append(f"Model: {plan.model.alias} ({plan.model.describe()})")
+    if plan.task.makes_images:
+        lines.append(f"Size: {plan.params.width}x{plan.params.height}")
+    if plan.params.priority:
+        lines.append(f"Priority: {plan.params.priority}")
     lines.append("Parameters:")
     for key in sorted(plan.record):
         lines.append(f"  {key} = {json.dumps(plan.record[key], ensure_ascii=False)}")
     lines.append(f"Outputs in {display_path(plan.out_dir, settings)}:")
     lines += [f"  {line}" for line in plan.describe_outputs()]
     lines.append("  manifest.json")
+    if plan.notes:
+        lines.append("Notes:")
+        lines += [f"  {note}" for note in plan.notes]
     return CheckResult(True, "\n".join(lines) + "\n")
-
-
-def collect_status(settings: Settings, *, now: float) -> dict[str, Any]:
-    """Queue counts, running jobs with progress, waiting jobs, recent failures, and the
-    inbox folders that are missing (an unmounted share: their files wait until it returns)."""
-    missing = [display_path(i.path, settings) for i in settings.inboxes if not i.path.is_dir()]
-    if settings.cluster is None and not settings.journal_path.exists():
-        return {
-            "journal": str(settings.journal_path),
-            "hosts": [],
-            "counts": {s.value: 0 for s in JobState},
-            "running": [],
-            "waiting": [],
-            "failures": [],
-            "missing_inboxes": missing,
-        }
-    with open_journal(settings) as journal:
-        counts = journal.counts()
-        running = [
-            {
-                "input": j.input,
-                "inbox": j.inbox,
-                "images_done": j.progress_done,
-                "images_total": j.progress_total,
-                "note": j.progress_note,
-                "seconds": round(now - j.started_at, 1) if j.started_at else None,
-                "owner": j.lease_owner,
-            }
-            for j in journal.running()
-        ]
-        waiting = [
-            {
-                "input": j.input,
-                "inbox": j.inbox,
-                "error": j.error,
-                "retry_in": max(0.0, round((j.not_before or now) - now, 1)),
-            }
-            for j in journal.jobs([JobState.waiting], limit=20)
-        ]
-        failures = [
-            {"input": j.input, "inbox": j.inbox, "state": j.state.value, "error": j.error}
-            for j in journal.recent_failures(10)
-        ]
-        hosts = [
-            {
-                "host": h.host,
-                "owner": h.owner,
-                "device": h.device,
-                "version": h.version,
-                "job": h.job_input,
-                "last_beat": round(max(0.0, journal.clock() - h.beat_at), 1),
-            }
-            for h in (journal.hosts() if isinstance(journal, HostRegistry) else [])
-        ]
-    where = str(settings.journal_path)
-    if settings.cluster is not None:
-        where = redact(settings.cluster.database)
-    return {
-        "journal": where,
-        "hosts": hosts,
-        "counts": {s.value: counts.get(s, 0) for s in JobState},
-        "running": running,
-        "waiting": waiting,
-        "failures": failures,
-        "missing_inboxes": missing,
-    }
-
-
-def format_status(status: dict[str, Any]) -> str:
-    """Human-readable status."""
-    counts = status["counts"]
-    lines = ["Jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items())]
-    for h in status.get("hosts", []):
-        job = h["job"] or "idle"
-        lines.append(
-            f"Host: {h['owner']} ({h['device']}, dropforge {h['version']}): {job};"
-            f" last beat {h['last_beat']:.1f} s ago"
-        )
-    for folder in status["missing_inboxes"]:
-        lines.append(f"Inbox missing: {folder} (unmounted or removed; its files wait for it)")
-    for r in status["running"]:
-        progress = f"image {r['images_done']}/{r['images_total']}"
-        note = f", {r['note']}" if r["note"] else ""
-        owner = f" on {r['owner']}" if status.get("hosts") and r["owner"] else ""
-        lines.append(f"Running: {r['input']}{owner} ({progress}{note}, {r['seconds']} s so far)")
-    for w in status["waiting"]:
-        lines.append(f"Waiting: {w['input']} (retry in {w['retry_in']:.0f} s): {w['error']}")
-    if status["failures"]:
-        lines.append("Recent failures:")
-        for f in status["failures"]:
-            lines.append(f"  [{f['state']}] {f['input']}: {f['error']}")
-    return "\n".join(lines) + "\n"
-
-
-def retry(
-    settings: Settings,
-    paths: Iterable[Path],
-    *,
-    failed: bool,
-    quarantined: bool,
-    force: bool,
-) -> tuple[int, list[Path]]:
-    """Requeue named inputs and/or every failed / quarantined job."""
-    states = [s for s, on in ((JobState.failed, failed), (JobState.quarantined, quarantined)) if on]
-    pairs: list[tuple[str, str]] = []
-    unknown: list[Path] = []
-    with open_journal(settings) as journal:
-        for path in paths:
-            inbox, rel = locate(settings, path)
-            if journal.get_job(str(inbox.path), rel) is None:
-                unknown.append(path)
-            else:
-                pairs.append((str(inbox.path), rel))
-        count = journal.retry(inputs=pairs, states=states, force=force)
-    return count, unknown

@@ -11,9 +11,15 @@ from typing import Any
 import structlog
 
 from daemon.config import Settings
+from daemon.errors import DropforgeError
 from daemon.intake.paths import read_small_table, root_present
 from daemon.outputs.files import remove_stale_temporaries
+from daemon.outputs.folders import escaping_output, foreign_output
+from daemon.outputs.manifest import InputRecord, Manifest, ManifestStatus, write_manifest
+from daemon.runtime.attempts import earlier_attempts
 from daemon.store.protocols import Journal, ScanCache
+from daemon.store.rows import Job
+from daemon.values import JobState
 
 log = structlog.get_logger("dropforge.runner")
 
@@ -70,6 +76,11 @@ def recover(settings: Settings, journal: Journal, *, spare: str | None = None) -
         settings.max_attempts, alive=lambda owner: owner_alive(owner, host), spare=spare
     )
     still = {job.id: job.claim for job in journal.running()}
+    if quarantined:
+        for job_id in running:
+            job = _get(journal, job_id)
+            if job is not None and job.state is JobState.quarantined:
+                _write_quarantine_manifest(settings, journal, job)
     removed = 0
     for job_id, (out_dir, claim) in sorted(running.items()):
         # Only the dead claim's temporaries: the job may already run again elsewhere.
@@ -93,3 +104,40 @@ def prune_guard(settings: Settings) -> Callable[[str], bool]:
         return any(not root_present(root) for root in roots)
 
     return exists
+
+
+def _get(journal: Journal, job_id: int) -> Job | None:
+    try:
+        return journal.get(job_id)
+    except LookupError:  # its input left the inbox meanwhile (another process deleted it)
+        return None
+
+
+def _write_quarantine_manifest(settings: Settings, journal: Journal, job: Job) -> None:
+    """Tell people who only see the outbox: a ``failed`` manifest with the quarantine message
+    and how far each claim got. Built from the journal alone: nothing of the input is read,
+    since reading it may be what killed the process."""
+    log.warning("job.quarantined", input=job.input, inbox=job.inbox, error=job.error)
+    inbox = next((i for i in settings.inboxes if str(i.path) == job.inbox), None)
+    out_dir = Path(job.out_dir)
+    if inbox is None or escaping_output(inbox.output, [out_dir], job.input):
+        return
+    if foreign_output(inbox.output, out_dir, job.input):
+        return
+    try:
+        size: int | None = (inbox.path / job.input).stat().st_size
+    except OSError:
+        size = None
+    history = journal.attempts(job.id)
+    manifest = Manifest(
+        status=ManifestStatus.failed,
+        job_key=job.job_key,
+        task=None,
+        input=InputRecord(job.input, None, size),
+        error=job.error or "quarantined",
+        attempts=earlier_attempts(history, max((a.number for a in history), default=0) + 1),
+    )
+    try:
+        write_manifest(out_dir, manifest)
+    except (OSError, DropforgeError) as exc:  # e.g. disk full: the journal still says it
+        log.error("manifest.unwritable", input=job.input, error=str(exc))

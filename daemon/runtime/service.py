@@ -9,13 +9,13 @@ outputs kept, stops intake, and returns within ``stop_timeout``; a second signal
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -25,14 +25,19 @@ from daemon.config import Settings
 from daemon.generators import Generator
 from daemon.intake.observers import native_observer
 from daemon.runtime.cluster import FORGET_HOSTS_AFTER, Membership, join_cluster
+from daemon.runtime.companion import Companion
 from daemon.runtime.loop import ActiveHours, WorkerLoop
+from daemon.runtime.monitor import MONITOR_INTERVAL_S, JournalMonitor, cancel_listener
+from daemon.runtime.notify import Notices, notices_for
 from daemon.runtime.pool import FactoryMaker, WorkerPool
+from daemon.runtime.presence import Presence, clear_presence, write_presence
 from daemon.runtime.recovery import owner_id, prune_guard, recover
-from daemon.runtime.systemd import Notifier
+from daemon.runtime.removals import OutputWatch
+from daemon.runtime.systemd import Health, Notifier
 from daemon.runtime.watcher import Watcher
-from daemon.runtime.worker import JobResult, Progress, Worker
+from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
 from daemon.store.open import open_journal
-from daemon.store.protocols import HostRegistry, Journal
+from daemon.store.protocols import HostRegistry, JobStore, Journal
 from daemon.store.rows import Job
 from daemon.values import Clock, JobState
 
@@ -41,18 +46,6 @@ log = structlog.get_logger("dropforge.service")
 PRUNE_AFTER_S = 30 * 86400.0  # done jobs and unseen cache rows older than this are deleted
 HEARTBEAT_S = 30.0  # health checks without a systemd watchdog
 STOP_MARGIN_S = 1.0  # of stop_timeout, kept for closing the journal and exiting
-
-
-@dataclass(frozen=True)
-class Health:
-    """The result of a health check; systemd's watchdog is fed only while ``ok``."""
-
-    problems: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """No problems found."""
-        return not self.problems
 
 
 class Service:
@@ -73,6 +66,8 @@ class Service:
         hard_exit: Callable[[int], NoReturn] = os._exit,
         extra_devices: Sequence[str] = (),
         make_factory: FactoryMaker | None = None,
+        companions: Sequence[Companion] = (),
+        monitor_interval: float = MONITOR_INTERVAL_S,
     ) -> None:
         self.settings = settings
         self._factory = generator_factory
@@ -98,6 +93,12 @@ class Service:
         if extra_devices:
             assert make_factory is not None, "worker processes need a generator factory maker"
             self.pool = WorkerPool(settings, list(extra_devices), make_factory)
+        self.companions = tuple(companions)
+        self._monitor_interval = monitor_interval
+        self.monitor: JournalMonitor | None = None
+        self.outputs: OutputWatch | None = None
+        self.notices: Notices | None = None
+        self.owner = owner_id(settings)
 
     # --- start and stop ---------------------------------------------------------------
 
@@ -105,9 +106,9 @@ class Service:
         """Recover, then start the watcher, the worker thread and the scheduler."""
         settings = self.settings
         self._started_at = self._monotonic()
+        self.notices = notices_for(settings)  # a URL Apprise refuses stops the start here
         journal = self.journal = open_journal(settings, clock=self._clock)
-        owner = owner_id(settings)
-        self.member = join_cluster(settings, journal, owner, lambda: self.loop)
+        self.member = join_cluster(settings, journal, self.owner, lambda: self.loop)
         recover(settings, journal)
         progress = Progress(
             on_start=lambda job, total: self._beat(job),
@@ -118,7 +119,7 @@ class Service:
             settings,
             journal,
             self._factory,
-            owner=owner,
+            owner=self.owner,
             stop=self.stop_event,
             clock=self._clock,
             progress=progress,
@@ -127,7 +128,7 @@ class Service:
             worker,
             window=self.window,
             monotonic=self._monotonic,
-            on_result=self._on_result,
+            on_result=self._result,
             # In a cluster a host outside its hours leaves the jobs to the others.
             park_outside=settings.cluster is None,
         )
@@ -149,6 +150,15 @@ class Service:
             pid=os.getpid(),
         )
         self.notifier.status("starting: scanning the inboxes")
+        self.monitor = JournalMonitor(
+            settings,
+            [self._journal_changed],
+            interval=self._monitor_interval,
+            clock=self._clock,
+        )
+        self.monitor.start()
+        self.outputs = OutputWatch(journal)
+        self.outputs.start()
         self.watcher.start()
         self.loop.start()
         if self.pool is not None:
@@ -156,6 +166,31 @@ class Service:
         if self.member is not None:
             self.member.start()
         self.scheduler = self._schedule()
+        presence = Presence(self.owner, os.getpid(), "run", self._clock())
+        write_presence(settings, presence)  # before the UI starts: its first page knows
+        for companion in self.companions:
+            companion.start()
+        urls = [c.url for c in self.companions if c.url]
+        if urls:
+            write_presence(settings, dataclasses.replace(presence, ui=urls[0]))
+
+    def _result(self, result: JobResult) -> None:
+        journal = self.journal
+        if journal is not None and result.outcome in (Outcome.done, Outcome.skipped):
+            job = journal.get_job(result.inbox, result.rel)
+            if job is not None and self.outputs is not None:
+                self.outputs.watch(job.id, job.out_dir, job.job_key)
+        if self.notices is not None and journal is not None:
+            self.notices.job_ended(result, journal)
+        self._on_result(result)
+
+    def _journal_changed(self, view: JobStore) -> None:
+        """Another process (or thread) changed the journal: look for work, and stop the
+        running job if a cancel of it was recorded."""
+        loop = self.loop
+        if loop is not None:
+            loop.wake()
+            cancel_listener(loop.worker)(view)
 
     def _queued(self) -> None:
         """A job was queued: wake this process's worker and every worker process."""
@@ -256,6 +291,12 @@ class Service:
             self.member.stop()
         if self.pool is not None:
             self.pool.stop(max(0.0, deadline - self._monotonic()))
+        for part in (*self.companions, self.monitor, self.outputs):
+            if part is not None:
+                part.stop(timeout=max(0.0, min(2.0, deadline - self._monotonic())))
+        clear_presence(self.settings, self.owner)
+        if self.notices is not None:  # what is queued goes out, in the time that is left
+            self.notices.close(timeout=max(0.0, min(5.0, deadline - self._monotonic())))
         if self.watcher is not None:
             self.watcher.stop(timeout=max(0.0, deadline - self._monotonic()))
         loop = self.loop

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import structlog
 
@@ -72,3 +73,15 @@ def _watchdog_seconds(env: Mapping[str, str]) -> float | None:
     if pid and pid != str(os.getpid()):
         return None
     return int(usec) / 1_000_000
+
+
+@dataclass(frozen=True)
+class Health:
+    """The result of a health check; systemd's watchdog is fed only while ``ok``."""
+
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """No problems found."""
+        return not self.problems

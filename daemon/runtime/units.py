@@ -88,6 +88,26 @@ def unit_options(
     )
 
 
+_PRIVATE_TMP = ("/tmp", "/var/tmp")  # what PrivateTmp=yes replaces with the unit's own
+
+
+def private_tmp_warnings(folders: Sequence[str]) -> list[str]:
+    """Warn about folders under /tmp or /var/tmp: with PrivateTmp=yes the service sees empty
+    private copies of those, so files dropped there from outside never reach it."""
+    found: list[str] = []
+    for folder in folders:
+        real = os.path.realpath(folder)
+        for tmp in _PRIVATE_TMP:
+            if real == tmp or real.startswith(tmp + "/"):
+                found.append(
+                    f"warning: {folder} is under {tmp}, which the service sees as an empty "
+                    f"private {tmp} of its own (PrivateTmp=yes): files put there from outside "
+                    f"never reach it; move it out of {tmp} in config.toml"
+                )
+                break
+    return found
+
+
 def quote(value: str) -> str:
     """One unit-file word: ``%`` specifiers escaped, quoted when it holds blanks or quotes."""
     value = value.replace("%", "%%")
@@ -191,11 +211,11 @@ def install(
     path = target or unit_path(user=options.user)
     text = render_unit(options)
     would = "would " if dry_run else ""
+    lines = private_tmp_warnings(options.writable)
     if dry_run:
-        lines = [f"would write {path}:", *("    " + line for line in text.splitlines())]
+        lines += [f"would write {path}:", *("    " + line for line in text.splitlines())]
     else:
         _require_root(options.user)
-        lines = []
         for folder in options.writable:
             if not os.path.isdir(folder):
                 os.makedirs(folder, exist_ok=True)

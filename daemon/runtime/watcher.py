@@ -14,14 +14,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import structlog
 from watchdog.observers.api import BaseObserver
 
 from daemon.config import Settings
 from daemon.intake.candidates import Candidate, candidate_for
-from daemon.intake.names import INPUT_KINDS, FileKind, classify, is_ignored_dir, is_ignored_name
+from daemon.intake.deliveries import Deliveries, delivery_folder
+from daemon.intake.names import INPUT_KINDS, FileKind, classify
 from daemon.intake.observers import Observers, native_observer
 from daemon.intake.parts import Parts, parts_of
 from daemon.intake.paths import InboxRoots, inbox_available, inbox_roots
@@ -35,11 +36,17 @@ from daemon.runtime.arrivals import (
     Event,
     InboxState,
     OverflowListener,
+    excluded,
     files_of,
+    mounted,
     mtime_or_inf,
     siblings,
+    walk,
+    wanted,
+    wanted_folder,
 )
 from daemon.runtime.recovery import table_reader
+from daemon.runtime.removals import cancel_removed
 from daemon.store.protocols import Journal
 from daemon.survey.entries import Verdict
 from daemon.survey.survey import BULK_FROM, SurveyPass, survey
@@ -79,7 +86,8 @@ class Watcher:
         self._clock = clock
         self._wall_clock = wall_clock
         self.poll_interval = poll_interval
-        self._tracker = SettleTracker(clock)
+        self._deliveries = Deliveries(clock, wall_clock)
+        self._tracker = SettleTracker(clock, hold=self._held)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._observers = Observers(
             settings.inboxes, self._enqueue, native=native, poll_interval=poll_interval
@@ -150,6 +158,10 @@ class Watcher:
     def _enqueue(self, index: int, path: str, is_dir: bool) -> None:
         self._queue.put(Event(index, path, is_dir))
 
+    def _held(self, folder: str) -> bool:
+        """Whether a sync tool is delivering into ``folder``: its settled files wait."""
+        return self._deliveries.holds(folder, self.settings.settle_seconds)
+
     def _settle_for(self, state: InboxState) -> float:
         # Polled shares see a change only at the next poll; mtimes there may lag too.
         extra = self.poll_interval if self._observers.polled(state.index) else 0.0
@@ -207,38 +219,24 @@ class Watcher:
             return
         assert isinstance(item, Event)
         state = self._inboxes[item.index]
+        folder = delivery_folder(item.path, state.root)
+        if folder is not None and not excluded(item.path, self._excluded):
+            self._deliveries.note(folder, os.path.basename(item.path))
         if item.is_dir:
             if os.path.isdir(item.path):  # moved or copied in whole: its files need a look
-                for path in self._walk(state, item.path):
+                for path in walk(state, item.path, self._excluded):
                     self._track(state, path)
+            elif wanted_folder(state, item.path, self._excluded):  # deleted or moved away
+                rel = Path(os.path.relpath(item.path, state.root)).as_posix()
+                cancel_removed(self.journal, state.root, rel, folder=True)
             return
-        if self._wanted(state, item.path):
+        if wanted(state, item.path, self._excluded):
             self._track(state, item.path)
 
     def _track(self, state: InboxState, path: str) -> None:
         if classify(os.path.basename(path)) in TOMLS:
             state.pending_tomls.add(path)
         self._tracker.touch(path, self._settle_for(state), state.index)
-
-    def _wanted(self, state: InboxState, path: str) -> bool:
-        """Would a scan look at this path? (name filter, ignored and output folders)."""
-        if not path.startswith(state.root + os.sep):
-            return False
-        if any(path == ex or path.startswith(ex + os.sep) for ex in self._excluded):
-            return False
-        *dirs, name = PurePath(os.path.relpath(path, state.root)).parts
-        if dirs and not state.inbox.recursive:
-            return False
-        if any(map(is_ignored_dir, dirs)) or is_ignored_name(name):
-            return False
-        return classify(name) is not FileKind.other
-
-    def _walk(self, state: InboxState, top: str) -> list[str]:
-        found: list[str] = []
-        for folder, dirs, files in os.walk(top):
-            dirs[:] = [d for d in dirs if not is_ignored_dir(d)]
-            found += [p for n in files if self._wanted(state, p := os.path.join(folder, n))]
-        return found
 
     def _after_batch(self) -> None:
         # Each input is looked at once per batch, however many of its files settled.
@@ -291,6 +289,9 @@ class Watcher:
             if kind is FileKind.job:
                 self._merge_parts(state, path)
             todo[path] = (state, settled.waited)
+        elif kind in INPUT_KINDS and settled.state is SettleState.gone and mounted(state):
+            rel = Path(os.path.relpath(path, state.root)).as_posix()
+            cancel_removed(self.journal, state.root, rel)
         for sibling in concerned:
             todo.setdefault(sibling, (state, settled.waited))
 
@@ -324,7 +325,10 @@ class Watcher:
             state.inbox, Path(path), parts=state.parts, read_table=self._reader, roots=roots
         )
         if candidate is None:
-            if self._wanted(state, path) and classify(os.path.basename(path)) is FileKind.image:
+            if (
+                wanted(state, path, self._excluded)
+                and classify(os.path.basename(path)) is FileKind.image
+            ):
                 self._request_rescan(state, None)  # a mask or endpoint: its job must see it
             return
         if any(self._tracker.pending(str(p)) for p in files_of(candidate)):
@@ -398,9 +402,10 @@ class Watcher:
                     settling += 1
                     continue
                 recent = [p for p in files if mtime_or_inf(p) > recent_before]
-                if recent:
+                folder = str(candidate.path.parent)
+                if recent or self._held(folder):  # settles (and waits for the delivery) first
                     settling += 1
-                    for path in recent:
+                    for path in recent or [candidate.path]:
                         self._track(state, str(path))
                     continue
                 counts[self._survey(state, candidate, survey_pass)] += 1

@@ -6,97 +6,63 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import structlog
 
 from daemon.config import Settings
 from daemon.errors import (
+    DependencyMissing,
     DiskFull,
     DropforgeError,
     InputError,
     Interrupted,
     LeaseLost,
+    ModelUnavailable,
     TransientError,
 )
 from daemon.generators import Generator
 from daemon.intake.candidates import candidate_for
+from daemon.intake.deliveries import Temporaries
 from daemon.intake.paths import inbox_available, read_small_table, root_present
 from daemon.outputs.files import WriteFence, fenced_writes, remove_stale_temporaries
 from daemon.outputs.folders import escaping_output, foreign_output
-from daemon.outputs.manifest import job_is_done, write_manifest
+from daemon.outputs.manifest import AttemptRecord, job_is_done, write_manifest
+from daemon.runtime.attempts import AttemptTracker, TrackedGenerator, earlier_attempts
+from daemon.runtime.outcomes import (
+    JobResult,
+    Outcome,
+    Progress,
+    ProgressThrottle,
+    counted,
+    planned_files,
+    settings_of,
+)
 from daemon.store.protocols import Journal
 from daemon.store.rows import Job, backoff, folder_stamp
 from daemon.tasks.context import JobContext, JobProgress, Prepared
 from daemon.tasks.prepare import prepare
 from daemon.tasks.records import failed_manifest
 from daemon.tasks.registry import TASKS
-from daemon.values import Clock
+from daemon.values import CancelReason, Clock
+
+__all__ = [
+    "DISK_RETRY_S",
+    "LOOK_AGAIN_S",
+    "JobResult",
+    "Outcome",
+    "Progress",
+    "ProgressThrottle",
+    "Worker",
+    "planned_files",
+]
 
 log = structlog.get_logger("dropforge.worker")
 
-DISK_RETRY_S = 60.0  # the longest wait of a job held by a full disk or min_free_mb
-PROGRESS_EVERY_S = 1.0  # step progress is written at most this often (images: always)
-
-
-class Outcome(str, Enum):
-    """How one job ended."""
-
-    done = "done"
-    skipped = "skipped"
-    failed = "failed"
-    waiting = "waiting"
-    interrupted = "interrupted"
-    vanished = "vanished"
-    lost = "lost"  # another worker holds the job now: this one wrote nothing more
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """What the report and the status show for one job."""
-
-    inbox: str
-    rel: str
-    outcome: Outcome
-    seconds: float
-    message: str = ""
-    out_dir: str = ""
-    generated: int = 0
-    kept: int = 0
-
-
-class ProgressThrottle:
-    """Lets a running job's progress reach the job store at most once every ``every``
-    seconds, except at image boundaries (``done`` changed) and for notes other than steps."""
-
-    def __init__(self, clock: Clock, every: float = PROGRESS_EVERY_S) -> None:
-        self._clock = clock
-        self._every = every
-        self._last: tuple[int, float] | None = None
-
-    def due(self, done: int, note: str) -> bool:
-        """Whether this report should be written (each image's step reports are thinned;
-        the image written after its last step always is)."""
-        now = self._clock()
-        last = self._last
-        if last is None or last[0] != done or not note.startswith("step "):
-            self._last = (done, now)
-            return True
-        if now - last[1] >= self._every:
-            self._last = (done, now)
-            return True
-        return False
-
-
-@dataclass
-class Progress:
-    """Callbacks for a progress display: job started, image written, step done."""
-
-    on_start: Callable[[Job, int], None] = field(default=lambda job, total: None)
-    on_image: Callable[[Job, int, int], None] = field(default=lambda job, done, total: None)
-    on_step: Callable[[Job, int, int], None] = field(default=lambda job, done, total: None)
+# The longest wait of a job held by something a person fixes by hand: a full disk (or
+# min_free_mb), or a model not on this machine yet (fetched or copied while jobs wait).
+LOOK_AGAIN_S = 60.0
+DISK_RETRY_S = LOOK_AGAIN_S
 
 
 class Worker:
@@ -122,6 +88,36 @@ class Worker:
         self.clock = clock
         self.progress = progress or Progress()
         self._inboxes = {str(i.path): i for i in settings.inboxes}
+        # A cancel of the running job, and only of it: set by request_cancel, cleared per job.
+        self._cancel_lock = threading.Lock()
+        self._running_id: int | None = None
+        self._cancel: CancelReason | None = None
+        self._loaded_models: set[str] = set()  # model loads this process has recorded
+        self._temporaries = Temporaries()
+
+    def request_cancel(self, job_id: int, reason: CancelReason) -> bool:
+        """Stop the running job at its next step for a cancel, if ``job_id`` is the job
+        running now (never another: cancelling one job must not stop another); True if so."""
+        with self._cancel_lock:
+            if self._running_id != job_id:
+                return False
+            if self._cancel is None:
+                self._cancel = reason
+                log.info("job.cancel_heard", job_id=job_id, reason=reason.value)
+            return True
+
+    @property
+    def running_id(self) -> int | None:
+        """The id of the job this worker runs now, or None."""
+        return self._running_id
+
+    def cancel_reason(self) -> CancelReason | None:
+        """Why the running job is being canceled, or None."""
+        return self._cancel
+
+    def should_stop(self) -> bool:
+        """A shutdown, or a cancel of the running job: checked at every step."""
+        return self._cancel is not None or self.stop.is_set()
 
     @property
     def generator(self) -> Generator:
@@ -145,6 +141,15 @@ class Worker:
 
     def run(self, job: Job) -> JobResult:
         """Run one claimed job to an end state and record it in the journal."""
+        with self._cancel_lock:
+            self._running_id, self._cancel = job.id, None
+        try:
+            return self._run(job)
+        finally:
+            with self._cancel_lock:
+                self._running_id, self._cancel = None, None
+
+    def _run(self, job: Job) -> JobResult:
         started = self.clock()
         bound = log.bind(job_id=job.id, input=job.input, inbox=job.inbox)
         inbox = self._inboxes.get(job.inbox)
@@ -159,12 +164,29 @@ class Worker:
         )
         if inbox is None or candidate is None or not candidate.path.is_file():
             return self._vanished(job, bound)
+        temporary = self._temporaries.find(str(candidate.path.parent), self.clock())
+        if temporary is not None:  # what was written beside it may still be on its way
+            folder = candidate.path.parent.relative_to(candidate.inbox.path).as_posix()
+            message = (
+                f"{candidate.rel}: a sync tool is delivering into {folder or '.'} ({temporary}):"
+                " the job starts once the delivery is done"
+            )
+            bound.info("job.waiting", error=message)
+            return self._wait(job, message, self.settings.settle_seconds)
+        history = self.journal.attempts(job.id)
+        attempts = earlier_attempts(history, max((a.number for a in history), default=1))
         try:
             prepared = prepare(self.settings, self.journal, candidate)
-        except DropforgeError as exc:  # a dependency vanished, or a file still being written
+        except (DependencyMissing, DropforgeError) as exc:  # e.g. a file still being written
             return self._wait(job, str(exc), self.settings.settle_seconds)
         if not self.journal.update_identity(
-            job.id, prepared.fingerprint, prepared.job_key, str(prepared.out_dir), claim=job.claim
+            job.id,
+            prepared.fingerprint,
+            prepared.job_key,
+            str(prepared.out_dir),
+            task=prepared.plan.task.value if prepared.plan else None,
+            planned=planned_files(prepared),
+            claim=job.claim,
         ):
             return self._lost(job, bound)
         folders = [prepared.out_dir]
@@ -183,7 +205,7 @@ class Worker:
         lost = threading.Event()
         with fenced_writes(WriteFence(job.claim, lambda: self._check_claim(job, lost))):
             try:
-                return self._run_plan(job, prepared, started, bound, lost)
+                return self._run_plan(job, prepared, started, bound, attempts, lost)
             except LeaseLost:
                 return self._lost(job, bound)
 
@@ -193,6 +215,7 @@ class Worker:
         prepared: Prepared,
         started: float,
         bound: structlog.stdlib.BoundLogger,
+        attempts: tuple[AttemptRecord, ...],
         lost: threading.Event,
     ) -> JobResult:
         """Run a prepared job's task (its writes fenced by its claim) and record the end."""
@@ -200,7 +223,7 @@ class Worker:
         plan = prepared.plan
         if plan is None:
             assert prepared.error is not None
-            return self._fail(job, prepared, str(prepared.error), started, bound)
+            return self._fail(job, prepared, str(prepared.error), started, bound, attempts)
         # Temporaries of earlier claims of this job (a dead or frozen worker's) go now.
         for folder in {plan.out_dir, *(s.out_dir for s in plan.sequences)}:
             if folder.is_dir():
@@ -213,36 +236,51 @@ class Worker:
         bound.info("job.started", task=plan.task.value, outputs=len(plan.outputs), claim=job.claim)
         self.progress.on_start(job, len(plan.outputs))
         try:
-            ran = TASKS[plan.task].run(self._context(job, bound, lost), prepared, force, started)
+            context = self._context(job, bound, attempts, lost)
+            ran = TASKS[plan.task].run(context, prepared, force, started)
         except InputError as exc:
             if not candidate.path.is_file():
                 # Gone since it was planned (deleted, or its share unmounted): not a bad
                 # input. No failed manifest; a rescan queues it again if it comes back.
                 return self._vanished(job, bound, str(exc))
-            return self._fail(job, prepared, str(exc), started, bound)
+            return self._fail(job, prepared, str(exc), started, bound, attempts)
         except Interrupted:
             if lost.is_set():
                 raise LeaseLost(job.id, job.claim) from None
+            reason = self._cancel
+            if reason is not None:
+                kept = self.journal.get(job.id).finished
+                note = f"{len(kept)} of {plan.output_count} outputs kept"
+                if not self.journal.mark_canceled(job.id, note, claim=job.claim):
+                    raise LeaseLost(job.id, job.claim) from None
+                bound.info("job.canceled", reason=reason.value, kept=len(kept))
+                seconds = self.clock() - started
+                text = f"{reason.describe()} ({note})"
+                return JobResult(
+                    job.inbox, job.input, Outcome.canceled, seconds, text, str(plan.out_dir)
+                )
             if not self.journal.mark_queued(job.id, claim=job.claim):
                 raise LeaseLost(job.id, job.claim) from None
             bound.info("job.interrupted")
             return JobResult(job.inbox, job.input, Outcome.interrupted, self.clock() - started)
         except TransientError as exc:
-            # Space is freed by hand: look again every minute rather than backing off to 1 h.
-            retry_in = min(backoff(job.waits), DISK_RETRY_S) if isinstance(exc, DiskFull) else None
+            # Space is freed, a model fetched, by hand: look again every minute at the latest
+            # rather than backing off to 1 h (looking costs a stat of the model's files).
+            by_hand = isinstance(exc, (DiskFull, ModelUnavailable))
+            retry_in = min(backoff(job.waits), LOOK_AGAIN_S) if by_hand else None
             bound.warning("job.waiting", error=str(exc))
             return self._wait(job, str(exc), retry_in)
         except Exception as exc:  # a bug must not stop the daemon; record it where users look
             bound.exception("job.crashed")
             message = f"internal error ({type(exc).__name__}: {exc}); please report it"
-            return self._fail(job, prepared, message, started, bound)
+            return self._fail(job, prepared, message, started, bound, attempts)
         seconds = self.clock() - started
         self._mark_done(job, plan.out_dir, plan.job_key, seconds)
         self._move_after(prepared, "_done")
         bound.info("job.done", seconds=round(seconds, 3), generated=ran.generated, kept=ran.kept)
-        message = f"{plan.output_count} outputs" + (f", {ran.kept} kept" if ran.kept else "")
+        message = counted(plan.output_count, "output") + (f", {ran.kept} kept" if ran.kept else "")
         if ran.notes:
-            message += f"; {len(ran.notes)} warning(s)"
+            message += "; " + counted(len(ran.notes), "warning")
         return JobResult(
             job.inbox,
             job.input,
@@ -252,34 +290,63 @@ class Worker:
             str(plan.out_dir),
             ran.generated,
             ran.kept,
+            **settings_of(plan),
         )
 
     def _context(
-        self, job: Job, bound: structlog.stdlib.BoundLogger, lost: threading.Event
+        self,
+        job: Job,
+        bound: structlog.stdlib.BoundLogger,
+        attempts: tuple[AttemptRecord, ...],
+        lost: threading.Event,
     ) -> JobContext:
-        """What the job's task may use: narrow values, not this worker."""
+        """What the job's task may use: narrow values, not this worker. Its progress and its
+        generator calls are tracked as the claim's furthest point and stage; the planned
+        outputs it finishes are recorded for the queue and the web UI. Every write names the
+        job's claim: a refused one means another worker holds the job now (LeaseLost)."""
+
+        def on_lost() -> None:
+            lost.set()
+            raise LeaseLost(job.id, job.claim)
+
+        tracker = AttemptTracker(
+            self.journal,
+            job,
+            self.settings.device,
+            self._loaded_models,
+            on_image=lambda done, total: self.progress.on_image(job, done, total),
+            on_step=lambda step, steps: self.progress.on_step(job, step, steps),
+            on_lost=on_lost,
+        )
         throttle = ProgressThrottle(self.clock)
+        finished: set[int] = set()
+        recorded: list[int] = []  # the finished indices last written to the journal
 
         def record(done: int, total: int, note: str) -> None:
-            if throttle.due(done, note) and not self.journal.set_progress(
-                job.id, done, total, note, claim=job.claim
-            ):
-                lost.set()
-                raise LeaseLost(job.id, job.claim)
+            changed = len(finished) != len(recorded)
+            if not throttle.due(done, note) and not changed:
+                return
+            if changed:
+                recorded[:] = sorted(finished)
+            tracker.record(done, total, note, finished=recorded if changed else None)
 
         return JobContext(
             settings=self.settings,
-            generator=lambda: self.generator,
+            generator=lambda: TrackedGenerator(lambda: self.generator, tracker),
             device_name=self.device_name,
-            should_stop=lambda: self.stop.is_set() or lost.is_set(),
+            should_stop=lambda: self.should_stop() or lost.is_set(),
             clock=self.clock,
             progress=JobProgress(
                 record=record,
-                on_image=lambda done, total: self.progress.on_image(job, done, total),
-                on_step=lambda step, steps: self.progress.on_step(job, step, steps),
+                on_image=tracker.image,
+                on_step=tracker.step,
+                finish=finished.update,
             ),
             check_space=self.check_space,
             log=bound,
+            cancel_reason=self.cancel_reason,
+            model_ready=self.model_ready,
+            attempts=attempts,
         )
 
     def _check_claim(self, job: Job, lost: threading.Event) -> None:
@@ -317,6 +384,10 @@ class Worker:
         bound.info("job.vanished", **({"error": error} if error else {}))
         return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
 
+    def model_ready(self, alias: str) -> bool:
+        """Whether the model ``alias`` is resident (no backend yet: not)."""
+        return self._generator is not None and alias in self._generator.loaded_models()
+
     def _mark_done(self, job: Job, out_dir: Path, job_key: str, seconds: float) -> None:
         """Record the job done, and its output folder's stamp for the next rescan."""
         if not self.journal.mark_done(job.id, seconds=seconds, claim=job.claim):
@@ -330,9 +401,12 @@ class Worker:
         message: str,
         started: float,
         bound: structlog.stdlib.BoundLogger,
+        attempts: tuple[AttemptRecord, ...] = (),
     ) -> JobResult:
         finished = self.clock()
-        manifest = failed_manifest(prepared, message, started, finished, self.device_name())
+        manifest = failed_manifest(
+            prepared, message, started, finished, self.device_name(), attempts
+        )
         try:
             write_manifest(prepared.out_dir, manifest)
         except LeaseLost:
@@ -344,7 +418,13 @@ class Worker:
         bound.warning("job.failed", error=message)
         self._move_after(prepared, "_failed")
         return JobResult(
-            job.inbox, job.input, Outcome.failed, finished - started, message, str(prepared.out_dir)
+            job.inbox,
+            job.input,
+            Outcome.failed,
+            finished - started,
+            message,
+            str(prepared.out_dir),
+            **(settings_of(prepared.plan) if prepared.plan is not None else {}),
         )
 
     def _move_after(self, prepared: Prepared, folder: str) -> None:

@@ -88,6 +88,15 @@ class ClusterJournal(PostgresJobStore, PostgresHosts):
         """See ``ScanCache.cached_table``."""
         return self.cache.cached_table(path, parse)
 
+    def model_loaded(self, model: str) -> bool:
+        """See ``ScanCache.model_loaded``: a model's files and device are this host's, so
+        what loaded here is remembered in this host's cache, not in the shared database."""
+        return self.cache.model_loaded(model)
+
+    def note_model_loaded(self, model: str) -> None:
+        """See ``ScanCache.note_model_loaded``."""
+        self.cache.note_model_loaded(model)
+
     def output_stamp(self, out_dir: str, job_key: str) -> str | None:
         """See ``ScanCache.output_stamp``."""
         return self.cache.output_stamp(out_dir, job_key)

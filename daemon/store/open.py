@@ -40,3 +40,9 @@ def open_journal(settings: Settings, *, clock: Clock | None = None) -> Journal:
         clock=injected,
         host_timeout=settings.cluster.host_timeout,
     )
+
+
+def open_journal_copy(settings: Settings, *, clock: Clock = time.time) -> Journal:
+    """A private in-memory copy of the journal (empty when there is none yet): the survey runs
+    on it as on the real one, and nothing reaches ``state_dir`` (``once --dry-run``)."""
+    return SqliteJournal(settings.journal_path, clock=clock, copy=True)

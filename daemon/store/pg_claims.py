@@ -9,43 +9,51 @@ job's live claim any more.
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Callable, Collection
-from pathlib import Path
+import json
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from daemon.store.pg_rows import NOTIFY, PostgresRows, fence
+from daemon.store.attempts import quarantine_message
+from daemon.store.pg_queue import PostgresQueue
+from daemon.store.pg_rows import NOTIFY, ORDER, fence
 from daemon.store.pg_schema import CLAIMS, HOSTS, JOBS
 from daemon.store.rows import Job, backoff
+from daemon.values import AttemptEnd, CancelReason
 
 
-class PostgresClaims(PostgresRows):
+class PostgresClaims(PostgresQueue):
     """Claims, leases, end states, progress and reclaiming the jobs of dead hosts."""
 
     def claim(
         self, owner: str, lease_seconds: float, *, inboxes: Collection[str] | None = None
     ) -> Job | None:
-        """Take the oldest runnable job (queued, or waiting and due) and lease it to owner,
-        with a new fencing number; only jobs of ``inboxes`` when given."""
+        """Take the first runnable job (queued, or waiting and due) and lease it to owner:
+        the highest priority first, then by position (arrival unless moved), with a new
+        fencing number; only jobs of ``inboxes`` when given. The claim opens its attempt."""
         only = "" if inboxes is None else " AND inbox = ANY(%(inboxes)s)"
         args = {
             "owner": owner,
             "lease": lease_seconds,
             "inboxes": self.paths.names(inboxes or ()),
         }
-        # One statement (its own transaction): a claim costs one round trip.
-        rows = self._query(
-            f"WITH next AS (SELECT id FROM {JOBS} WHERE state IN ('queued', 'waiting')"
-            " AND (state = 'queued' OR coalesce(not_before, 0) <= {now})"
-            f"{only} ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-            f" UPDATE {JOBS} j SET state = 'running', attempts = attempts + 1,"
-            " lease_owner = %(owner)s, lease_expires = {now} + %(lease)s,"
-            " started_at = {now}, finished_at = NULL, seconds = NULL, progress_done = 0,"
-            " progress_total = 0, progress_note = '', updated_at = {now},"
-            f" claim = nextval('{CLAIMS}') FROM next WHERE j.id = next.id RETURNING j.*",
-            args,
-        )
-        return self._job(rows[0]) if rows else None
+        with self._tx() as db:
+            row = self._run(
+                db,
+                f"WITH next AS (SELECT id FROM {JOBS} WHERE state IN ('queued', 'waiting')"
+                " AND (state = 'queued' OR coalesce(not_before, 0) <= {now})"
+                f"{only} ORDER BY priority DESC, {ORDER} LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                f" UPDATE {JOBS} j SET state = 'running', attempts = attempts + 1,"
+                " lease_owner = %(owner)s, lease_expires = {now} + %(lease)s,"
+                " started_at = {now}, finished_at = NULL, seconds = NULL, progress_done = 0,"
+                " progress_total = 0, progress_note = '', finished = '[]', cancel = NULL,"
+                f" updated_at = {{now}}, claim = nextval('{CLAIMS}') FROM next"
+                " WHERE j.id = next.id RETURNING j.*",
+                args,
+            ).fetchone()
+            if row is None:
+                return None
+            self._begin(db, int(row["id"]), owner, float(row["started_at"]))
+            return self._job(row)
 
     def holds(self, job_id: int, claim: int) -> bool:
         """Whether ``claim`` is still the live claim of a running job."""
@@ -71,22 +79,41 @@ class PostgresClaims(PostgresRows):
 
     def mark_done(self, job_id: int, *, seconds: float, claim: int | None = None) -> bool:
         """The job's outputs are complete."""
-        return self._finish(job_id, "done", None, seconds, claim)
+        return self._finish(job_id, AttemptEnd.done, None, seconds, claim)
 
     def mark_failed(self, job_id: int, error: str, *, claim: int | None = None) -> bool:
         """The input is bad; terminal until the input or its sidecar changes."""
-        return self._finish(job_id, "failed", error, None, claim)
+        return self._finish(job_id, AttemptEnd.failed, error, None, claim)
 
     def _finish(
-        self, job_id: int, state: str, error: str | None, seconds: float | None, claim: int | None
+        self,
+        job_id: int,
+        state: AttemptEnd,
+        error: str | None,
+        seconds: float | None,
+        claim: int | None,
     ) -> bool:
+        # A forced regeneration is spent once it has ended one way or the other; a cancel
+        # that came too late to stop it is forgotten.
         sql = (
             f"UPDATE {JOBS} SET state = %(state)s, error = %(error)s, seconds = %(seconds)s,"
             " finished_at = {now}, updated_at = {now}, not_before = NULL, lease_owner = NULL,"
-            f" lease_expires = NULL, force = false WHERE id = %(id)s{fence(claim)}"
+            " lease_expires = NULL, force = false, cancel = NULL"
+            f" WHERE id = %(id)s{fence(claim)} RETURNING finished_at"
         )
-        args = {"state": state, "error": error, "seconds": seconds, "id": job_id, "claim": claim}
-        return self._exec(sql, args) > 0
+        args = {
+            "state": state.value,
+            "error": error,
+            "seconds": seconds,
+            "id": job_id,
+            "claim": claim,
+        }
+        with self._tx() as db:
+            row = self._run(db, sql, args).fetchone()
+            if row is None:
+                return False
+            self._end(db, job_id, state, float(row["finished_at"]))
+            return True
 
     def mark_waiting(
         self,
@@ -104,17 +131,19 @@ class PostgresClaims(PostgresRows):
             if row is None:
                 return False
             delay = backoff(row["waits"]) if retry_in is None else retry_in
-            return bool(
-                self._run(
-                    db,
-                    f"UPDATE {JOBS} SET state = 'waiting', error = %(error)s,"
-                    " not_before = {now} + %(delay)s, waits = waits + 1, attempts = CASE"
-                    " WHEN state = 'running' THEN greatest(attempts - 1, 0) ELSE attempts END,"
-                    " lease_owner = NULL, lease_expires = NULL, updated_at = {now}"
-                    f" WHERE id = %(id)s{fence(claim)}",
-                    {"error": error, "delay": delay, "id": job_id, "claim": claim},
-                ).rowcount
-            )
+            changed = self._run(
+                db,
+                f"UPDATE {JOBS} SET state = 'waiting', error = %(error)s,"
+                " not_before = {now} + %(delay)s, waits = waits + 1, attempts = CASE"
+                " WHEN state = 'running' THEN greatest(attempts - 1, 0) ELSE attempts END,"
+                " lease_owner = NULL, lease_expires = NULL, updated_at = {now}"
+                f" WHERE id = %(id)s{fence(claim)} RETURNING updated_at",
+                {"error": error, "delay": delay, "id": job_id, "claim": claim},
+            ).fetchone()
+            if changed is None:
+                return False
+            self._end(db, job_id, AttemptEnd.waiting, float(changed["updated_at"]))
+            return True
 
     def mark_queued(self, job_id: int, *, claim: int | None = None) -> bool:
         """A stop interrupted the job: queue it again without counting the claim."""
@@ -124,23 +153,47 @@ class PostgresClaims(PostgresRows):
                 f"UPDATE {JOBS} SET state = 'queued', not_before = NULL, attempts = CASE"
                 " WHEN state = 'running' THEN greatest(attempts - 1, 0) ELSE attempts END,"
                 " lease_owner = NULL, lease_expires = NULL, updated_at = {now}"
-                f" WHERE id = %(id)s{fence(claim)}",
+                f" WHERE id = %(id)s{fence(claim)} RETURNING updated_at",
                 {"id": job_id, "claim": claim},
-            ).rowcount
-            if changed:
-                db.execute(NOTIFY)
-            return bool(changed)
+            ).fetchone()
+            if changed is None:
+                return False
+            self._end(db, job_id, AttemptEnd.stopped, float(changed["updated_at"]))
+            db.execute(NOTIFY)
+            return True
 
     def set_progress(
-        self, job_id: int, done: int, total: int, note: str = "", *, claim: int | None = None
+        self,
+        job_id: int,
+        done: int,
+        total: int,
+        note: str = "",
+        *,
+        finished: Iterable[int] | None = None,
+        steps: int = 0,
+        claim: int | None = None,
     ) -> bool:
-        """Record how far a running job has come (shown by ``dropforge status``)."""
+        """Record how far a running job has come (shown by ``dropforge status`` and the web
+        UI): ``done`` outputs finished of ``total`` (``finished``: the indices of the planned
+        outputs finished so far), ``steps`` denoising steps since the last one."""
         sql = (
             f"UPDATE {JOBS} SET progress_done = %(done)s, progress_total = %(total)s,"
-            f" progress_note = %(note)s, updated_at = {{now}} WHERE id = %(id)s{fence(claim)}"
+            " progress_note = %(note)s, finished = coalesce(%(finished)s, finished),"
+            f" updated_at = {{now}} WHERE id = %(id)s{fence(claim)} RETURNING id"
         )
-        args = {"done": done, "total": total, "note": note, "id": job_id, "claim": claim}
-        return self._exec(sql, args) > 0
+        args = {
+            "done": done,
+            "total": total,
+            "note": note,
+            "finished": None if finished is None else json.dumps(sorted(finished)),
+            "id": job_id,
+            "claim": claim,
+        }
+        with self._tx() as db:
+            if self._run(db, sql, args).fetchone() is None:
+                return False
+            self._reach(db, job_id, done, total, note, steps)
+            return True
 
     def recover(
         self,
@@ -166,42 +219,58 @@ class PostgresClaims(PostgresRows):
         suspects = [(r["id"], r["lease_owner"]) for r in found if self._dead(r, alive, spare)]
         if not suspects:
             return 0, 0
+        requeued = quarantined = 0
         with self._tx() as db:
+            now = float(self._run(db, "SELECT {now} AS now").fetchone()["now"])
             dead = [
                 r
                 for r in self._run(
                     db,
-                    f"SELECT id, inbox, input, attempts, lease_owner FROM {JOBS}"
+                    f"SELECT id, inbox, input, attempts, lease_owner, cancel, started_at,"
+                    f" progress_done, progress_total, progress_note FROM {JOBS}"
                     " WHERE id = ANY(%(ids)s) AND state = 'running' FOR UPDATE SKIP LOCKED",
                     {"ids": [i for i, _ in suspects]},
                 ).fetchall()
                 if (r["id"], r["lease_owner"]) in set(suspects)
             ]
-            doomed = [r for r in dead if r["attempts"] >= max_attempts]
-            for r in doomed:
-                retry_path = shlex.quote(str(Path(self.paths.inbox_path(r["inbox"])) / r["input"]))
-                error = (
-                    f"quarantined: {r['attempts']} claims never finished (the process died "
-                    f"each time); run dropforge retry {retry_path}"
-                )
+            for r in dead:
+                if r["cancel"]:  # canceled while its process died: never run again
+                    self._end(db, r["id"], AttemptEnd.canceled, now)
+                    self._run(
+                        db,
+                        f"UPDATE {JOBS} SET state = 'canceled', error = %(error)s,"
+                        " finished_at = {now}, updated_at = {now}, lease_owner = NULL,"
+                        " lease_expires = NULL WHERE id = %(id)s",
+                        {"error": CancelReason(r["cancel"]).describe(), "id": r["id"]},
+                    )
+                    continue
+                last = self._judge_death(db, r, now)
+                attempts = r["attempts"] if last.counted else r["attempts"] - 1
+                if last.counted and attempts >= max_attempts:
+                    inbox = self.paths.inbox_path(r["inbox"])
+                    self._run(
+                        db,
+                        f"UPDATE {JOBS} SET state = 'quarantined', error = %(error)s,"
+                        " finished_at = {now}, updated_at = {now}, lease_owner = NULL,"
+                        " lease_expires = NULL WHERE id = %(id)s",
+                        {
+                            "error": quarantine_message(inbox, r["input"], attempts, last),
+                            "id": r["id"],
+                        },
+                    )
+                    quarantined += 1
+                    continue
                 self._run(
                     db,
-                    f"UPDATE {JOBS} SET state = 'quarantined', error = %(error)s,"
-                    " finished_at = {now}, updated_at = {now}, lease_owner = NULL,"
-                    " lease_expires = NULL WHERE id = %(id)s",
-                    {"error": error, "id": r["id"]},
+                    f"UPDATE {JOBS} SET state = 'queued', attempts = %(attempts)s,"
+                    " lease_owner = NULL, lease_expires = NULL, updated_at = {now}"
+                    " WHERE id = %(id)s",
+                    {"attempts": max(attempts, 0), "id": r["id"]},
                 )
-            doomed_ids = {r["id"] for r in doomed}
-            requeue = [r["id"] for r in dead if r["id"] not in doomed_ids]
-            if requeue:
-                self._run(
-                    db,
-                    f"UPDATE {JOBS} SET state = 'queued', lease_owner = NULL,"
-                    " lease_expires = NULL, updated_at = {now} WHERE id = ANY(%(ids)s)",
-                    {"ids": requeue},
-                )
+                requeued += 1
+            if requeued:
                 db.execute(NOTIFY)
-        return len(requeue), len(doomed)
+        return requeued, quarantined
 
     def _dead(
         self, row: dict[str, Any], alive: Callable[[str], bool] | None, spare: str | None

@@ -11,20 +11,26 @@ from daemon.errors import JobNotFound
 from daemon.store.pg_base import PostgresDatabase
 from daemon.store.pg_schema import CHANNEL, JOB_COLUMNS, JOBS
 from daemon.store.portable import OUTPUT
-from daemon.store.rows import Job, JobDigest
-from daemon.values import JobState
+from daemon.store.rows import Job, JobDigest, PlannedFile
+from daemon.values import CancelReason, JobState
 
 # The columns a requeue resets, the rows a requeue may not touch, the wake-up of idle hosts.
 REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_before = NULL,
     lease_owner = NULL, lease_expires = NULL, progress_done = 0, progress_total = 0,
-    progress_note = '', updated_at = {now}"""
+    progress_note = '', cancel = NULL, finished = '[]', updated_at = {now}"""
 NOT_LEASED = "NOT (state = 'running' AND coalesce(lease_expires, 0) > {now})"
 NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+# A job's place among jobs of its priority: a position set by a move, else its arrival.
+ORDER = "coalesce(position, id::float8)"
+RUNNABLE = "state IN ('queued', 'waiting')"
 
 
-def fence(claim: int | None) -> str:
-    """The condition a write of a claimed job adds: that claim is still the live one."""
-    return "" if claim is None else " AND state = 'running' AND claim = %(claim)s"
+def fence(claim: int | None, table: str = "") -> str:
+    """The condition a write of a claimed job adds: that claim is still the live one
+    (``table`` qualifies the columns, e.g. ``j.``)."""
+    if claim is None:
+        return ""
+    return f" AND {table}state = 'running' AND {table}claim = %(claim)s"
 
 
 def folder_of(input: str) -> str:
@@ -46,6 +52,9 @@ class PostgresRows(PostgresDatabase):
         values["state"] = JobState(row["state"])
         values["deps"] = tuple(self.paths.deps_paths(name, json.loads(row["deps"])))
         values["claim"] = int(row["claim"])
+        values["planned"] = tuple(PlannedFile(f, s) for f, s in json.loads(row["planned"]))
+        values["finished"] = tuple(json.loads(row["finished"]))
+        values["cancel"] = CancelReason(row["cancel"]) if row["cancel"] else None
         return Job(**values)
 
     def _jobs(self, rows: Iterable[dict[str, Any]]) -> list[Job]:
@@ -129,6 +138,47 @@ class PostgresRows(PostgresDatabase):
             )
         )
 
+    def recent_cancels(self, limit: int = 10) -> list[Job]:
+        """Canceled jobs, newest first."""
+        return self._jobs(
+            self._query(
+                f"SELECT * FROM {JOBS} WHERE state = 'canceled'"
+                " ORDER BY updated_at DESC, id DESC LIMIT %(n)s",
+                {"n": limit},
+            )
+        )
+
     def running(self) -> list[Job]:
         """Jobs in state running, in arrival order."""
         return self.jobs([JobState.running])
+
+    def queue(self, limit: int = 100) -> list[Job]:
+        """Queued jobs in the order they will be claimed."""
+        return self._jobs(
+            self._query(
+                f"SELECT * FROM {JOBS} WHERE state = 'queued'"
+                f" ORDER BY priority DESC, {ORDER} LIMIT %(n)s",
+                {"n": limit},
+            )
+        )
+
+    def active_in_folder(self, inbox: str, folder: str) -> int:
+        """Jobs queued, running or waiting whose input lies directly in ``folder`` ("" or
+        "a/b/") of ``inbox``: a drop is finished when none is left."""
+        rows = self._query(
+            f"SELECT count(*) AS n FROM {JOBS} WHERE state IN ('queued', 'running', 'waiting')"
+            " AND inbox = %(inbox)s AND folder = %(folder)s",
+            {"inbox": self.paths.inbox_name(inbox), "folder": folder},
+        )
+        return int(rows[0]["n"])
+
+    def active_folders(self, limit: int = 1000) -> dict[tuple[str, str], int]:
+        """(inbox, folder) → how many jobs there are queued, running or waiting: the drops
+        still in progress."""
+        rows = self._query(
+            f"SELECT inbox, folder, count(*) AS n FROM {JOBS}"
+            " WHERE state IN ('queued', 'running', 'waiting') GROUP BY inbox, folder"
+            " LIMIT %(n)s",
+            {"n": limit},
+        )
+        return {(self.paths.inbox_path(r["inbox"]), r["folder"]): int(r["n"]) for r in rows}

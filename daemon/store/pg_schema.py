@@ -19,7 +19,9 @@ SETTINGS = "dropforge_settings"
 VERSION_TABLE = "dropforge_schema"
 CLAIMS = "dropforge_claims"  # the sequence of fencing numbers
 REVS = "dropforge_revs"  # the sequence of job revisions (what folder marks compare)
+ATTEMPTS = "dropforge_attempts"
 CHANNEL = "dropforge_jobs"  # LISTEN/NOTIFY: a job became runnable
+CHANGES = "dropforge_changes"  # LISTEN/NOTIFY: a job row changed (``JobStore.revision``)
 
 # Advisory lock keys (pg_advisory_*): one per cluster-wide activity.
 LOCK_SCHEMA = 0x64660001
@@ -29,7 +31,8 @@ LOCK_PRUNE = 0x64660002
 JOB_COLUMNS = (
     "id, inbox, input, kind, fingerprint, job_key, out_dir, state, attempts, waits, error,"
     " not_before, created_at, updated_at, started_at, finished_at, seconds, lease_owner,"
-    " lease_expires, progress_done, progress_total, progress_note, force, deps, claim"
+    " lease_expires, progress_done, progress_total, progress_note, force, deps, claim,"
+    " priority, position, cancel, task, planned, finished"
 )
 
 _V1 = [
@@ -82,7 +85,41 @@ _V1 = [
     )""",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1]
+# 2: queue control (priorities, positions, cancel requests, planned and finished outputs),
+# every claim of a job with how far it got (attempts), and a notification on every change of
+# a job row, which ``revision`` counts (other processes and the web UI hear cancels, priority
+# changes and progress through it).
+_V2 = [
+    f"ALTER TABLE {JOBS} ADD COLUMN priority integer NOT NULL DEFAULT 0",
+    f"ALTER TABLE {JOBS} ADD COLUMN position double precision",
+    f"ALTER TABLE {JOBS} ADD COLUMN cancel text",
+    f"ALTER TABLE {JOBS} ADD COLUMN task text NOT NULL DEFAULT ''",
+    f"ALTER TABLE {JOBS} ADD COLUMN planned text NOT NULL DEFAULT '[]'",
+    f"ALTER TABLE {JOBS} ADD COLUMN finished text NOT NULL DEFAULT '[]'",
+    # Claims take the highest priority first, then the position (NULL: arrival, the id).
+    f"DROP INDEX {JOBS}_runnable",
+    f"""CREATE INDEX {JOBS}_runnable ON {JOBS}
+        (priority DESC, (coalesce(position, id::float8)))
+        WHERE state IN ('queued', 'waiting')""",
+    f"""CREATE TABLE {ATTEMPTS} (
+        job_id bigint NOT NULL REFERENCES {JOBS} (id) ON DELETE CASCADE,
+        number integer NOT NULL, owner text, started_at double precision NOT NULL,
+        ended_at double precision, ended text NOT NULL DEFAULT 'running',
+        stage text NOT NULL DEFAULT 'preparing', outputs integer NOT NULL DEFAULT 0,
+        total integer NOT NULL DEFAULT 0, steps integer NOT NULL DEFAULT 0,
+        note text NOT NULL DEFAULT '', counted boolean NOT NULL DEFAULT false,
+        start_outputs integer, PRIMARY KEY (job_id, number)
+    )""",
+    f"""CREATE FUNCTION {JOBS}_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{CHANGES}', '');
+        RETURN NULL;
+    END $$""",
+    f"""CREATE TRIGGER {JOBS}_changed AFTER INSERT OR UPDATE OR DELETE ON {JOBS}
+        FOR EACH ROW EXECUTE FUNCTION {JOBS}_changed()""",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from daemon.store.pg_claims import PostgresClaims
 from daemon.store.pg_rows import NOT_LEASED, NOTIFY, REQUEUE_SET, fence, folder_of
 from daemon.store.pg_schema import CHANNEL, JOBS, LOCK_PRUNE
-from daemon.store.rows import Job
+from daemon.store.rows import MAX_PLANNED, Job, PlannedFile
 from daemon.values import JobState
+
+
+def planned_json(planned: Sequence[PlannedFile]) -> str:
+    """The ``planned`` column: the first MAX_PLANNED outputs as [[file, seed], …]."""
+    return json.dumps([[p.file, p.seed] for p in planned[:MAX_PLANNED]], ensure_ascii=False)
 
 
 class PostgresJobStore(PostgresClaims):
@@ -32,8 +37,16 @@ class PostgresJobStore(PostgresClaims):
         out_dir: str,
         force: bool = False,
         deps: Iterable[str] = (),
+        priority: int = 0,
+        task: str = "",
+        planned: Sequence[PlannedFile] = (),
     ) -> tuple[Job, bool]:
-        """Queue a job for an input; return it and whether it was (re)queued."""
+        """Queue a job for an input; return it and whether it was (re)queued.
+
+        An unchanged row is left alone unless ``force`` (its priority too); a changed
+        fingerprint or job key starts it over at ``priority``. A running job under a live
+        lease is never touched.
+        """
         args = {
             "inbox": self.paths.inbox_name(inbox),
             "input": input,
@@ -44,13 +57,17 @@ class PostgresJobStore(PostgresClaims):
             "out_dir": self.paths.out_dir_name(inbox, out_dir),
             "force": force,
             "deps": json.dumps(self.paths.deps_names(inbox, deps)),
+            "priority": priority,
+            "task": task,
+            "planned": planned_json(planned),
         }
         # A new input (the common case): one statement inserts it and notifies idle hosts.
         inserted = self._query(
             f"WITH new AS (INSERT INTO {JOBS} (inbox, input, folder, kind, fingerprint,"
-            " job_key, out_dir, state, created_at, updated_at, force, deps) VALUES (%(inbox)s,"
-            " %(input)s, %(folder)s, %(kind)s, %(fingerprint)s, %(job_key)s, %(out_dir)s,"
-            " 'queued', {now}, {now}, %(force)s, %(deps)s) ON CONFLICT (inbox, input)"
+            " job_key, out_dir, state, created_at, updated_at, force, deps, priority, task,"
+            " planned) VALUES (%(inbox)s, %(input)s, %(folder)s, %(kind)s, %(fingerprint)s,"
+            " %(job_key)s, %(out_dir)s, 'queued', {now}, {now}, %(force)s, %(deps)s,"
+            " %(priority)s, %(task)s, %(planned)s) ON CONFLICT (inbox, input)"
             f" DO NOTHING RETURNING *) SELECT new.*, pg_notify('{CHANNEL}', '') FROM new",
             args,
         )
@@ -66,9 +83,10 @@ class PostgresJobStore(PostgresClaims):
                 new = self._run(
                     db,
                     f"INSERT INTO {JOBS} (inbox, input, folder, kind, fingerprint, job_key,"
-                    " out_dir, state, created_at, updated_at, force, deps) VALUES (%(inbox)s,"
-                    " %(input)s, %(folder)s, %(kind)s, %(fingerprint)s, %(job_key)s, %(out_dir)s,"
-                    " 'queued', {now}, {now}, %(force)s, %(deps)s)"
+                    " out_dir, state, created_at, updated_at, force, deps, priority, task,"
+                    " planned) VALUES (%(inbox)s, %(input)s, %(folder)s, %(kind)s,"
+                    " %(fingerprint)s, %(job_key)s, %(out_dir)s, 'queued', {now}, {now},"
+                    " %(force)s, %(deps)s, %(priority)s, %(task)s, %(planned)s)"
                     " ON CONFLICT (inbox, input) DO NOTHING RETURNING *",
                     args,
                 ).fetchone()
@@ -82,25 +100,44 @@ class PostgresJobStore(PostgresClaims):
             leased = job.state is JobState.running and (job.lease_expires or 0.0) > row["now_"]
             already_forced = job.state is JobState.queued and job.force
             if leased or (same and (not force or already_forced)):
+                if planned and not job.planned:  # a row from before plans were recorded
+                    self._run(
+                        db,
+                        f"UPDATE {JOBS} SET task = %(task)s, planned = %(planned)s"
+                        " WHERE id = %(id)s",
+                        {**args, "id": job.id},
+                    )
                 return job, False
             new = self._run(
                 db,
                 f"UPDATE {JOBS} SET {REQUEUE_SET}, kind = %(kind)s,"
                 " fingerprint = %(fingerprint)s, job_key = %(job_key)s, out_dir = %(out_dir)s,"
                 " force = %(force)s, deps = %(deps)s, started_at = NULL, finished_at = NULL,"
-                " seconds = NULL WHERE id = %(id)s RETURNING *",
+                " seconds = NULL, priority = %(priority)s, position = NULL, task = %(task)s,"
+                " planned = %(planned)s WHERE id = %(id)s RETURNING *",
                 {**args, "id": job.id},
             ).fetchone()
+            self._forget(db, [job.id])
             db.execute(NOTIFY)
             return self._job(new), True
 
     def update_identity(
-        self, job_id: int, fingerprint: str, job_key: str, out_dir: str, *, claim: int | None = None
+        self,
+        job_id: int,
+        fingerprint: str,
+        job_key: str,
+        out_dir: str,
+        *,
+        task: str | None = None,
+        planned: Sequence[PlannedFile] | None = None,
+        claim: int | None = None,
     ) -> bool:
-        """Record what a claimed job is actually about to do (its inputs may have changed)."""
+        """Record what a claimed job is actually about to do (its inputs may have changed);
+        with ``claim``, only while that claim is the live one (False: it was lost)."""
         sql = (
             f"UPDATE {JOBS} SET fingerprint = %(fp)s, job_key = %(key)s,"
-            " out_dir = coalesce(%(outs)s::jsonb ->> inbox, %(out)s), updated_at = {now}"
+            " out_dir = coalesce(%(outs)s::jsonb ->> inbox, %(out)s), updated_at = {now},"
+            " task = coalesce(%(task)s, task), planned = coalesce(%(planned)s, planned)"
             f" WHERE id = %(id)s{fence(claim)}"
         )
         args = {
@@ -110,6 +147,8 @@ class PostgresJobStore(PostgresClaims):
             "out": out_dir,
             "id": job_id,
             "claim": claim,
+            "task": task,
+            "planned": None if planned is None else planned_json(planned),
         }
         return self._exec(sql, args) > 0
 
@@ -130,9 +169,11 @@ class PostgresJobStore(PostgresClaims):
             f" WHERE ({where}) AND {NOT_LEASED} RETURNING id",
             {**args, "force": force},
         ).fetchall()
-        if rows:
+        ids = [int(r["id"]) for r in rows]
+        if ids:
+            self._forget(db, ids)
             db.execute(NOTIFY)
-        return {int(r["id"]) for r in rows}
+        return set(ids)
 
     def retry(
         self,
@@ -148,6 +189,12 @@ class PostgresJobStore(PostgresClaims):
                 where = "inbox = %(inbox)s AND input = %(input)s"
                 args = {"inbox": self.paths.inbox_name(inbox), "input": input}
                 done |= self._requeue(db, where, args, force)
+                # A cancel still on its way to a running job is taken back.
+                self._run(
+                    db,
+                    f"UPDATE {JOBS} SET cancel = NULL WHERE {where} AND state = 'running'",
+                    args,
+                )
             for state in states:
                 done |= self._requeue(db, "state = %(state)s", {"state": state.value}, force)
         return len(done)
@@ -155,8 +202,8 @@ class PostgresJobStore(PostgresClaims):
     def prune_jobs(
         self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists
     ) -> int:
-        """Forget done jobs untouched for ``older_than`` seconds whose input has left the
-        inbox; one host at a time (an advisory lock), only inboxes this host knows."""
+        """Forget done and canceled jobs untouched for ``older_than`` seconds whose input has
+        left the inbox; one host at a time (an advisory lock), only inboxes this host knows."""
         with self._tx() as db:
             got = db.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (LOCK_PRUNE,))
             lock = got.fetchone()
@@ -164,7 +211,7 @@ class PostgresJobStore(PostgresClaims):
                 return 0
             rows = self._run(
                 db,
-                f"SELECT id, inbox, input FROM {JOBS} WHERE state = 'done'"
+                f"SELECT id, inbox, input FROM {JOBS} WHERE state IN ('done', 'canceled')"
                 " AND updated_at < {now} - %(age)s",
                 {"age": older_than},
             ).fetchall()
@@ -179,7 +226,7 @@ class PostgresJobStore(PostgresClaims):
             return int(
                 self._run(
                     db,
-                    f"DELETE FROM {JOBS} WHERE id = ANY(%(ids)s) AND state = 'done'"
+                    f"DELETE FROM {JOBS} WHERE id = ANY(%(ids)s) AND state IN ('done', 'canceled')"
                     " AND updated_at < {now} - %(age)s",
                     {"ids": gone, "age": older_than},
                 ).rowcount

@@ -11,19 +11,29 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from daemon.store.rows import FolderMark, Host, Job, JobDigest
-from daemon.values import Clock, JobState
+from daemon.store.rows import Attempt, CancelResult, FolderMark, Host, Job, JobDigest, PlannedFile
+from daemon.values import AttemptStage, CancelReason, Clock, JobState
 
 
 class JobStore(Protocol):
-    """Jobs and their life cycle: ``queued → running → done | failed | waiting | quarantined``.
+    """Jobs and their life cycle:
+    ``queued → running → done | failed | waiting | quarantined | canceled``.
 
     Times come from ``clock``. A claim leases a job to an owner; only writes that the
-    protocol names may change a job another owner holds under a live lease.
+    protocol names may change a job another owner holds under a live lease (a cancel only
+    asks: the owner's worker stops the job and marks it canceled). Claims take the highest
+    priority first, then the position (arrival, unless the job was moved). Each claim is an
+    attempt, recorded until the job is requeued: how it ended and how far it got.
+
+    Each claim also takes a fencing number (``Job.claim``) from an ever-growing sequence.
+    Every write a worker makes of its claimed job accepts ``claim=``: the write happens only
+    while that claim is the job's live one, and False says it was refused (the claim was
+    lost to another worker: the caller writes nothing more). Without ``claim`` the write is
+    unconditional (one process, or a person's command).
     """
 
     clock: Clock
@@ -39,22 +49,30 @@ class JobStore(Protocol):
         out_dir: str,
         force: bool = False,
         deps: Iterable[str] = (),
+        priority: int = 0,
+        task: str = "",
+        planned: Sequence[PlannedFile] = (),
     ) -> tuple[Job, bool]:
         """Queue a job for an input; return it and whether it was (re)queued.
 
         An unchanged row is left alone unless ``force``; a changed fingerprint or job key
-        starts it over. A running job under a live lease is never touched.
+        starts it over (at ``priority``, with its plan). A running job under a live lease is
+        never touched.
         """
         ...
 
     def update_identity(
-        self, job_id: int, fingerprint: str, job_key: str, out_dir: str, *, claim: int | None = None
+        self,
+        job_id: int,
+        fingerprint: str,
+        job_key: str,
+        out_dir: str,
+        *,
+        task: str | None = None,
+        planned: Sequence[PlannedFile] | None = None,
+        claim: int | None = None,
     ) -> bool:
-        """Record what a claimed job is actually about to do (its inputs may have changed).
-
-        With ``claim`` (here and in every write below) the write happens only while that
-        claim is the job's live one, and False says it was refused: the claim was lost.
-        """
+        """Record what a claimed job is actually about to do (its inputs may have changed)."""
         ...
 
     def get_job(self, inbox: str, input: str) -> Job | None:
@@ -80,8 +98,9 @@ class JobStore(Protocol):
     def claim(
         self, owner: str, lease_seconds: float, *, inboxes: Collection[str] | None = None
     ) -> Job | None:
-        """Take the oldest runnable job (queued, or waiting and due) and lease it to owner,
-        with a new fencing number (``Job.claim``); only jobs of ``inboxes`` when given."""
+        """Take the first runnable job (queued, or waiting and due) and lease it to owner,
+        with a new fencing number (``Job.claim``); only jobs of ``inboxes`` when given. The
+        claim is its next attempt (``attempts``), at stage preparing."""
         ...
 
     def holds(self, job_id: int, claim: int) -> bool:
@@ -128,13 +147,77 @@ class JobStore(Protocol):
     ) -> tuple[int, int]:
         """Requeue running jobs that no process runs any more; quarantine crash loops; return
         (requeued, quarantined). ``alive(owner)`` tells whether a lease owner still runs;
-        the jobs of owner ``spare`` are left alone."""
+        the jobs of owner ``spare`` are left alone.
+
+        Each such claim ends as ``died``; it counts toward ``max_attempts`` by the rule of
+        ``store.attempts`` (not when it got further than the claim before, or died loading a
+        model that loads here), and the message of a quarantined job says where it died."""
         ...
 
     def set_progress(
-        self, job_id: int, done: int, total: int, note: str = "", *, claim: int | None = None
+        self,
+        job_id: int,
+        done: int,
+        total: int,
+        note: str = "",
+        *,
+        finished: Iterable[int] | None = None,
+        steps: int = 0,
+        claim: int | None = None,
     ) -> bool:
-        """Record how far a running job has come (shown by ``dropforge status``)."""
+        """Record how far a running job has come (shown by ``dropforge status``): ``done``
+        outputs finished of ``total`` (``finished``: the indices of its planned outputs
+        finished so far) and ``steps`` denoising steps since the last finished one. The
+        running attempt keeps the furthest such point (and its note); a step means the
+        attempt is generating."""
+        ...
+
+    def set_stage(self, job_id: int, stage: AttemptStage, *, claim: int | None = None) -> bool:
+        """Record where the running attempt of a job stands before its first step."""
+        ...
+
+    def attempts(self, job_id: int) -> list[Attempt]:
+        """Every claim of a job since it was last (re)queued, oldest first: the last 20, and
+        the last 20 that died or were stopped."""
+        ...
+
+    def cancel(
+        self,
+        *,
+        ids: Iterable[int] = (),
+        states: Iterable[JobState] = (),
+        reason: CancelReason = CancelReason.requested,
+    ) -> CancelResult:
+        """Cancel the jobs named by id and every job in ``states``: queued and waiting ones at
+        once; running ones are asked to stop (their ``cancel`` is set). Others are left."""
+        ...
+
+    def mark_canceled(self, job_id: int, note: str = "", *, claim: int | None = None) -> bool:
+        """A running job stopped for its cancel: canceled, terminal until its input changes."""
+        ...
+
+    def set_priority(self, job_id: int, priority: int) -> Job:
+        """Give a job a priority (its arrival place among that priority's jobs)."""
+        ...
+
+    def move(
+        self,
+        job_id: int,
+        *,
+        to: Literal["top", "bottom"] | None = None,
+        before: int | None = None,
+    ) -> Job:
+        """Make a job the first (``top``) or last (``bottom``) runnable job, or place it just
+        before job ``before``, changing its priority as needed; JobNotFound when gone."""
+        ...
+
+    def queue(self, limit: int = 100) -> list[Job]:
+        """Queued jobs in the order they will be claimed."""
+        ...
+
+    def revision(self) -> int:
+        """A number that changes whenever another handle on the store (another process, or
+        in a cluster another host) commits a change."""
         ...
 
     def counts(self) -> dict[JobState, int]:
@@ -151,6 +234,10 @@ class JobStore(Protocol):
 
     def recent_failures(self, limit: int = 10) -> list[Job]:
         """Failed and quarantined jobs, newest first."""
+        ...
+
+    def recent_cancels(self, limit: int = 10) -> list[Job]:
+        """Canceled jobs, newest first."""
         ...
 
     def running(self) -> list[Job]:
@@ -170,11 +257,20 @@ class JobStore(Protocol):
         """
         ...
 
+    def active_folders(self, limit: int = 1000) -> dict[tuple[str, str], int]:
+        """(inbox, folder) → jobs queued, running or waiting there (drops in progress)."""
+        ...
+
+    def active_in_folder(self, inbox: str, folder: str) -> int:
+        """Jobs queued, running or waiting whose input lies directly in ``folder`` ("" or
+        "a/b/") of ``inbox``."""
+        ...
+
     def prune_jobs(
         self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists
     ) -> int:
-        """Forget done jobs untouched for ``older_than`` seconds whose input has left the
-        inbox; return how many."""
+        """Forget done and canceled jobs untouched for ``older_than`` seconds whose input has
+        left the inbox; return how many."""
         ...
 
 
@@ -205,6 +301,14 @@ class ScanCache(Protocol):
         self, path: str, parse: Callable[[str], dict[str, Any] | None]
     ) -> dict[str, Any] | None:
         """A small TOML file's parsed table, re-read only when its stat changed."""
+        ...
+
+    def model_loaded(self, model: str) -> bool:
+        """Whether the model ``model`` describes (source, device, files) loaded here before."""
+        ...
+
+    def note_model_loaded(self, model: str) -> None:
+        """Record that the model ``model`` describes loaded on this host."""
         ...
 
     def output_stamp(self, out_dir: str, job_key: str) -> str | None:

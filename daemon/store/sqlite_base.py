@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 from daemon.errors import ConfigError
 from daemon.values import Clock
 
-SCHEMA_VERSION = 1
+# 2: queue control (priority, position, cancel requests, planned outputs) and how far each
+# claim of a job got (attempts, model_loads); a version 1 journal is upgraded in place when it
+# is opened (_UPGRADES, then _ADDED).
+# 3: fencing numbers: every claim takes a new number, and a worker's later writes of the job
+# name it, so a process that lost its claim (frozen past its lease, say) cannot overwrite the
+# new owner's.
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 10.0
 
 _SCHEMA = """
@@ -47,6 +53,29 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_claim ON jobs (state, id);
 CREATE INDEX jobs_state_updated ON jobs (state, updated_at);
 """
+
+# The steps from each version to the next: a journal of version N runs _UPGRADES[N], then
+# the later ones, in one transaction; a new journal is made at version 1 and upgraded.
+_UPGRADES: dict[int, list[str]] = {
+    # 1 → 2, queue control: claims by priority, then position (NULL: arrival, the id); a
+    # cancel asked of a running job (or why a canceled job was canceled); the planned
+    # outputs [[file, seed], …] and the indices of those finished, for the queue and the UI.
+    1: [
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN position REAL",
+        "ALTER TABLE jobs ADD COLUMN cancel TEXT",
+        "ALTER TABLE jobs ADD COLUMN task TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE jobs ADD COLUMN planned TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE jobs ADD COLUMN finished TEXT NOT NULL DEFAULT '[]'",
+        "CREATE INDEX jobs_order ON jobs (state, priority DESC, coalesce(position, id))",
+    ],
+    # 2 → 3, fencing: the number of a job's latest claim (0: never claimed), drawn from the
+    # highest number in the journal plus one (an index keeps that a lookup).
+    2: [
+        "ALTER TABLE jobs ADD COLUMN claim INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX jobs_claim_number ON jobs (claim)",
+    ],
+}
 
 # What a done job's output folder looked like when it was last found complete (see
 # output_stamp): a rescan that finds the same stamp need not read the manifest again.
@@ -86,12 +115,36 @@ _FOLDER_MARK_TRIGGERS = [
     )
 ]
 
-# Fencing: every claim takes a new number, and a worker's later writes of the job name it, so a
-# process that lost its claim (frozen past its lease, say) cannot overwrite the new owner's.
-_CLAIM_COLUMN = "ALTER TABLE jobs ADD COLUMN claim INTEGER NOT NULL DEFAULT 0"
-_CLAIM_INDEX = "CREATE INDEX IF NOT EXISTS jobs_claim_number ON jobs (claim)"
+# Schema 2. Every claim of a job since it was last (re)queued: who held it, how it ended and
+# the furthest point it reached (``outputs`` finished of ``total``, then ``steps`` denoising
+# steps since the last finished output, ``stage`` before the first step; ``start_outputs``
+# the outputs already there when it first reported). ``counted`` says whether a claim the
+# process died in counted toward quarantine (see store.attempts).
+_ATTEMPTS = """CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL, number INTEGER NOT NULL, owner TEXT, started_at REAL NOT NULL,
+    ended_at REAL, ended TEXT NOT NULL DEFAULT 'running', stage TEXT NOT NULL DEFAULT 'preparing',
+    outputs INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '',
+    counted INTEGER NOT NULL DEFAULT 0, start_outputs INTEGER,
+    PRIMARY KEY (job_id, number)
+)"""
+_ATTEMPTS_TRIGGER = """CREATE TRIGGER IF NOT EXISTS attempts_forget AFTER DELETE ON jobs
+    BEGIN DELETE FROM attempts WHERE job_id = OLD.id; END"""
+# Schema 2. Models (source, device, files' stats) that have loaded on this host: a process that
+# dies while loading one of them again was not killed by the job it was loading it for.
+_MODEL_LOADS = """CREATE TABLE IF NOT EXISTS model_loads (
+    model TEXT PRIMARY KEY, loaded_at REAL NOT NULL
+)"""
 
-_ADDED = [_OUTPUT_STAMPS, _VERIFIED_INPUTS, _FOLDER_MARKS, *_FOLDER_MARK_TRIGGERS, _CLAIM_INDEX]
+_ADDED = [
+    _OUTPUT_STAMPS,
+    _VERIFIED_INPUTS,
+    _FOLDER_MARKS,
+    *_FOLDER_MARK_TRIGGERS,
+    _ATTEMPTS,
+    _ATTEMPTS_TRIGGER,
+    _MODEL_LOADS,
+]
 _ADDED_NAMES = {
     "output_stamps",
     "verified_inputs",
@@ -99,25 +152,46 @@ _ADDED_NAMES = {
     "folder_marks_insert",
     "folder_marks_delete",
     "folder_marks_update",
-    "jobs_claim_number",
+    "attempts",
+    "attempts_forget",
+    "model_loads",
 }
-
 _Database = TypeVar("_Database", bound="SqliteDatabase")
+
+
+def fence(claim: int | None, table: str = "") -> str:
+    """The condition a write of a claimed job adds: that claim is still the live one (``table``
+    qualifies the columns, e.g. ``jobs.``)."""
+    if claim is None:
+        return ""
+    return f" AND {table}state = 'running' AND {table}claim = :claim"
 
 
 class SqliteDatabase:
     """An open journal file: its connection, transactions and schema."""
 
-    def __init__(self, path: Path, *, clock: Clock = time.time) -> None:
+    def __init__(self, path: Path, *, clock: Clock = time.time, copy: bool = False) -> None:
+        """Open the journal at ``path`` (created if missing).
+
+        ``copy``: work on a private in-memory copy of it instead (empty when there is no file
+        yet); the file is only read, never created or written. ``once --dry-run`` surveys
+        such a copy, so that what it reports comes from the survey a real run makes.
+        """
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not copy:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            ":memory:" if copy else path,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=False,
         )
         self._db.row_factory = sqlite3.Row
         try:
+            if copy and path.is_file():
+                self._copy_from(path)
             self._setup()
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -125,6 +199,15 @@ class SqliteDatabase:
         except BaseException:
             self._db.close()
             raise
+
+    def _copy_from(self, path: Path) -> None:
+        """Fill this (in-memory) database with the journal at ``path``, read-only."""
+        source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            source.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            source.backup(self._db)
+        finally:
+            source.close()
 
     def _setup(self) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -139,16 +222,19 @@ class SqliteDatabase:
             if version == 0:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+                version = 1
+            elif version > SCHEMA_VERSION:
                 raise ConfigError(
-                    f"{self.path}: journal schema {version} is not the one this dropforge "
-                    f"uses ({SCHEMA_VERSION}); move the file aside to start a fresh journal"
+                    f"{self.path}: journal schema {version} is newer than the one this "
+                    f"dropforge uses ({SCHEMA_VERSION}); upgrade dropforge, or move the file "
+                    "aside to start a fresh journal"
                 )
-            # Added without a version bump: older journals gain them, older code ignores them.
-            columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
-            if "claim" not in columns:
-                db.execute(_CLAIM_COLUMN)
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _UPGRADES[step]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # Tables and triggers added since version 1 (CREATE … IF NOT EXISTS): older journals
+            # gain them; the version tells older code it would not keep them up.
             for statement in _ADDED:
                 db.execute(statement)
 
@@ -186,3 +272,12 @@ class SqliteDatabase:
     def _query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+    def revision(self) -> int:
+        """A number that changes whenever another handle (any thread or process) commits.
+
+        SQLite's ``PRAGMA data_version``: this handle's own commits do not change it, so a
+        watcher keeps a handle of its own that only reads.
+        """
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])

@@ -46,6 +46,19 @@ class SqliteScanCache(SqliteDatabase):
                 rows,
             )
 
+    def model_loaded(self, model: str) -> bool:
+        """Whether the model (source, device and files, as ``model`` describes them) has
+        loaded on this host before."""
+        return bool(self._query("SELECT 1 FROM model_loads WHERE model = ?", (model,)))
+
+    def note_model_loaded(self, model: str) -> None:
+        """Record that the model described by ``model`` loaded on this host."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO model_loads (model, loaded_at) VALUES (?, ?)",
+                (model, self.clock()),
+            )
+
     def output_stamps(self) -> dict[str, tuple[str, str]]:
         """Every recorded output folder stamp: out_dir → (job_key, stamp)."""
         rows = self._query("SELECT out_dir, job_key, stamp FROM output_stamps")

@@ -1,34 +1,36 @@
-"""The job rows in SQLite: states, leases, attempts, progress (see ``protocols.JobStore``)."""
+"""The job rows in SQLite: states, leases, attempts, progress (see ``protocols.JobStore``); the
+queue's order and cancels are in ``sqlite_queue``."""
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import sqlite3
-from collections.abc import Callable, Collection, Iterable
-from pathlib import Path
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from daemon.errors import JobNotFound
-from daemon.store.rows import Job, JobDigest, backoff
-from daemon.store.sqlite_base import SqliteDatabase
-from daemon.values import JobState
+from daemon.store.attempts import quarantine_message
+from daemon.store.rows import MAX_PLANNED, Job, JobDigest, PlannedFile, backoff
+from daemon.store.sqlite_base import fence
+from daemon.store.sqlite_queue import ORDER, SqliteQueue
+from daemon.values import AttemptEnd, CancelReason, JobState
 
 # The columns a requeue resets; kept in one place so every path back to `queued` agrees.
 _REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_before = NULL,
     lease_owner = NULL, lease_expires = NULL, progress_done = 0, progress_total = 0,
-    progress_note = '', updated_at = :now"""
+    progress_note = '', cancel = NULL, finished = '[]', updated_at = :now"""
 _NOT_LEASED = "NOT (state = 'running' AND lease_expires > :now)"
 
 
-def _fence(claim: int | None) -> str:
-    """The condition a write of a claimed job adds: that claim is still the live one."""
-    return "" if claim is None else " AND state = 'running' AND claim = :claim"
+def planned_json(planned: Sequence[PlannedFile]) -> str:
+    """The ``planned`` column: the first MAX_PLANNED outputs as [[file, seed], …]."""
+    return json.dumps([[p.file, p.seed] for p in planned[:MAX_PLANNED]], ensure_ascii=False)
 
 
-class SqliteJobStore(SqliteDatabase):
-    """The jobs table of a journal file."""
+class SqliteJobStore(SqliteQueue):
+    """The jobs table of a journal file (with, through ``SqliteQueue`` and ``SqliteAttempts``,
+    its queue order, cancels and attempts)."""
 
     def job_digests(self, inbox: str) -> dict[str, JobDigest]:
         """input → the compared columns of its job, for every job of one inbox."""
@@ -50,11 +52,15 @@ class SqliteJobStore(SqliteDatabase):
         out_dir: str,
         force: bool = False,
         deps: Iterable[str] = (),
+        priority: int = 0,
+        task: str = "",
+        planned: Sequence[PlannedFile] = (),
     ) -> tuple[Job, bool]:
         """Queue a job for an input; return it and whether it was (re)queued.
 
-        An unchanged row is left alone unless ``force``; a changed fingerprint or job key
-        starts it over. A running job under a live lease is never touched.
+        An unchanged row is left alone unless ``force`` (its priority too: a priority set by
+        a command stays until the input changes); a changed fingerprint or job key starts it
+        over at ``priority``. A running job under a live lease is never touched.
         """
         now = self.clock()
         args = {
@@ -67,6 +73,9 @@ class SqliteJobStore(SqliteDatabase):
             "force": int(force),
             "deps": json.dumps(list(deps)),
             "now": now,
+            "priority": priority,
+            "task": task,
+            "planned": planned_json(planned),
         }
         with self._tx() as db:
             row = db.execute(
@@ -75,9 +84,9 @@ class SqliteJobStore(SqliteDatabase):
             if row is None:
                 new = db.execute(
                     "INSERT INTO jobs (inbox, input, kind, fingerprint, job_key, out_dir, state,"
-                    " created_at, updated_at, force, deps) VALUES (:inbox, :input, :kind,"
-                    " :fingerprint, :job_key, :out_dir, 'queued', :now, :now, :force, :deps)"
-                    " RETURNING *",
+                    " created_at, updated_at, force, deps, priority, task, planned) VALUES"
+                    " (:inbox, :input, :kind, :fingerprint, :job_key, :out_dir, 'queued', :now,"
+                    " :now, :force, :deps, :priority, :task, :planned) RETURNING *",
                     args,
                 ).fetchone()
                 return Job.from_row(new), True
@@ -86,29 +95,48 @@ class SqliteJobStore(SqliteDatabase):
             leased = job.state is JobState.running and (job.lease_expires or 0.0) > now
             already_forced = job.state is JobState.queued and job.force
             if leased or (same and (not force or already_forced)):
+                if planned and not job.planned:  # a journal from before plans were recorded
+                    db.execute(
+                        "UPDATE jobs SET task = :task, planned = :planned WHERE id = :id",
+                        {**args, "id": job.id},
+                    )
                 return job, False
             new = db.execute(
                 f"UPDATE jobs SET {_REQUEUE_SET}, kind = :kind, fingerprint = :fingerprint,"
                 " job_key = :job_key, out_dir = :out_dir, force = :force, deps = :deps,"
-                " started_at = NULL, finished_at = NULL, seconds = NULL"
+                " started_at = NULL, finished_at = NULL, seconds = NULL, priority = :priority,"
+                " position = NULL, task = :task, planned = :planned"
                 " WHERE id = :id RETURNING *",
                 {**args, "id": job.id},
             ).fetchone()
+            self._forget(db, [job.id])
             return Job.from_row(new), True
 
     def update_identity(
-        self, job_id: int, fingerprint: str, job_key: str, out_dir: str, *, claim: int | None = None
+        self,
+        job_id: int,
+        fingerprint: str,
+        job_key: str,
+        out_dir: str,
+        *,
+        task: str | None = None,
+        planned: Sequence[PlannedFile] | None = None,
+        claim: int | None = None,
     ) -> bool:
-        """Record what a claimed job is actually about to do (its inputs may have changed)."""
+        """Record what a claimed job is actually about to do (its inputs may have changed);
+        with ``claim``, only while that claim is the live one (False: it was lost)."""
         with self._tx() as db:
             cursor = db.execute(
                 "UPDATE jobs SET fingerprint = :fp, job_key = :key, out_dir = :out,"
-                f" updated_at = :now WHERE id = :id{_fence(claim)}",
+                " updated_at = :now, task = coalesce(:task, task),"
+                f" planned = coalesce(:planned, planned) WHERE id = :id{fence(claim)}",
                 {
                     "fp": fingerprint,
                     "key": job_key,
                     "out": out_dir,
                     "now": self.clock(),
+                    "task": task,
+                    "planned": None if planned is None else planned_json(planned),
                     "id": job_id,
                     "claim": claim,
                 },
@@ -130,7 +158,7 @@ class SqliteJobStore(SqliteDatabase):
     def delete(self, job_id: int, *, claim: int | None = None) -> bool:
         """Remove a job row (its input left the inbox); True when there was one."""
         with self._tx() as db:
-            sql = f"DELETE FROM jobs WHERE id = :id{_fence(claim)}"
+            sql = f"DELETE FROM jobs WHERE id = :id{fence(claim)}"
             return db.execute(sql, {"id": job_id, "claim": claim}).rowcount > 0
 
     def requeue(self, job_id: int, *, force: bool = False) -> bool:
@@ -146,13 +174,16 @@ class SqliteJobStore(SqliteDatabase):
             f" WHERE ({where}) AND {_NOT_LEASED} RETURNING id",
             {**params, "force": int(force), "now": self.clock()},
         ).fetchall()
-        return {int(r[0]) for r in rows}
+        ids = {int(r[0]) for r in rows}
+        self._forget(db, ids)
+        return ids
 
     def claim(
         self, owner: str, lease_seconds: float, *, inboxes: Collection[str] | None = None
     ) -> Job | None:
-        """Take the oldest runnable job (queued, or waiting and due) and lease it to owner,
-        with a new fencing number; only jobs of ``inboxes`` when given."""
+        """Take the first runnable job (queued, or waiting and due) and lease it to owner:
+        the highest priority first, then by position (arrival unless moved), with a new
+        fencing number; only jobs of ``inboxes`` when given."""
         now = self.clock()
         only = ""
         if inboxes is not None:
@@ -160,22 +191,27 @@ class SqliteJobStore(SqliteDatabase):
         params = {"now": now, "inboxes": json.dumps(sorted(inboxes or ()))}
         with self._tx() as db:
             row = db.execute(
-                "SELECT min(id) FROM (SELECT min(id) AS id FROM jobs WHERE state = 'queued'"
-                f"{only} UNION ALL SELECT min(id) FROM jobs WHERE state = 'waiting'"
-                f" AND coalesce(not_before, 0) <= :now{only})",
+                "SELECT id FROM ("
+                f"SELECT * FROM (SELECT id, priority, {ORDER} AS pos FROM jobs"
+                f" WHERE state = 'queued'{only} ORDER BY priority DESC, {ORDER} LIMIT 1)"
+                f" UNION ALL SELECT * FROM (SELECT id, priority, {ORDER} AS pos FROM jobs"
+                f" WHERE state = 'waiting' AND coalesce(not_before, 0) <= :now{only}"
+                f" ORDER BY priority DESC, {ORDER} LIMIT 1)"
+                ") ORDER BY priority DESC, pos LIMIT 1",
                 params,
             ).fetchone()
-            if row[0] is None:
+            if row is None:
                 return None
             claimed = db.execute(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1,"
                 " lease_owner = :owner, lease_expires = :expires, started_at = :now,"
                 " finished_at = NULL, seconds = NULL, progress_done = 0, progress_total = 0,"
-                " progress_note = '', updated_at = :now,"
+                " progress_note = '', finished = '[]', cancel = NULL, updated_at = :now,"
                 " claim = (SELECT coalesce(max(claim), 0) + 1 FROM jobs) WHERE id = :id"
                 " RETURNING *",
                 {"owner": owner, "expires": now + lease_seconds, "now": now, "id": row[0]},
             ).fetchone()
+            self._begin(db, row[0], owner, now)
             return Job.from_row(claimed)
 
     def holds(self, job_id: int, claim: int) -> bool:
@@ -193,7 +229,7 @@ class SqliteJobStore(SqliteDatabase):
         with self._tx() as db:
             cursor = db.execute(
                 "UPDATE jobs SET lease_expires = :expires, updated_at = :now"
-                f" WHERE id = :id AND state = 'running' AND lease_owner = :owner{_fence(claim)}",
+                f" WHERE id = :id AND state = 'running' AND lease_owner = :owner{fence(claim)}",
                 {
                     "expires": now + lease_seconds,
                     "now": now,
@@ -206,24 +242,30 @@ class SqliteJobStore(SqliteDatabase):
 
     def mark_done(self, job_id: int, *, seconds: float, claim: int | None = None) -> bool:
         """The job's outputs are complete."""
-        return self._finish(job_id, "done", None, seconds, claim)
+        return self._finish(job_id, AttemptEnd.done, None, seconds, claim)
 
     def mark_failed(self, job_id: int, error: str, *, claim: int | None = None) -> bool:
         """The input is bad; terminal until the input or its sidecar changes."""
-        return self._finish(job_id, "failed", error, None, claim)
+        return self._finish(job_id, AttemptEnd.failed, error, None, claim)
 
     def _finish(
-        self, job_id: int, state: str, error: str | None, seconds: float | None, claim: int | None
+        self,
+        job_id: int,
+        state: AttemptEnd,
+        error: str | None,
+        seconds: float | None,
+        claim: int | None,
     ) -> bool:
         now = self.clock()
         with self._tx() as db:
-            # A forced regeneration is spent once it has ended one way or the other.
+            # A forced regeneration is spent once it has ended one way or the other; a cancel
+            # that came too late to stop it is forgotten.
             cursor = db.execute(
                 "UPDATE jobs SET state = :state, error = :error, seconds = :seconds,"
                 " finished_at = :now, updated_at = :now, not_before = NULL, lease_owner = NULL,"
-                f" lease_expires = NULL, force = 0 WHERE id = :id{_fence(claim)}",
+                f" lease_expires = NULL, force = 0, cancel = NULL WHERE id = :id{fence(claim)}",
                 {
-                    "state": state,
+                    "state": state.value,
                     "error": error,
                     "seconds": seconds,
                     "now": now,
@@ -231,7 +273,10 @@ class SqliteJobStore(SqliteDatabase):
                     "claim": claim,
                 },
             )
-            return cursor.rowcount > 0
+            if cursor.rowcount == 0:
+                return False
+            self._end(db, job_id, state, now)
+            return True
 
     def mark_waiting(
         self,
@@ -255,22 +300,29 @@ class SqliteJobStore(SqliteDatabase):
                 "UPDATE jobs SET state = 'waiting', error = :error, not_before = :due,"
                 " waits = waits + 1, attempts = CASE WHEN state = 'running'"
                 " THEN max(attempts - 1, 0) ELSE attempts END, lease_owner = NULL,"
-                f" lease_expires = NULL, updated_at = :now WHERE id = :id{_fence(claim)}",
+                f" lease_expires = NULL, updated_at = :now WHERE id = :id{fence(claim)}",
                 {"error": error, "due": now + delay, "now": now, "id": job_id, "claim": claim},
             )
-            return cursor.rowcount > 0
+            if cursor.rowcount == 0:
+                return False
+            self._end(db, job_id, AttemptEnd.waiting, now)
+            return True
 
     def mark_queued(self, job_id: int, *, claim: int | None = None) -> bool:
         """A stop interrupted the job: queue it again without counting the claim."""
+        now = self.clock()
         with self._tx() as db:
             cursor = db.execute(
                 "UPDATE jobs SET state = 'queued', not_before = NULL,"
                 " attempts = CASE WHEN state = 'running' THEN max(attempts - 1, 0)"
                 " ELSE attempts END, lease_owner = NULL, lease_expires = NULL,"
-                f" updated_at = :now WHERE id = :id{_fence(claim)}",
-                {"now": self.clock(), "id": job_id, "claim": claim},
+                f" updated_at = :now WHERE id = :id{fence(claim)}",
+                {"now": now, "id": job_id, "claim": claim},
             )
-            return cursor.rowcount > 0
+            if cursor.rowcount == 0:
+                return False
+            self._end(db, job_id, AttemptEnd.stopped, now)
+            return True
 
     def recover(
         self,
@@ -283,15 +335,18 @@ class SqliteJobStore(SqliteDatabase):
 
         ``alive(owner)`` tells whether a lease owner still runs (another dropforge on the
         same journal); its jobs are left alone until their lease runs out. The jobs of owner
-        ``spare`` are left alone whatever their lease. Returns (requeued, quarantined).
+        ``spare`` are left alone whatever their lease. A claim that got further than the one
+        before it, or died loading a model that loads here, does not count toward
+        ``max_attempts`` (``store.attempts``). Returns (requeued, quarantined).
         """
         now = self.clock()
+        requeued = quarantined = 0
         with self._tx() as db:
             rows = [
                 r
                 for r in db.execute(
-                    "SELECT id, inbox, input, attempts, lease_owner, lease_expires FROM jobs"
-                    " WHERE state = 'running'"
+                    "SELECT id, inbox, input, attempts, lease_owner, lease_expires, cancel"
+                    " FROM jobs WHERE state = 'running'"
                 ).fetchall()
                 if (spare is None or r["lease_owner"] != spare)
                 and (
@@ -301,86 +356,69 @@ class SqliteJobStore(SqliteDatabase):
                     or not alive(r["lease_owner"])
                 )
             ]
-            doomed = [r for r in rows if r["attempts"] >= max_attempts]
-            for r in doomed:
-                retry_path = shlex.quote(str(Path(r["inbox"]) / r["input"]))
-                error = (
-                    f"quarantined: {r['attempts']} claims never finished (the process died "
-                    f"each time); run dropforge retry {retry_path}"
-                )
+            stopped = [r for r in rows if r["cancel"]]
+            for r in stopped:  # canceled while its process died: never run again
+                self._end(db, r["id"], AttemptEnd.canceled, now)
                 db.execute(
-                    "UPDATE jobs SET state = 'quarantined', error = ?, finished_at = ?,"
+                    "UPDATE jobs SET state = 'canceled', error = ?, finished_at = ?,"
                     " updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
-                    (error, now, now, r["id"]),
+                    (CancelReason(r["cancel"]).describe(), now, now, r["id"]),
                 )
-            doomed_ids = {r["id"] for r in doomed}
+            rows = [r for r in rows if not r["cancel"]]
             for r in rows:
-                if r["id"] in doomed_ids:
+                last = self._judge_death(db, r["id"], now)
+                attempts = r["attempts"] if last.counted else r["attempts"] - 1
+                if last.counted and attempts >= max_attempts:
+                    error = quarantine_message(r["inbox"], r["input"], attempts, last)
+                    db.execute(
+                        "UPDATE jobs SET state = 'quarantined', error = ?, finished_at = ?,"
+                        " updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                        (error, now, now, r["id"]),
+                    )
+                    quarantined += 1
                     continue
                 db.execute(
-                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL,"
-                    " updated_at = ? WHERE id = ?",
-                    (now, r["id"]),
+                    "UPDATE jobs SET state = 'queued', attempts = ?, lease_owner = NULL,"
+                    " lease_expires = NULL, updated_at = ? WHERE id = ?",
+                    (max(attempts, 0), now, r["id"]),
                 )
-        return len(rows) - len(doomed), len(doomed)
+                requeued += 1
+        return requeued, quarantined
 
     def set_progress(
-        self, job_id: int, done: int, total: int, note: str = "", *, claim: int | None = None
+        self,
+        job_id: int,
+        done: int,
+        total: int,
+        note: str = "",
+        *,
+        finished: Iterable[int] | None = None,
+        steps: int = 0,
+        claim: int | None = None,
     ) -> bool:
-        """Record how far a running job has come (shown by ``dropforge status``)."""
+        """Record how far a running job has come (shown by ``dropforge status`` and the web
+        UI): ``done`` outputs finished of ``total`` (``finished``: the indices of the planned
+        outputs finished so far), ``steps`` denoising steps since the last one."""
+        listed = None if finished is None else json.dumps(sorted(finished))
         with self._tx() as db:
             cursor = db.execute(
                 "UPDATE jobs SET progress_done = :done, progress_total = :total,"
-                f" progress_note = :note, updated_at = :now WHERE id = :id{_fence(claim)}",
+                " progress_note = :note, finished = coalesce(:finished, finished),"
+                f" updated_at = :now WHERE id = :id{fence(claim)}",
                 {
                     "done": done,
                     "total": total,
                     "note": note,
+                    "finished": listed,
                     "now": self.clock(),
                     "id": job_id,
                     "claim": claim,
                 },
             )
-            return cursor.rowcount > 0
-
-    def counts(self) -> dict[JobState, int]:
-        """Number of jobs in every state, zeros included."""
-        found = {
-            r["state"]: r["n"]
-            for r in self._query("SELECT state, count(*) AS n FROM jobs GROUP BY state")
-        }
-        return {s: int(found.get(s.value, 0)) for s in JobState}
-
-    def count(self, state: JobState) -> int:
-        """Number of jobs in one state (an index range, however big the journal)."""
-        rows = self._query("SELECT count(*) FROM jobs WHERE state = ?", (JobState(state).value,))
-        return int(rows[0][0])
-
-    def jobs(self, states: Iterable[JobState] | None = None, limit: int = 100) -> list[Job]:
-        """Jobs in arrival order, optionally only those in the given states."""
-        if states is None:
-            rows = self._query("SELECT * FROM jobs ORDER BY id LIMIT ?", (limit,))
-        else:
-            wanted = [JobState(s).value for s in states]
-            marks = ", ".join("?" * len(wanted))
-            rows = self._query(
-                f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id LIMIT ?",
-                (*wanted, limit),
-            )
-        return [Job.from_row(r) for r in rows]
-
-    def recent_failures(self, limit: int = 10) -> list[Job]:
-        """Failed and quarantined jobs, newest first."""
-        rows = self._query(
-            "SELECT * FROM jobs WHERE state IN ('failed', 'quarantined')"
-            " ORDER BY updated_at DESC, id DESC LIMIT ?",
-            (limit,),
-        )
-        return [Job.from_row(r) for r in rows]
-
-    def running(self) -> list[Job]:
-        """Jobs in state running, in arrival order."""
-        return self.jobs([JobState.running])
+            if cursor.rowcount == 0:
+                return False
+            self._reach(db, job_id, done, total, note, steps)
+            return True
 
     def retry(
         self,
@@ -398,6 +436,12 @@ class SqliteJobStore(SqliteDatabase):
             for inbox, input in inputs:
                 where = "inbox = :inbox AND input = :input"
                 done |= self._requeue(db, where, {"inbox": inbox, "input": input}, force)
+                # A cancel still on its way to a running job is taken back.
+                db.execute(
+                    "UPDATE jobs SET cancel = NULL WHERE inbox = ? AND input = ?"
+                    " AND state = 'running'",
+                    (inbox, input),
+                )
             for state in states:
                 done |= self._requeue(db, "state = :state", {"state": state.value}, force)
         return len(done)
@@ -405,8 +449,8 @@ class SqliteJobStore(SqliteDatabase):
     def prune_jobs(
         self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists
     ) -> int:
-        """Forget done jobs untouched for ``older_than`` seconds whose input has left the inbox;
-        return how many.
+        """Forget done and canceled jobs untouched for ``older_than`` seconds whose input has left
+        the inbox; return how many.
 
         A done input still in the inbox keeps its job however old it is: a rescan that skips
         its folder as unchanged (folder marks) does not touch it, and forgetting it would mean
@@ -414,11 +458,15 @@ class SqliteJobStore(SqliteDatabase):
         """
         cutoff = self.clock() - older_than
         jobs = self._query(
-            "SELECT id, inbox, input FROM jobs WHERE state = 'done' AND updated_at < ?", (cutoff,)
+            "SELECT id, inbox, input FROM jobs WHERE state IN ('done', 'canceled')"
+            " AND updated_at < ?",
+            (cutoff,),
         )
         gone_jobs = [(r[0], cutoff) for r in jobs if not exists(os.path.join(r[1], r[2]))]
         with self._tx() as db:
             deleted = db.executemany(
-                "DELETE FROM jobs WHERE id = ? AND state = 'done' AND updated_at < ?", gone_jobs
+                "DELETE FROM jobs WHERE id = ? AND state IN ('done', 'canceled')"
+                " AND updated_at < ?",
+                gone_jobs,
             ).rowcount
         return int(deleted)

@@ -18,7 +18,7 @@ from daemon.store.protocols import Journal
 from daemon.store.rows import Job, folder_stamp, stat_key
 from daemon.survey.entries import SurveyEntry, Verdict
 from daemon.survey.passes import PassState
-from daemon.values import JobState
+from daemon.values import CancelReason, JobState
 
 log = structlog.get_logger("dropforge.survey")
 
@@ -39,7 +39,18 @@ def unchanged_entry(
         return SurveyEntry(candidate, Verdict.queued, journal.get(row.id))
     if row.state in (JobState.failed, JobState.quarantined):
         return SurveyEntry(candidate, Verdict.failed, row, row.error or "")
+    if row.state is JobState.canceled:
+        return canceled_entry(journal, candidate, row)
     return SurveyEntry(candidate, Verdict.pending, row)
+
+
+def canceled_entry(journal: Journal, candidate: Candidate, row: Job) -> SurveyEntry:
+    """A canceled job stays canceled until its input changes, unless it was canceled because
+    its input left the inbox: the input is back, so it is queued again."""
+    if row.cancel is CancelReason.removed and journal.requeue(row.id):
+        log.info("job.requeued", input=candidate.rel, reason="input returned")
+        return SurveyEntry(candidate, Verdict.queued, journal.get(row.id))
+    return SurveyEntry(candidate, Verdict.canceled, row, row.error or "")
 
 
 _DONE = JobState.done.value

@@ -15,6 +15,7 @@ class Verdict(str, Enum):
     queued = "queued"  # new or changed: the worker will run it
     done = "done"  # finished earlier, outputs intact: skipped
     failed = "failed"  # failed earlier and unchanged: skipped until it changes
+    canceled = "canceled"  # canceled and unchanged: skipped until it changes or is retried
     pending = "pending"  # already queued, waiting or running
     deferred = "deferred"  # still arriving (empty or changing): looked at again later
 

@@ -13,11 +13,12 @@ from daemon.intake.names import FileKind
 from daemon.outputs.manifest import job_is_done
 from daemon.planning.inputs import base_dependencies, quick_fingerprint, relative
 from daemon.store.protocols import Journal
-from daemon.store.rows import folder_stamp
-from daemon.survey.done import done_by_digest, unchanged_entry
+from daemon.store.rows import Job, PlannedFile, folder_stamp
+from daemon.survey.done import canceled_entry, done_by_digest, unchanged_entry
 from daemon.survey.entries import SurveyEntry, Verdict
 from daemon.survey.marks import FolderMarks
 from daemon.survey.passes import PassState
+from daemon.tasks.context import Prepared
 from daemon.tasks.prepare import prepare
 from daemon.values import JobState
 
@@ -81,8 +82,13 @@ def survey(
         return SurveyEntry(candidate, Verdict.deferred, message="vanished during the scan")
     except DropforgeError as exc:  # still being written, or a dependency vanished
         return SurveyEntry(candidate, Verdict.deferred, message=str(exc))
+    if row is not None:
+        kept = _keep_finished(journal, candidate, row, prepared)
+        if kept is not None:
+            return kept
     base = {relative(candidate, p) for p in base_dependencies(candidate)}
     extra = tuple(d.path for d in prepared.deps if d.path not in base)
+    plan = prepared.plan
     job, changed = journal.upsert_job(
         inbox=inbox,
         input=candidate.rel,
@@ -91,8 +97,10 @@ def survey(
         job_key=prepared.job_key,
         out_dir=str(prepared.out_dir),
         deps=extra,
+        priority=plan.params.priority if plan is not None else 0,
+        task=plan.task.value if plan is not None else "",
+        planned=[PlannedFile(f, s) for f, s in plan.planned_files()] if plan else (),
     )
-    plan = prepared.plan
     forced = plan is not None and (plan.force or job.force)  # `dropforge retry --force`
     if plan is not None and not forced and job_is_done(plan.out_dir, plan.job_key):
         # The journal forgot (state dir wiped) but the outputs are complete.
@@ -102,6 +110,8 @@ def survey(
         return SurveyEntry(candidate, Verdict.done, journal.get(job.id))
     if not changed and job.state in (JobState.failed, JobState.quarantined):
         return SurveyEntry(candidate, Verdict.failed, job, job.error or "")
+    if not changed and job.state is JobState.canceled:
+        return canceled_entry(journal, candidate, job)
     if not changed and job.state is JobState.done:
         journal.requeue(job.id)  # an output was deleted or damaged: resume the job
         log.info("job.requeued", input=candidate.rel, reason="outputs missing")
@@ -109,3 +119,26 @@ def survey(
     if changed:
         log.info("job.queued", input=candidate.rel, inbox=inbox)
     return SurveyEntry(candidate, Verdict.queued if changed else Verdict.pending, job)
+
+
+def _keep_finished(
+    journal: Journal, candidate: Candidate, row: Job, prepared: Prepared
+) -> SurveyEntry | None:
+    """A finished job whose key the new plan kept stays finished.
+
+    The fingerprint covers every setting, the key only what the job uses: when a setting it
+    does not use changed (a model or LoRA alias it does not name), its outputs, or its failure,
+    are still the answer. Only the recorded fingerprint is brought up to date.
+    """
+    plan = prepared.plan
+    if row.job_key != prepared.job_key or row.force or (plan is not None and plan.force):
+        return None
+    if row.state is JobState.failed:
+        verdict = Verdict.failed
+    elif row.state is JobState.done and plan is not None and job_is_done(plan.out_dir, row.job_key):
+        verdict = Verdict.done
+    else:
+        return None
+    journal.update_identity(row.id, prepared.fingerprint, row.job_key, str(prepared.out_dir))
+    log.info("job.kept", input=candidate.rel, state=row.state.value, reason="same job key")
+    return SurveyEntry(candidate, verdict, journal.get(row.id), row.error or "")

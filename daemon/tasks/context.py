@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -12,10 +12,11 @@ from daemon.config import Settings
 from daemon.errors import InputError
 from daemon.generators import Generator
 from daemon.intake.candidates import Candidate
+from daemon.outputs.manifest_fields import AttemptRecord
 from daemon.planning.inputs import Hasher
 from daemon.planning.keys import failure_key
 from daemon.planning.model import Dependency, Plan, PlanInput
-from daemon.values import Clock
+from daemon.values import CancelReason, Clock, ModelSource
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Prepared:
         """The plan's key, or a key derived from the error for unplannable inputs."""
         if self.plan is not None:
             return self.plan.job_key
-        return failure_key(self.fingerprint, str(self.error))
+        return failure_key(self.deps, str(self.error))
 
 
 @dataclass(frozen=True)
@@ -52,27 +53,53 @@ class Draft:
     input: PlanInput
 
 
+def _ignore_finished(indices: Iterable[int]) -> None:
+    return None
+
+
+def _not_canceled() -> CancelReason | None:
+    return None
+
+
+def _always_ready(alias: str) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class JobProgress:
     """Where a running job reports how far it has come.
 
-    ``record(done, total, note)`` stores it for ``dropforge status``; ``on_image(done, total)``
-    and ``on_step(step, steps)`` feed a progress display and the health check.
+    ``record(done, total, note)`` stores it for ``dropforge status`` and as the furthest point
+    of the claim; ``on_image(done, total)`` and ``on_step(step, steps)`` feed a progress
+    display and the health check, and count the steps since the last output, so they come
+    before the record of the same event; ``finish(indices)`` notes planned outputs finished
+    (kept or written), recorded with the next ``record``, so that the web UI can fill in their
+    tiles.
     """
 
     record: Callable[[int, int, str], None]
     on_image: Callable[[int, int], None]
     on_step: Callable[[int, int], None]
+    finish: Callable[[Iterable[int]], None] = field(default=_ignore_finished)
 
-    def image(self, done: int, total: int, note: str) -> None:
-        """An output was written: record it and show it."""
-        self.record(done, total, note)
+    def image(self, done: int, total: int, note: str, index: int | None = None) -> None:
+        """An output (planned output ``index``) was written: show it and record it."""
+        if index is not None:
+            self.finish((index,))
         self.on_image(done, total)
+        self.record(done, total, note)
 
-    def step(self, done: int, total: int, step: int, steps: int) -> None:
-        """A denoising step finished: record it and show it."""
-        self.record(done, total, f"step {step}/{steps}")
+    def step(self, done: int, total: int, step: int, steps: int, *, record: bool = True) -> None:
+        """A denoising step finished: show it and record it (unless the step of the pipeline
+        call is recorded instead, see ``call_step``)."""
         self.on_step(step, steps)
+        if record:
+            self.record(done, total, f"step {step}/{steps}")
+
+    def call_step(self, done: int, total: int, step: int, steps: int) -> None:
+        """Step ``step`` of the ``steps`` of the running pipeline call (the batch of images
+        being made now): what the status and the web UI's tiles show."""
+        self.record(done, total, f"step {step}/{steps}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +114,18 @@ class JobContext:
     progress: JobProgress
     check_space: Callable[[Path], None]  # raises DiskFull below min_free_mb
     log: Any  # a structlog logger bound to the job
+    # Why this job is being canceled, or None: should_stop() is then True because of a cancel,
+    # not a shutdown, and the task writes a canceled manifest listing what it finished.
+    cancel_reason: Callable[[], CancelReason | None] = field(default=_not_canceled)
+    model_ready: Callable[[str], bool] = field(default=_always_ready)  # alias is resident
+    attempts: tuple[AttemptRecord, ...] = ()  # earlier claims of the job, for the manifest
+
+    def generator_for(self, model: ModelSource, done: int, total: int) -> Generator:
+        """The generator, noting ``loading model ALIAS`` in the progress first when the model
+        is not resident (creating the backend and loading weights take a while)."""
+        if not self.model_ready(model.alias):
+            self.progress.record(done, total, f"loading model {model.alias}")
+        return self.generator()
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def make_endpoints(ctx: JobContext, plan: Plan, force: bool, notes: list[str]) -
         events = GenerationEvents(
             on_image=on_image, should_stop=ctx.should_stop, on_warning=notes.append
         )
-        ctx.generator().generate_images(request, events)
+        ctx.generator_for(plan.model, 0, len(specs)).generate_images(request, events)
     return [
         OutputEntry(
             files[e.file].file,

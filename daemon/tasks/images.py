@@ -19,11 +19,20 @@ from daemon.outputs.files import OutputFile, atomic_write_bytes, sha256_file
 from daemon.outputs.manifest_fields import OutputEntry
 from daemon.outputs.names import sanitize_name
 from daemon.outputs.png import read_dropforge_chunk, write_png
-from daemon.planning.keys import finish_plan, output_key, resolve_seeds, sha256_text, spread
+from daemon.planning.keys import (
+    RANDOM,
+    finish_plan,
+    input_version,
+    output_key,
+    resolve_seeds,
+    sha256_text,
+    spread,
+)
 from daemon.planning.model import Plan, PlanInput, PlannedOutput, output_dir
 from daemon.planning.scene_prompts import descriptive_name
+from daemon.planning.sizes import choose_size
 from daemon.tasks.context import Draft, JobContext, Prepared, TaskRun
-from daemon.tasks.records import job_manifest, parameters_text, replace_manifest
+from daemon.tasks.records import job_manifest, parameters_text, replace_manifest, write_canceled
 from daemon.values import Task
 
 CONTACT_NAME = "contact.png"
@@ -50,7 +59,24 @@ def plan(draft: Draft) -> Plan:
             rule="required for inpaint",
             value=None,
         )
-    seeds = resolve_seeds(params, pi.input_sha256)
+    notes: list[str] = []
+    if task in (Task.variations, Task.inpaint) and pi.image_size is not None:
+        box = (params.width, params.height)
+        size = choose_size(pi.rel, pi.image_size, box, pi.set_by_sidecars)
+        params = params.replace(width=size.width, height=size.height)
+        notes += [size.note] if size.note else []
+    if params.seed_range is not None and params.seeds is None:
+        first, last = params.seed_range
+        if last - first + 1 < params.count:
+            raise InputError(
+                draft.sidecar_display,
+                f"seed_range must hold at least count ({params.count}) seeds, "
+                f"got [{first}, {last}]",
+                key="seed_range",
+                rule=f"at least {params.count} seeds",
+                value=[first, last],
+            )
+    seeds = resolve_seeds(params, pi.input_sha256, version=input_version(pi))
     stem = sanitize_name(output_dir(pi.inbox, pi.rel).name)
     groups = _prompt_groups(pi, seeds, stem)
     outputs: list[PlannedOutput] = []
@@ -97,15 +123,17 @@ def plan(draft: Draft) -> Plan:
     record = resolved.as_record(_TWEEN_ONLY)
     if pi.kind == "prompt":
         record["scene_count"] = len(pi.scene_plans)
-    plan = finish_plan(pi, task, resolved, record, outputs)
-    return dataclasses.replace(plan, prompts_file=pi.prompts_file, notes=pi.notes)
+    plan = finish_plan(pi, task, resolved, record, outputs, notes)  # pi.notes included
+    return dataclasses.replace(plan, prompts_file=pi.prompts_file)
 
 
 def _seeds_per_scene(pi: PlanInput) -> bool:
-    """Multi-scene prompt files without seed or seeds derive each scene's seeds from its text,
-    so that editing one scene leaves the seeds (and images) of the others alone."""
+    """Multi-scene prompt files without seed or seeds derive each scene's seeds from its text
+    (drawn ones, with seed = "random" or seed_range, from the scene's own version), so that
+    editing one scene leaves the seeds (and images) of the others alone."""
     params = pi.params
-    return len(pi.scene_plans) > 1 and params.seed is None and not params.seeds
+    drawn = params.seed == RANDOM or params.seed_range is not None
+    return len(pi.scene_plans) > 1 and (params.seed is None or drawn) and not params.seeds
 
 
 def _prompt_groups(
@@ -123,7 +151,10 @@ def _prompt_groups(
     many = len(pi.scene_plans) > 1
     chosen = [s for s in pi.scene_plans if not params.scenes or s.number in params.scenes]
     for scene in chosen:
-        own = resolve_seeds(params, sha256_text(scene.text)) if _seeds_per_scene(pi) else seeds
+        own = seeds
+        if _seeds_per_scene(pi):
+            version = input_version(pi, content=sha256_text(scene.text))
+            own = resolve_seeds(params, sha256_text(scene.text), version=version)
         if params.name_style == "descriptive":
             base = descriptive_name(pi.chapter, scene, scene.name_words)
             names = [f"{base}.png"] if len(own) == 1 else [f"{base}-{s}.png" for s in own]
@@ -141,30 +172,34 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
     """Make the missing images in batches, then the contact sheet and the manifest."""
     plan = prepared.plan
     assert plan is not None
-    notes: list[str] = []
+    notes: list[str] = list(plan.notes)
     ctx.check_space(plan.out_dir)
     init = mask = None
     if plan.task in (Task.variations, Task.inpaint):
-        loaded = load_input_image(plan.inbox.path / plan.rel, plan.rel, ctx.settings.max_pixels)
+        size = (plan.params.width, plan.params.height)
+        max_pixels = ctx.settings.max_pixels
+        loaded = load_input_image(plan.inbox.path / plan.rel, plan.rel, max_pixels, size)
         init = loaded.image
         notes += loaded.warnings
         if plan.task is Task.inpaint and plan.mask is not None:
+            assert loaded.source_size is not None
             mask_loaded = load_mask(
                 plan.inbox.path / plan.mask.path,
                 plan.mask.path,
-                ctx.settings.max_pixels,
-                init.size,
+                max_pixels,
+                loaded.source_size,
+                size,
             )
             mask = mask_loaded.image
             notes += mask_loaded.warnings
 
     if plan.prompts_file is not None:
         _write_prompts(plan.prompts_file.path, plan.prompts_file.content)
-    notes += plan.notes
     done: dict[int, OutputFile] = {} if force else _reusable(plan)
     kept = len(done)
     missing = [o for o in plan.outputs if o.index not in done]
     total = len(plan.outputs)
+    ctx.progress.finish(done)
     ctx.progress.record(kept, total, "")
     thumbs: dict[int, Image.Image] = {}
 
@@ -187,37 +222,62 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
             thumbs[index] = contact_thumbnail(image)
         # One line per image written: how the crash tests count generations.
         ctx.log.info("output.written", file=out.file)
-        ctx.progress.image(len(done), total, out.file)
+        ctx.progress.image(len(done), total, out.file, index)
+
+    by_call: list[bool] = []  # the backend reports steps per pipeline call: record those
+
+    def on_call_step(step: int, steps: int) -> None:
+        by_call[:] = [True]
+        ctx.progress.call_step(len(done), total, step, steps)
 
     events = GenerationEvents(
         on_image=on_image,
-        on_step=lambda step, steps: ctx.progress.step(len(done), total, step, steps),
+        on_step=lambda step, steps: ctx.progress.step(
+            len(done), total, step, steps, record=not by_call
+        ),
         should_stop=ctx.should_stop,
         on_warning=notes.append,
+        on_call_step=on_call_step,
     )
     # A varied lora_scale needs one request per scale; everything else batches together.
     groups: dict[float | None, list[PlannedOutput]] = {}
     for out in missing:
         groups.setdefault(_lora_scale(plan, out), []).append(out)
-    for scale, outs in groups.items():
-        lora = plan.lora
-        if lora is not None and scale is not None:
-            lora = dataclasses.replace(lora, scale=scale)
-        request = ImageRequest(
-            task=plan.task,
-            model=plan.model,
-            width=plan.params.width,
-            height=plan.params.height,
-            images=tuple(_spec(o) for o in outs),
-            init_image=init,
-            mask_image=mask,
-            lora=lora,
-            max_batch=ctx.settings.max_batch,
-            sampler=plan.params.sampler,
-        )
-        ctx.generator().generate_images(request, events)
-        if ctx.should_stop():
-            raise Interrupted("stop requested")
+    try:
+        for scale, outs in groups.items():
+            lora = plan.lora
+            if lora is not None and scale is not None:
+                lora = dataclasses.replace(lora, scale=scale)
+            request = ImageRequest(
+                task=plan.task,
+                model=plan.model,
+                width=plan.params.width,
+                height=plan.params.height,
+                images=tuple(_spec(o) for o in outs),
+                init_image=init,
+                mask_image=mask,
+                lora=lora,
+                max_batch=ctx.settings.max_batch,
+                sampler=plan.params.sampler,
+            )
+            ctx.generator_for(plan.model, len(done), total).generate_images(request, events)
+            if ctx.should_stop():
+                raise Interrupted("stop requested")
+    except Interrupted:
+        reason = ctx.cancel_reason()
+        if reason is not None:  # a cancel, not a shutdown: say what was finished
+            entries = [_entry(out, done[out.index]) for out in plan.outputs if out.index in done]
+            write_canceled(
+                ctx,
+                prepared,
+                plan.out_dir,
+                reason,
+                outputs=entries,
+                planned=total,
+                started=started,
+                notes=notes,
+            )
+        raise
     _finish(ctx, prepared, plan, done, notes, started, thumbs)
     return TaskRun(len(missing), kept, tuple(notes))
 
@@ -257,21 +317,7 @@ def _finish(
     started: float,
     thumbs: Mapping[int, Image.Image],
 ) -> None:
-    files: list[OutputEntry] = []
-    for out in plan.outputs:
-        written = done[out.index]
-        files.append(
-            OutputEntry(
-                file=written.file,
-                sha256=written.sha256,
-                bytes=written.bytes,
-                seed=out.seed,
-                t=out.t,
-                prompt=out.prompt,
-                scene=out.scene,
-                params=dict(out.varied) if out.varied else None,
-            )
-        )
+    files = [_entry(out, done[out.index]) for out in plan.outputs]
     if plan.prompts_file is not None:
         prompts = plan.prompts_file.path
         data = prompts.read_bytes()
@@ -284,21 +330,50 @@ def _finish(
         items = []
         for out in plan.outputs:
             if out.index in thumbs:  # made in this run: shrunk when it was written
-                items.append((thumbs[out.index], f"seed {out.seed}"))
+                items.append((thumbs[out.index], tile_label(plan, out)))
                 continue
             with Image.open(plan.out_dir / out.file) as im:  # kept from an earlier run
-                items.append((contact_thumbnail(im), f"seed {out.seed}"))
+                items.append((contact_thumbnail(im), tile_label(plan, out)))
         sheet = contact_sheet(items)
+        tiles = "; ".join(" ".join(label.split("\n")) for _, label in items)
         contact = write_png(
             plan.out_dir / CONTACT_NAME,
             sheet,
-            f"contact sheet of {plan.rel}",
+            f"contact sheet of {plan.rel}: {tiles}",
             {"job_key": plan.job_key, "index": -1},
         )
         ctx.log.info("output.written", file=CONTACT_NAME, role="contact")
         files.append(OutputEntry(contact.file, contact.sha256, contact.bytes, role="contact"))
     replace_manifest(
-        prepared, job_manifest(prepared, started, ctx.clock(), ctx.device_name()), files, notes
+        prepared,
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name(), ctx.attempts),
+        files,
+        notes,
+    )
+
+
+def tile_label(plan: Plan, out: PlannedOutput) -> str:
+    """A contact-sheet tile's label: its seed, under its scene (or prompt) when there are
+    several (``scene 2`` / ``seed 7``)."""
+    if out.scene is not None:
+        return f"scene {out.scene}\nseed {out.seed}"
+    prompts = plan.params.prompts or ()
+    if len(prompts) > 1:
+        return f"prompt {out.index // (len(plan.outputs) // len(prompts)) + 1}\nseed {out.seed}"
+    return f"seed {out.seed}"
+
+
+def _entry(out: PlannedOutput, written: OutputFile) -> OutputEntry:
+    """The manifest entry of one written image."""
+    return OutputEntry(
+        file=written.file,
+        sha256=written.sha256,
+        bytes=written.bytes,
+        seed=out.seed,
+        t=out.t,
+        prompt=out.prompt,
+        scene=out.scene,
+        params=dict(out.varied) if out.varied else None,
     )
 
 

@@ -37,6 +37,7 @@ from daemon.planning.scene_prompts import (
     render_prompts,
 )
 from daemon.tasks.context import Draft, Prepared
+from daemon.tasks.probes import check_endpoints, check_mask, probe_dependency
 from daemon.tasks.registry import TASKS
 from daemon.values import Task
 
@@ -74,16 +75,6 @@ def _plan(settings: Settings, hasher: Hasher, candidate: Candidate, deps: list[D
     sidecar_deps = tuple(by_path[relative(candidate, p)] for p in sidecar_paths)
     sidecar_display = relative(candidate, sidecar_paths[-1]) if sidecar_paths else candidate.rel
 
-    alias = params.model or ("mesh" if params.task == Task.mesh else "default")
-    try:
-        model = settings.model_source(alias)
-    except ConfigError:
-        choices = ", ".join(sorted(settings.models)) or "none defined"
-        raise InputError.bad_value(
-            sidecar_display, "model", f"one of the [models] aliases: {choices}", alias
-        ) from None
-    lora = settings.lora_source(params.lora, params.lora_scale) if params.lora else None
-
     mask: Dependency | None = None
     if params.mask:
         mask_path = confine(
@@ -101,16 +92,39 @@ def _plan(settings: Settings, hasher: Hasher, candidate: Candidate, deps: list[D
         mask = by_path[relative(candidate, candidate.mask)]
 
     kind = candidate.kind.value
-    scene_input: dict[str, Any] = {"notes": notes} if notes else {}
+    inbox = candidate.inbox
+    task = resolve_task(params, inbox, kind, candidate.rel, has_mask=mask is not None)
+    alias = params.model or ("mesh" if task is Task.mesh else "default")
+    try:
+        model = settings.model_source(alias)
+    except ConfigError:
+        choices = ", ".join(sorted(settings.models)) or "none defined"
+        raise InputError.bad_value(
+            sidecar_display, "model", f"one of the [models] aliases: {choices}", alias
+        ) from None
+    lora = settings.lora_source(params.lora, params.lora_scale) if params.lora else None
+
+    found_notes = list(notes)  # an expressions.json's
+    image_size = None
+    if kind == "image":
+        # Every image task decodes the input: refuse a bad one now, as the job would.
+        image_size = probe_dependency(settings, inbox.path, by_path[candidate.rel]).size
+        if mask is not None and task is Task.inpaint:
+            check_mask(settings, inbox.path, mask, image_size)
+        elif mask is not None:
+            found_notes.append(f"{mask.path}: mask not used: the task is {task.value}")
+            mask = None
+    scene_input: dict[str, Any] = {}
     if kind == "prompt":
         scene_input = prompt_scenes(hasher, candidate, params, deps)
+        found_notes += scene_input.pop("notes", ())
     draft = Draft(
         hasher=hasher,
         candidate=candidate,
         deps=deps,
         sidecar_display=sidecar_display,
         input=PlanInput(
-            inbox=candidate.inbox,
+            inbox=inbox,
             rel=candidate.rel,
             kind=kind,
             input_sha256=by_path[candidate.rel].sha256,
@@ -120,17 +134,22 @@ def _plan(settings: Settings, hasher: Hasher, candidate: Candidate, deps: list[D
             lora=lora,
             mask=mask if kind != "job" else None,
             sidecars=sidecar_deps,
+            image_size=image_size,
+            set_by_sidecars=frozenset(key for _, layer in layers for key in layer),
+            notes=tuple(found_notes),
             **scene_input,
         ),
     )
-    return plan_job(draft)
+    plan = plan_job(draft)
+    check_endpoints(settings, plan)
+    return plan
 
 
 def plan_job(draft: Draft) -> Plan:
     """Choose the task for ``task = "auto"`` (the inbox's or the input kind's default) and
     let that task's planner build the plan."""
     pi = draft.input
-    task = resolve_task(pi.params, pi.inbox, pi.kind, pi.rel)
+    task = resolve_task(pi.params, pi.inbox, pi.kind, pi.rel, has_mask=pi.mask is not None)
     chosen = dataclasses.replace(pi, params=pi.params.replace(task=task.value))
     return TASKS[task].plan(dataclasses.replace(draft, input=chosen))
 

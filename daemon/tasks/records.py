@@ -20,21 +20,30 @@ from daemon.outputs.manifest import (
     write_manifest,
 )
 from daemon.outputs.manifest_fields import (
+    AttemptRecord,
     FileRecord,
     InputRecord,
     LoraRecord,
     ModelRecord,
     OutputEntry,
+    SequenceSummary,
     Timings,
 )
 from daemon.outputs.png import a1111_parameters
 from daemon.planning.model import Plan
-from daemon.tasks.context import Prepared
-from daemon.values import ModelSource
+from daemon.tasks.context import JobContext, Prepared
+from daemon.values import CancelReason, ModelSource
 
 
-def job_manifest(prepared: Prepared, started: float, finished: float, device: str) -> Manifest:
-    """The manifest of a finished job with no outputs yet (tasks add theirs), status done."""
+def job_manifest(
+    prepared: Prepared,
+    started: float,
+    finished: float,
+    device: str,
+    attempts: tuple[AttemptRecord, ...] = (),
+) -> Manifest:
+    """The manifest of a finished job with no outputs yet (tasks add theirs), status done;
+    ``attempts`` are the earlier claims that did not finish it."""
     plan = prepared.plan
     rel = prepared.candidate.rel
     deps = {d.path: d for d in prepared.deps}
@@ -59,6 +68,7 @@ def job_manifest(prepared: Prepared, started: float, finished: float, device: st
         warnings=(),
         mask=FileRecord(plan.mask.path, plan.mask.sha256) if plan and plan.mask else None,
         lora=LoraRecord(plan.lora.alias, plan.lora.scale) if plan and plan.lora else None,
+        attempts=attempts,
     )
 
 
@@ -80,11 +90,41 @@ def replace_manifest(
 
 
 def failed_manifest(
-    prepared: Prepared, message: str, started: float, finished: float, device: str
+    prepared: Prepared,
+    message: str,
+    started: float,
+    finished: float,
+    device: str,
+    attempts: tuple[AttemptRecord, ...] = (),
 ) -> Manifest:
     """The manifest of a job that failed: what is known of it, and the one-line error."""
-    done = job_manifest(prepared, started, finished, device)
+    done = job_manifest(prepared, started, finished, device, attempts)
     return dataclasses.replace(done, status=ManifestStatus.failed, error=message, outputs=())
+
+
+def write_canceled(
+    ctx: JobContext,
+    prepared: Prepared,
+    out_dir: Path,
+    reason: CancelReason,
+    *,
+    outputs: Sequence[OutputEntry],
+    planned: int,
+    started: float,
+    notes: Sequence[str] = (),
+    sequences: tuple[SequenceSummary | None, ...] | None = None,
+) -> None:
+    """Write the manifest of a job stopped for a cancel: status canceled, the outputs it
+    finished (kept on disk, reused if the job is retried) and a line saying why."""
+    manifest = dataclasses.replace(
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
+        status=ManifestStatus.canceled,
+        outputs=tuple(outputs),
+        warnings=(*notes, f"{reason.describe()}, {len(outputs)} of {planned} outputs finished"),
+        sequences=sequences,
+    )
+    write_manifest(out_dir, manifest)
+    ctx.log.info("manifest.canceled", outputs=len(outputs), planned=planned)
 
 
 def parameters_text(

@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from daemon.errors import InputError
+from daemon.errors import Interrupted
 from daemon.generators import GenerationEvents, TweenRequest
 from daemon.intake.images import LoadedImage, load_input_image
 from daemon.outputs.files import OutputFile, atomic_write_bytes, sha256_file
@@ -20,7 +20,8 @@ from daemon.outputs.png import read_dropforge_chunk, write_png
 from daemon.planning.model import SEQUENCES_DIR, Plan, SequencePlan
 from daemon.tasks.context import JobContext, Prepared, TaskRun
 from daemon.tasks.endpoints import make_endpoints
-from daemon.tasks.records import job_manifest, parameters_text
+from daemon.tasks.probes import endpoint_mismatch
+from daemon.tasks.records import job_manifest, parameters_text, write_canceled
 from daemon.tasks.sequences import plan
 
 __all__ = ["plan", "run"]
@@ -39,11 +40,32 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
     counter = _Counter(sum(len(s.frames) for s in job_plan.sequences))
     summaries: list[SequenceSummary | None] = []
     for seq in job_plan.sequences:
+        first = counter.planned
+        counter.planned += len(seq.frames)
         if not force and manifest_is_done(seq.out_dir, seq.job_key):
             kept += len(seq.frames)
             counter.done += len(seq.frames)
+            ctx.progress.finish(range(first, counter.planned))
         else:
-            m, k = _run_sequence(ctx, prepared, job_plan, seq, force, started, notes, counter)
+            try:
+                m, k = _run_sequence(
+                    ctx, prepared, job_plan, seq, force, started, notes, counter, first
+                )
+            except Interrupted:
+                reason = ctx.cancel_reason()
+                if reason is not None:  # the job's own manifest names the finished sequences
+                    write_canceled(
+                        ctx,
+                        prepared,
+                        job_plan.out_dir,
+                        reason,
+                        outputs=(),
+                        planned=counter.total,
+                        started=started,
+                        notes=notes,
+                        sequences=tuple(summaries),
+                    )
+                raise
             made, kept = made + m, kept + k
         summaries.append(
             SequenceSummary(
@@ -54,7 +76,7 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
             )
         )
     manifest = dataclasses.replace(
-        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name(), ctx.attempts),
         sequences=tuple(summaries),
         outputs=tuple(endpoint_files),
         warnings=tuple(notes),
@@ -69,6 +91,7 @@ class _Counter:
 
     total: int
     done: int = 0
+    planned: int = 0  # frames of the sequences begun so far: the next one's first index
 
 
 def _load(ctx: JobContext, plan: Plan, rel: str) -> LoadedImage:
@@ -84,6 +107,7 @@ def _run_sequence(
     started: float,
     notes: list[str],
     counter: _Counter,
+    first: int,
 ) -> tuple[int, int]:
     start, end = _load(ctx, plan, seq.start.path), _load(ctx, plan, seq.end.path)
     notes += [*start.warnings, *end.warnings]
@@ -92,14 +116,7 @@ def _run_sequence(
         start = dataclasses.replace(start, image=ImageOps.fit(start.image.convert("RGB"), size))
         end = dataclasses.replace(end, image=ImageOps.fit(end.image.convert("RGB"), size))
     if end.image.size != size:
-        raise InputError(
-            seq.end.path,
-            f"endpoint is {end.image.size[0]}x{end.image.size[1]} but {seq.start.path} is "
-            f"{size[0]}x{size[1]}: tween endpoints must have the same size",
-            key="end",
-            rule="same size as start",
-            value=f"{end.image.size[0]}x{end.image.size[1]}",
-        )
+        raise endpoint_mismatch(seq, size, end.image.size)
     files: dict[float, OutputFile] = {}
     existing: dict[float, Image.Image] = {}
     for frame in seq.frames:
@@ -125,6 +142,8 @@ def _run_sequence(
             files[frame.t] = OutputFile(frame.file, sha256_file(path), path.stat().st_size)
     kept = len(existing)
     counter.done += len(files)
+    index_of = {f.t: first + i for i, f in enumerate(seq.frames)}
+    ctx.progress.finish(index_of[t] for t in files)
     ctx.progress.record(counter.done, counter.total, seq.path_id)
     by_t = {f.t: f for f in seq.frames}
     needed = tuple(f.t for f in seq.frames if f.seed is not None and f.t not in existing)
@@ -142,7 +161,8 @@ def _run_sequence(
             {"job_key": seq.job_key, "key": seq.frames_key, "t": t, "seed": frame.seed},
         )
         counter.done += 1
-        ctx.progress.image(counter.done, counter.total, f"{seq.path_id} {frame.file}")
+        note = f"{seq.path_id} {frame.file}"
+        ctx.progress.image(counter.done, counter.total, note, index_of[t])
 
     if needed:
         request = TweenRequest(
@@ -157,7 +177,7 @@ def _run_sequence(
             steps=params.steps,
             guidance=params.guidance,
             strength=params.strength,
-            seed=params.seed or 0,
+            seed=int(params.seed or 0),  # resolved by the planner
             times_needed=needed,
             existing=existing,
             lora=plan.lora,
@@ -166,12 +186,38 @@ def _run_sequence(
         )
         events = GenerationEvents(
             on_image=lambda index, image: None,
-            on_step=lambda step, steps: ctx.progress.step(counter.done, counter.total, step, steps),
+            on_step=lambda step, steps: ctx.progress.step(
+                counter.done, counter.total, step, steps, record=False
+            ),
+            on_call_step=lambda step, steps: ctx.progress.call_step(
+                counter.done, counter.total, step, steps
+            ),
             should_stop=ctx.should_stop,
             on_warning=notes.append,
             on_frame=on_frame,
         )
-        ctx.generator().generate_tween(request, events)
+        generator = ctx.generator_for(plan.model, counter.done, counter.total)
+        try:
+            generator.generate_tween(request, events)
+        except Interrupted:
+            reason = ctx.cancel_reason()
+            if reason is not None:  # the sequence's finished frames, in its own folder
+                entries = [
+                    OutputEntry(files[f.t].file, files[f.t].sha256, files[f.t].bytes, t=f.t)
+                    for f in seq.frames
+                    if f.t in files
+                ]
+                write_canceled(
+                    ctx,
+                    prepared,
+                    seq.out_dir,
+                    reason,
+                    outputs=entries,
+                    planned=len(seq.frames),
+                    started=started,
+                    notes=notes,
+                )
+            raise
     _write_preview(seq.out_dir, [seq.out_dir / f.file for f in seq.frames], params.fps)
     outputs = [
         OutputEntry(
@@ -189,7 +235,7 @@ def _run_sequence(
         OutputEntry(PREVIEW_NAME, sha256_file(preview), preview.stat().st_size, role="preview")
     )
     manifest = dataclasses.replace(
-        job_manifest(prepared, started, ctx.clock(), ctx.device_name()),
+        job_manifest(prepared, started, ctx.clock(), ctx.device_name(), ctx.attempts),
         job_key=seq.job_key,
         outputs=tuple(outputs),
         warnings=tuple(notes),

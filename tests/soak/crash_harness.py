@@ -2,15 +2,19 @@
 
 Each life of the daemon is killed when a seeded random trigger fires: a short delay after
 the n-th log event of that life (start-up, the first scan, a job started, an output written,
-a job done: the last three right after journal commits) or at once when the n-th temporary
-output file appears (an output write in progress). A batch of new inputs is
+a job done: the last three right after journal commits), at once when the n-th temporary
+output file appears (an output write in progress), or at a random moment up to a few seconds
+after the life's first job started (loading the model, or generating). A batch of new inputs is
 dropped whenever everything so far is finished, so every kill meets work in progress.
 After the last kill the daemon runs until every input is done and is stopped; then
 ``verify`` checks what the promise says: one ``done`` manifest per input, every listed
 output present, decodable and matching its sha256, nothing else in the outbox, no
-temporaries, and no output generated more often than the kills explain.
+temporaries, no output generated more often than the kills explain, and — with the default
+``max_attempts`` — no job quarantined: every kill is an outside one, and the crash-loop guard
+must tell them from a job that kills the process (``store.attempts``). The summary counts
+the claims the kills ended and how the guard judged each.
 
-Used by tests/test_crash_loop.py (ten kills) and bench/soak_crash.py (hundreds).
+Used by tests/test_crash_loop.py (fifteen kills) and bench/soak_crash.py (hundreds).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ from tests.helpers import mask_image, noise_image, write_config
 EARLY_TRIGGERS = ("service.starting", "watch.ready", "job.started")
 LATE_TRIGGERS = ("output.written", "job.done")
 TEMP_TRIGGER = "temporary"
+MOMENT_TRIGGER = "job.started"  # a moment trigger: a random delay after the first job started
+MOMENT_S = 4.0  # the longest such delay: about a model load and a few jobs on the tiny model
 LIFE_TIMEOUT_S = 120.0  # a trigger that never fires (a stuck daemon?) ends the life here
 FINISH_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 60.0
@@ -74,12 +80,15 @@ class Trigger:
 
 
 def choose_trigger(rng: random.Random) -> Trigger:
-    """A random trigger: 30 % on temporaries, 30 % after outputs and done jobs, 40 % early."""
+    """A random trigger: 25 % on temporaries, 25 % after outputs and done jobs, 20 % at a
+    random moment up to ``MOMENT_S`` after the first job started, 30 % early."""
     draw = rng.random()
-    if draw < 0.3:
+    if draw < 0.25:
         return Trigger(TEMP_TRIGGER, rng.randint(1, 3), 0.0)
-    if draw < 0.6:
+    if draw < 0.5:
         return Trigger(rng.choice(LATE_TRIGGERS), rng.randint(1, 3), rng.uniform(0.0, 0.03))
+    if draw < 0.7:
+        return Trigger(MOMENT_TRIGGER, 1, rng.uniform(0.0, MOMENT_S))
     event = rng.choice(EARLY_TRIGGERS)
     delay = rng.uniform(0.0, 0.5) if event == "service.starting" else rng.uniform(0.0, 0.05)
     return Trigger(event, 1, delay)
@@ -111,6 +120,8 @@ class Summary:
     duplicate_images: int = 0  # the rest are contact sheets drawn again from kept images
     unlogged: int = 0
     lost: int = 0
+    deaths: Counter[str] = field(default_factory=Counter)  # claims the kills ended, by verdict
+    quarantined: int = 0
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -136,6 +147,9 @@ class Summary:
             f" sheets); written but unlogged (kill between rename and log line):"
             f" {self.unlogged}",
             f"lost: {self.lost}",
+            "claims ended by a kill: "
+            + (", ".join(f"{n} {v}" for v, n in sorted(self.deaths.items())) or "none")
+            + f"; quarantined: {self.quarantined}",
             f"seconds: {self.seconds:.1f}",
         ]
         lines += [f"VIOLATION: {p}" for p in self.problems]
@@ -151,13 +165,11 @@ class Workload:
         self.outbox = root / "outbox"
         self.state = root / "state"
         self.rng = rng
-        # Kills are deliberate here: a job killed repeatedly is not a poison input, so
-        # quarantine (max_attempts) must not end the loop.
+        # The default max_attempts: kills from outside must not get a healthy job quarantined.
         self.config = write_config(
             root,
             str(sd_model),
-            extra_daemon='settle_seconds = 0.2\nmax_attempts = 1000\nlog_format = "json"\n'
-            "stop_timeout = 20",
+            extra_daemon='settle_seconds = 0.2\nlog_format = "json"\nstop_timeout = 20',
         )
         self.outbox.mkdir(exist_ok=True)
         self.images: dict[str, int] = {}  # input (relative to the inbox) -> images expected
@@ -355,6 +367,9 @@ def run_crash_loop(
         summary.restarts += 1
         deadline = time.monotonic() + FINISH_TIMEOUT_S
         while not work.finished():
+            if _quarantined(work):
+                summary.problems.append("a job was quarantined: it can never finish")
+                break
             if proc.poll() is not None:
                 summary.problems.append(f"the final run exited ({proc.returncode})")
                 break
@@ -378,6 +393,19 @@ def run_crash_loop(
     verify(work, sorted(logs.glob("*.log")), summary)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _quarantined(work: Workload) -> bool:
+    """Whether the journal holds a quarantined job (read without disturbing the daemon)."""
+    path = work.state / "journal.sqlite3"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return bool(db.execute("SELECT 1 FROM jobs WHERE state = 'quarantined'").fetchone())
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False  # not there yet, or busy: look again
 
 
 def _check_once(work: Workload, summary: Summary) -> None:
@@ -484,7 +512,7 @@ def verify(work: Workload, logs: list[Path], summary: Summary) -> None:
     problems += [f"unlisted file in the outbox: {p.relative_to(work.outbox)}" for p in strays]
     leftovers = temporaries(work.outbox, work.state)
     problems += [f"temporary file left: {p}" for p in leftovers]
-    _check_journal(work, problems)
+    _check_journal(work, summary)
     written: Counter[tuple[str, str]] = Counter()
     for log in logs:
         for event in log_events(log):
@@ -532,7 +560,8 @@ def _check_output(path: Path, entry: dict[str, Any]) -> str | None:
     return None
 
 
-def _check_journal(work: Workload, problems: list[str]) -> None:
+def _check_journal(work: Workload, summary: Summary) -> None:
+    problems = summary.problems
     path = work.state / "journal.sqlite3"
     db = sqlite3.connect(path)
     try:
@@ -540,9 +569,19 @@ def _check_journal(work: Workload, problems: list[str]) -> None:
         if check != "ok":
             problems.append(f"journal integrity_check: {check}")
         rows = db.execute("SELECT input, state FROM jobs").fetchall()
+        try:
+            deaths = db.execute(
+                "SELECT stage, counted FROM attempts WHERE ended = 'died'"
+            ).fetchall()
+        except sqlite3.OperationalError:  # a dropforge before the attempts table
+            deaths = []
+        for stage, counted in deaths:
+            verdict = "counted" if counted else "not counted"
+            summary.deaths[f"{verdict} ({stage})"] += 1
     finally:
         db.close()
     states = dict(rows)
+    summary.quarantined = sum(1 for _, state in rows if state == "quarantined")
     if len(rows) != len(work.images):
         problems.append(f"journal holds {len(rows)} jobs for {len(work.images)} inputs")
     problems += [
