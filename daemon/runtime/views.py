@@ -139,6 +139,7 @@ def collect_status(settings: Settings, store: JobStore | None, *, now: float) ->
     status: dict[str, Any] = {
         "journal": where,
         "daemon": daemon_view(settings),
+        "cluster": settings.cluster is not None,
         "hosts": [],
         "counts": {s.value: 0 for s in JobState},
         "running": [],
@@ -219,10 +220,15 @@ def format_status(status: dict[str, Any]) -> str:
         )
         if len(r["attempts"]) > 1:  # the claim before this one did not finish the job
             lines += _attempt_lines(r["attempts"], "  ")
+    then = (
+        "a live host takes it over"
+        if status.get("cluster")
+        else "it resumes when dropforge runs again"
+    )
     for r in status["interrupted"]:
         lines.append(
             f"Interrupted: {r['input']} (image {r['images_done']}/{r['images_total']}; its "
-            f"process {r['owner']} is gone; it resumes when dropforge runs again)"
+            f"process {r['owner']} is gone; {then})"
         )
     if status["queued"]:
         names = ", ".join(_queued_name(q) for q in status["queued"])
