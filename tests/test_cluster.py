@@ -137,3 +137,49 @@ def test_a_host_with_other_settings_refuses_to_start(cluster: Cluster) -> None:
         "steps; make config.toml the same on every host, or stop every host to change them"
     )
     assert [h["host"] for h in cluster.status(a)["hosts"]] == ["a"]
+
+
+def test_a_job_that_kills_every_host_at_the_same_step_is_quarantined(cluster: Cluster) -> None:
+    """A prompt that ends the process at step 2 on whichever host claims it is quarantined
+    with the default max_attempts: its claims on all hosts are judged as one history (the
+    first ones got further, the next three did not); the other input is done."""
+    import psycopg
+
+    from tests.soak.backends import EXIT_CODE
+
+    cluster.step_seconds = 0.05
+    cluster.build(["a", "b"], steps=4, count=1)
+    inbox = cluster.share / "inbox"
+    (inbox / "crashy.txt").write_text("a lighthouse, exit at step 2\n", encoding="utf-8")
+    (inbox / "calm.txt").write_text("a calm harbour\n", encoding="utf-8")
+    cluster.start()
+    deaths = 0
+
+    def settled() -> bool:
+        nonlocal deaths
+        for host in cluster.hosts:
+            assert host.process is not None
+            code = host.process.poll()
+            if code is not None:
+                assert code == EXIT_CODE, f"host {host.name} exited {code}"
+                deaths += 1
+                host.start(cluster.step_seconds)  # as systemd would
+        states = {r["input"]: r["state"] for r in cluster.rows()}
+        return states == {"crashy.txt": "quarantined", "calm.txt": "done"}
+
+    cluster.wait(settled, 120, "crashy.txt quarantined and calm.txt done")
+    with psycopg.connect(cluster.url) as conn:
+        history = conn.execute(
+            "SELECT a.owner, a.ended, a.stage, a.counted FROM dropforge_attempts a"
+            " JOIN dropforge_jobs j ON j.id = a.job_id WHERE j.input = 'crashy.txt'"
+            " ORDER BY a.number"
+        ).fetchall()
+        (error,) = conn.execute(
+            "SELECT error FROM dropforge_jobs WHERE input = 'crashy.txt'"
+        ).fetchone()
+    print(f"{deaths} deaths; claims: {history}")
+    assert all(ended == "died" and stage == "generating" for _, ended, stage, _ in history)
+    counted = [c for _, _, _, c in history]
+    assert counted[-3:] == [True, True, True] and not counted[0]
+    assert len(history) == deaths <= 3 + 2  # at most two claims got further than the last
+    assert error.startswith("quarantined: the process died 3 times without getting further")

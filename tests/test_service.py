@@ -712,18 +712,38 @@ def test_mapped_network_drives_are_flagged() -> None:
     ]
 
 
+def test_steps_up_to_beyond_the_previous_claim_always_get_through() -> None:
+    """Reports up to the first one further than the claim cut short before are never
+    thinned (the crash-loop rule sees exactly how far this claim got), later ones are."""
+    from daemon.runtime.worker import ProgressThrottle
+
+    clock = SettableClock()
+    throttle = ProgressThrottle(clock, beyond=(0, 2))
+    assert throttle.due(0, "")
+    assert throttle.due(0, "step 1/30", 1)
+    assert throttle.due(0, "step 2/30", 2)
+    assert throttle.due(0, "step 3/30", 3)
+    assert not throttle.due(0, "step 4/30", 4)
+    fresh = ProgressThrottle(clock)  # no earlier claim: beyond where this one started
+    assert fresh.due(1, "")
+    assert fresh.due(1, "step 1/30", 1)
+    assert not fresh.due(1, "step 2/30", 2)
+
+
 def test_step_progress_is_written_about_once_a_second() -> None:
-    """Step reports are thinned to one a second; image boundaries always get through."""
+    """Once a claim got further than where it started, its step reports are thinned to one
+    a second; image boundaries always get through."""
     from daemon.runtime.worker import ProgressThrottle
 
     clock = SettableClock()
     throttle = ProgressThrottle(clock)
     assert throttle.due(0, "")
-    assert not throttle.due(0, "step 1/30")
+    assert throttle.due(0, "step 1/30", 1)  # further than where it started: recorded
+    assert not throttle.due(0, "step 2/30", 2)
     clock.advance(0.5)
-    assert not throttle.due(0, "step 2/30")
+    assert not throttle.due(0, "step 3/30", 3)
     clock.advance(0.5)
-    assert throttle.due(0, "step 3/30")
-    assert not throttle.due(0, "step 4/30")
+    assert throttle.due(0, "step 4/30", 4)
+    assert not throttle.due(0, "step 5/30", 5)
     assert throttle.due(1, "cat-1.png")
-    assert not throttle.due(1, "step 1/30")
+    assert not throttle.due(1, "step 1/30", 1)

@@ -61,18 +61,37 @@ class JobResult:
 
 class ProgressThrottle:
     """Lets a running job's progress reach the job store at most once every ``every``
-    seconds, except at image boundaries (``done`` changed) and for notes other than steps."""
+    seconds, except at image boundaries (``done`` changed) and for notes other than steps.
 
-    def __init__(self, clock: Clock, every: float = PROGRESS_EVERY_S) -> None:
+    The crash-loop rule compares how far claims got, so nothing is thinned until a report
+    gets further than ``beyond`` (the point of the claim cut short before this one; without
+    one, where this claim started): a claim that gets no further is recorded exactly as far
+    as it got, and one that gets further is recorded as such at once.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        every: float = PROGRESS_EVERY_S,
+        beyond: tuple[int, int] | None = None,
+    ) -> None:
         self._clock = clock
         self._every = every
         self._last: tuple[int, float] | None = None
+        self._beyond = beyond
+        self._crossed = False
 
-    def due(self, done: int, note: str) -> bool:
+    def due(self, done: int, note: str, steps: int = 0) -> bool:
         """Whether this report should be written (each image's step reports are thinned;
         the image written after its last step always is)."""
         now = self._clock()
         last = self._last
+        if self._beyond is None:
+            self._beyond = (done, 0)  # where this claim started
+        if not self._crossed:
+            self._crossed = (done, steps) > self._beyond
+            self._last = (done, now)
+            return True
         if last is None or last[0] != done or not note.startswith("step "):
             self._last = (done, now)
             return True

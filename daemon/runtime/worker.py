@@ -30,6 +30,7 @@ from daemon.outputs.folders import escaping_output, foreign_output
 from daemon.outputs.manifest import AttemptRecord, job_is_done, write_manifest
 from daemon.runtime.attempts import AttemptTracker, TrackedGenerator, earlier_attempts
 from daemon.runtime.outcomes import (
+    PROGRESS_EVERY_S,
     JobResult,
     Outcome,
     Progress,
@@ -38,6 +39,7 @@ from daemon.runtime.outcomes import (
     planned_files,
     settings_of,
 )
+from daemon.store.attempts import previous_cut_short
 from daemon.store.protocols import Journal
 from daemon.store.rows import Job, backoff, folder_stamp
 from daemon.tasks.context import JobContext, JobProgress, Prepared
@@ -174,7 +176,10 @@ class Worker:
             bound.info("job.waiting", error=message)
             return self._wait(job, message, self.settings.settle_seconds)
         history = self.journal.attempts(job.id)
-        attempts = earlier_attempts(history, max((a.number for a in history), default=1))
+        number = max((a.number for a in history), default=1)
+        attempts = earlier_attempts(history, number)
+        previous = previous_cut_short(history, number)
+        beyond = None if previous is None else previous.point
         try:
             prepared = prepare(self.settings, self.journal, candidate)
         except (DependencyMissing, DropforgeError) as exc:  # e.g. a file still being written
@@ -205,7 +210,7 @@ class Worker:
         lost = threading.Event()
         with fenced_writes(WriteFence(job.claim, lambda: self._check_claim(job, lost))):
             try:
-                return self._run_plan(job, prepared, started, bound, attempts, lost)
+                return self._run_plan(job, prepared, started, bound, attempts, lost, beyond)
             except LeaseLost:
                 return self._lost(job, bound)
 
@@ -217,6 +222,7 @@ class Worker:
         bound: structlog.stdlib.BoundLogger,
         attempts: tuple[AttemptRecord, ...],
         lost: threading.Event,
+        beyond: tuple[int, int] | None,
     ) -> JobResult:
         """Run a prepared job's task (its writes fenced by its claim) and record the end."""
         candidate = prepared.candidate
@@ -236,7 +242,7 @@ class Worker:
         bound.info("job.started", task=plan.task.value, outputs=len(plan.outputs), claim=job.claim)
         self.progress.on_start(job, len(plan.outputs))
         try:
-            context = self._context(job, bound, attempts, lost)
+            context = self._context(job, bound, attempts, lost, beyond)
             ran = TASKS[plan.task].run(context, prepared, force, started)
         except InputError as exc:
             if not candidate.path.is_file():
@@ -299,6 +305,7 @@ class Worker:
         bound: structlog.stdlib.BoundLogger,
         attempts: tuple[AttemptRecord, ...],
         lost: threading.Event,
+        beyond: tuple[int, int] | None,
     ) -> JobContext:
         """What the job's task may use: narrow values, not this worker. Its progress and its
         generator calls are tracked as the claim's furthest point and stage; the planned
@@ -318,13 +325,19 @@ class Worker:
             on_step=lambda step, steps: self.progress.on_step(job, step, steps),
             on_lost=on_lost,
         )
-        throttle = ProgressThrottle(self.clock)
+        # In a cluster step reports reach the shared store about once a second; one host
+        # writes every step to its own journal (the crash-loop rule's points stay exact).
+        throttle = ProgressThrottle(
+            self.clock,
+            every=PROGRESS_EVERY_S if self.settings.cluster is not None else 0.0,
+            beyond=beyond,
+        )
         finished: set[int] = set()
         recorded: list[int] = []  # the finished indices last written to the journal
 
         def record(done: int, total: int, note: str) -> None:
             changed = len(finished) != len(recorded)
-            if not throttle.due(done, note) and not changed:
+            if not throttle.due(done, note, tracker.steps) and not changed:
                 return
             if changed:
                 recorded[:] = sorted(finished)

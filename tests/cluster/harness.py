@@ -160,7 +160,6 @@ class Cluster:
             settle_seconds = 0.2
             rescan_interval = {self.rescan_interval}
             stop_timeout = 10
-            max_attempts = 100
 
             [cluster]
             database = "{self.url}"
