@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,11 +12,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from daemon.config_cluster import (
+    DATABASE_ENV,
+    DEVICES_HELP,
+    ClusterConfig,
+    cluster_settings,
+    devices_of,
+    inbox_name,
+    redact_url,
+)
 from daemon.config_ui import (
     NotifySettings,
     Table,
     UiSettings,
-    is_cuda_index,
     notify_settings,
     ui_settings,
 )
@@ -29,9 +36,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
-DATABASE_ENV = "DROPFORGE_DATABASE"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+__all__ = [
+    "DATABASE_ENV",
+    "ClusterConfig",
+    "InboxConfig",
+    "Settings",
+    "display_path",
+    "load_config",
+    "redact_url",
+    "settings_from_mapping",
+]
+
 
 # Pillow's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS, not imported here: config loads
 # without Pillow). ``max_pixels`` may lower it, never raise it: the guard always stays on.
@@ -55,17 +70,6 @@ class InboxConfig:
     recursive: bool = True
     after: str = "keep"
     name: str = ""  # the inbox's identity in a cluster (every host names it alike)
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """``[cluster]``: the shared job store of several hosts (see docs/cluster.md)."""
-
-    database: str  # postgresql://… (or $DROPFORGE_DATABASE)
-    host_name: str  # this host in leases and `dropforge status`
-    heartbeat_seconds: float = 5.0
-    host_timeout: float = 30.0  # a host silent this long is dead: its jobs are reclaimed
-    poll_seconds: float = 5.0  # idle hosts look for work this often (lost notifications)
 
 
 @dataclass(frozen=True)
@@ -177,15 +181,6 @@ def _is_clock(text: str) -> bool:
     )
 
 
-def redact_url(url: str) -> str:
-    """A database URL without its password, for messages, logs and ``dropforge status``."""
-    head, at, tail = url.rpartition("@")
-    if not at or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, user = head.partition("//")
-    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"
-
-
 def default_config_path() -> Path:
     """``$DROPFORGE_CONFIG`` if set, else ``./config.toml``."""
     return Path(os.environ.get("DROPFORGE_CONFIG") or "config.toml")
@@ -234,7 +229,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
     state_dir = base / os.path.expanduser(str(d.get("state_dir", str, ".dropforge", "a path")))
     daemon_values: dict[str, Any] = {
         "device": d.choice("device", "auto", ("auto", "cpu", "cuda", "mps"), DEVICES_HELP),
-        "devices": _devices(d),
+        "devices": devices_of(d),
         "settle_seconds": d.number("settle_seconds", 2.0, 0.0),
         "rescan_interval": d.number("rescan_interval", 300.0, 1.0),
         "unload_after": d.number("unload_after", 600.0, 0.0),
@@ -278,7 +273,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
             poll=t.get("poll", bool, False, "true or false"),
             recursive=t.get("recursive", bool, True, "true or false"),
             after=t.choice("after", "keep", ("keep", "move")),
-            name=_inbox_name(t),
+            name=inbox_name(t),
         )
         t.finish()
         _check_inbox_layout(t.where, inbox, state_dir.resolve())
@@ -286,7 +281,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
             raise ConfigError(f"{t.where}: path {inbox.path} is already watched")
         seen.add(inbox.path)
         inboxes.append(inbox)
-    cluster = _cluster(name, data.get("cluster", {}))
+    cluster = cluster_settings(name, data.get("cluster", {}))
     inboxes = _named_inboxes(name, inboxes, cluster)
 
     models = _string_table(name, "models", data.get("models", {}))
@@ -321,58 +316,6 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
         cluster=cluster,
         **daemon_values,
     )
-
-
-def _devices(d: Table) -> tuple[str, ...]:
-    """``devices = ["cuda:0", "cuda:1"]``: one worker process per device."""
-    rule = f"a list of devices ({DEVICES_HELP})"
-    value = d.get("devices", list, [], rule)
-    for item in value:
-        ok = isinstance(item, str) and (item in ("cpu", "cuda", "mps") or is_cuda_index(item))
-        if not ok:
-            raise ConfigError(f"{d.where}: devices must be {rule}, got {show_value(value)}")
-    return tuple(value)
-
-
-def _inbox_name(t: Table) -> str:
-    """An inbox's ``name``: letters, digits, ``.``, ``_``, ``-`` ("" when not given)."""
-    value = str(t.get("name", str, "", "a name of letters, digits, '.', '_' or '-'"))
-    if "name" in t.data and not _NAME_RE.match(value):
-        raise ConfigError(
-            f"{t.where}: name must be 1..64 letters, digits, '.', '_' or '-', "
-            f"got {show_value(value)}"
-        )
-    return value
-
-
-def _cluster(name: str, data: Any) -> ClusterConfig | None:
-    """``[cluster]`` (and ``$DROPFORGE_DATABASE``): None when no database is named."""
-    t = Table(f"{name} [cluster]", data)
-    database = str(t.get("database", str, "", "a postgresql:// URL"))
-    host = str(t.get("host_name", str, "", "a host name"))
-    heartbeat = t.number("heartbeat_seconds", 5.0, 0.1, 60.0)
-    timeout = t.number("host_timeout", 30.0, 1.0, 3600.0)
-    poll = t.number("poll_seconds", 5.0, 0.1, 60.0)
-    t.finish()
-    database = os.environ.get(DATABASE_ENV) or database
-    if not database:
-        return None
-    if not database.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            f"{t.where}: database must be a postgresql:// URL, got {show_value(database)}"
-        )
-    if timeout < 2 * heartbeat:
-        raise ConfigError(
-            f"{t.where}: host_timeout must be at least twice heartbeat_seconds "
-            f"({2 * heartbeat:g}), got {show_value(timeout)}"
-        )
-    host = host or socket.gethostname()
-    if not _NAME_RE.match(host):
-        raise ConfigError(
-            f"{t.where}: host_name must be 1..64 letters, digits, '.', '_' or '-', "
-            f"got {show_value(host)}"
-        )
-    return ClusterConfig(database, host, heartbeat, timeout, poll)
 
 
 def _named_inboxes(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -24,11 +23,13 @@ from daemon.errors import (
 from daemon.generators import Generator
 from daemon.intake.candidates import candidate_for
 from daemon.intake.deliveries import Temporaries
-from daemon.intake.paths import inbox_available, read_small_table, root_present
+from daemon.intake.paths import read_small_table
 from daemon.outputs.files import WriteFence, fenced_writes, remove_stale_temporaries
 from daemon.outputs.folders import escaping_output, foreign_output
 from daemon.outputs.manifest import AttemptRecord, job_is_done, write_manifest
 from daemon.runtime.attempts import AttemptTracker, TrackedGenerator, earlier_attempts
+from daemon.runtime.fenced import ClaimEnds
+from daemon.runtime.filing import check_space, claimable_inboxes, move_after
 from daemon.runtime.outcomes import (
     PROGRESS_EVERY_S,
     JobResult,
@@ -90,6 +91,7 @@ class Worker:
         self.clock = clock
         self.progress = progress or Progress()
         self._inboxes = {str(i.path): i for i in settings.inboxes}
+        self.ends = ClaimEnds(settings, journal)
         # A cancel of the running job, and only of it: set by request_cancel, cleared per job.
         self._cancel_lock = threading.Lock()
         self._running_id: int | None = None
@@ -165,7 +167,7 @@ class Worker:
             else None
         )
         if inbox is None or candidate is None or not candidate.path.is_file():
-            return self._vanished(job, bound)
+            return self.ends.vanished(job, bound)
         temporary = self._temporaries.find(str(candidate.path.parent), self.clock())
         if temporary is not None:  # what was written beside it may still be on its way
             folder = candidate.path.parent.relative_to(candidate.inbox.path).as_posix()
@@ -174,7 +176,7 @@ class Worker:
                 " the job starts once the delivery is done"
             )
             bound.info("job.waiting", error=message)
-            return self._wait(job, message, self.settings.settle_seconds)
+            return self.ends.wait(job, message, self.settings.settle_seconds)
         history = self.journal.attempts(job.id)
         number = max((a.number for a in history), default=1)
         attempts = earlier_attempts(history, number)
@@ -183,7 +185,7 @@ class Worker:
         try:
             prepared = prepare(self.settings, self.journal, candidate)
         except (DependencyMissing, DropforgeError) as exc:  # e.g. a file still being written
-            return self._wait(job, str(exc), self.settings.settle_seconds)
+            return self.ends.wait(job, str(exc), self.settings.settle_seconds)
         if not self.journal.update_identity(
             job.id,
             prepared.fingerprint,
@@ -193,26 +195,26 @@ class Worker:
             planned=planned_files(prepared),
             claim=job.claim,
         ):
-            return self._lost(job, bound)
+            return self.ends.lost(job, bound)
         folders = [prepared.out_dir]
         if prepared.plan is not None:
             folders += [s.out_dir for s in prepared.plan.sequences]
         escape = escaping_output(candidate.inbox.output, folders, candidate.rel)
         if escape is not None:  # before any write, a failed manifest's too
             bound.warning("job.waiting", error=escape)
-            return self._wait(job, escape, None)
+            return self.ends.wait(job, escape, None)
         clash = foreign_output(candidate.inbox.output, prepared.out_dir, candidate.rel)
         if clash is not None:  # no manifest: it would replace the other input's
             if not self.journal.mark_failed(job.id, clash, claim=job.claim):
-                return self._lost(job, bound)
+                return self.ends.lost(job, bound)
             bound.warning("job.failed", error=clash)
             return JobResult(job.inbox, job.input, Outcome.failed, 0.0, clash)
         lost = threading.Event()
-        with fenced_writes(WriteFence(job.claim, lambda: self._check_claim(job, lost))):
+        with fenced_writes(WriteFence(job.claim, lambda: self.ends.check(job, lost))):
             try:
                 return self._run_plan(job, prepared, started, bound, attempts, lost, beyond)
             except LeaseLost:
-                return self._lost(job, bound)
+                return self.ends.lost(job, bound)
 
     def _run_plan(
         self,
@@ -237,7 +239,7 @@ class Worker:
         force = plan.force or job.force
         if not force and job_is_done(plan.out_dir, plan.job_key):
             self._mark_done(job, plan.out_dir, plan.job_key, 0.0)
-            self._move_after(prepared, "_done")
+            move_after(prepared, "_done")
             return JobResult(job.inbox, job.input, Outcome.skipped, 0.0, out_dir=str(plan.out_dir))
         bound.info("job.started", task=plan.task.value, outputs=len(plan.outputs), claim=job.claim)
         self.progress.on_start(job, len(plan.outputs))
@@ -248,7 +250,7 @@ class Worker:
             if not candidate.path.is_file():
                 # Gone since it was planned (deleted, or its share unmounted): not a bad
                 # input. No failed manifest; a rescan queues it again if it comes back.
-                return self._vanished(job, bound, str(exc))
+                return self.ends.vanished(job, bound, str(exc))
             return self._fail(job, prepared, str(exc), started, bound, attempts)
         except Interrupted:
             if lost.is_set():
@@ -275,14 +277,14 @@ class Worker:
             by_hand = isinstance(exc, (DiskFull, ModelUnavailable))
             retry_in = min(backoff(job.waits), LOOK_AGAIN_S) if by_hand else None
             bound.warning("job.waiting", error=str(exc))
-            return self._wait(job, str(exc), retry_in)
+            return self.ends.wait(job, str(exc), retry_in)
         except Exception as exc:  # a bug must not stop the daemon; record it where users look
             bound.exception("job.crashed")
             message = f"internal error ({type(exc).__name__}: {exc}); please report it"
             return self._fail(job, prepared, message, started, bound, attempts)
         seconds = self.clock() - started
         self._mark_done(job, plan.out_dir, plan.job_key, seconds)
-        self._move_after(prepared, "_done")
+        move_after(prepared, "_done")
         bound.info("job.done", seconds=round(seconds, 3), generated=ran.generated, kept=ran.kept)
         message = counted(plan.output_count, "output") + (f", {ran.kept} kept" if ran.kept else "")
         if ran.notes:
@@ -362,41 +364,6 @@ class Worker:
             attempts=attempts,
         )
 
-    def _check_claim(self, job: Job, lost: threading.Event) -> None:
-        """Raise LeaseLost unless the job's claim is still the live one (before a rename)."""
-        if lost.is_set() or not self.journal.holds(job.id, job.claim):
-            lost.set()
-            raise LeaseLost(job.id, job.claim)
-
-    def _lost(self, job: Job, bound: structlog.stdlib.BoundLogger) -> JobResult:
-        """Another worker holds the job now: record nothing, leave everything to it."""
-        bound.warning("job.lost", claim=job.claim)
-        return JobResult(
-            job.inbox, job.input, Outcome.lost, 0.0, "another worker took the job over"
-        )
-
-    def _wait(self, job: Job, message: str, retry_in: float | None) -> JobResult:
-        """Send the job to waiting (when its claim still holds)."""
-        if not self.journal.mark_waiting(job.id, message, retry_in=retry_in, claim=job.claim):
-            return self._lost(job, log.bind(job_id=job.id, input=job.input))
-        return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, message)
-
-    def _vanished(
-        self, job: Job, bound: structlog.stdlib.BoundLogger, error: str = ""
-    ) -> JobResult:
-        """The input is gone: forget its job; in a cluster, unless its inbox is unmounted or
-        gone on this host (then the shared row goes back to the queue, for a host that sees
-        it; on one host the next rescan queues it again)."""
-        inbox = self._inboxes.get(job.inbox)
-        shared = self.settings.cluster is not None
-        if shared and inbox is not None and not root_present(inbox.path):
-            self.journal.mark_queued(job.id, claim=job.claim)
-            bound.warning("job.released", reason="inbox missing on this host")
-            return JobResult(job.inbox, job.input, Outcome.interrupted, 0.0, "inbox missing")
-        self.journal.delete(job.id, claim=job.claim)  # the input left the inbox
-        bound.info("job.vanished", **({"error": error} if error else {}))
-        return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
-
     def model_ready(self, alias: str) -> bool:
         """Whether the model ``alias`` is resident (no backend yet: not)."""
         return self._generator is not None and alias in self._generator.loaded_models()
@@ -429,7 +396,7 @@ class Worker:
         if not self.journal.mark_failed(job.id, message, claim=job.claim):
             raise LeaseLost(job.id, job.claim)
         bound.warning("job.failed", error=message)
-        self._move_after(prepared, "_failed")
+        move_after(prepared, "_failed")
         return JobResult(
             job.inbox,
             job.input,
@@ -440,53 +407,13 @@ class Worker:
             **(settings_of(prepared.plan) if prepared.plan is not None else {}),
         )
 
-    def _move_after(self, prepared: Prepared, folder: str) -> None:
-        """With ``after = "move"``, file a finished input (and its own sidecar and mask) away."""
-        candidate = prepared.candidate
-        if candidate.inbox.after != "move":
-            return
-        parts = [candidate.path]
-        if candidate.sidecar is not None and candidate.sidecar != candidate.path:
-            parts.append(candidate.sidecar)
-        if candidate.mask is not None:
-            parts.append(candidate.mask)
-        for path in parts:
-            rel = path.relative_to(candidate.inbox.path)
-            target = candidate.inbox.path / folder / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            n = 1
-            while target.exists():
-                target = target.with_name(f"{path.stem}-{n}{path.suffix}")
-                n += 1
-            try:
-                path.replace(target)
-            except OSError as exc:
-                log.warning("input.unmovable", input=str(rel), error=str(exc))
+    def claimable_inboxes(self) -> list[str] | None:
+        """The inboxes whose jobs this worker may claim (``filing.claimable_inboxes``)."""
+        return claimable_inboxes(self.settings)
 
     def check_space(self, out_dir: Path) -> None:
         """Raise DiskFull when the output's disk has less than ``min_free_mb`` free."""
-        probe = out_dir
-        while not probe.exists():
-            probe = probe.parent
-        free_mb = shutil.disk_usage(probe).free // (1024 * 1024)
-        if free_mb < self.settings.min_free_mb:
-            raise DiskFull(
-                f"only {free_mb} MB free on {probe}, below min_free_mb = "
-                f"{self.settings.min_free_mb}: free some space; the job resumes by itself"
-            )
-
-    def claimable_inboxes(self) -> list[str] | None:
-        """The inboxes whose jobs this worker may claim: those whose inbox and output folders
-        are here (an unmounted share's jobs are left to hosts that see it); None for all.
-
-        On one host a missing output folder is made at the first write; in a cluster it
-        must exist, as a share's folder that is not there may be an unmounted share.
-        """
-        cluster = self.settings.cluster is not None
-        present = [str(i.path) for i in self.settings.inboxes if inbox_available(i, shared=cluster)]
-        if not cluster and len(present) == len(self.settings.inboxes):
-            return None  # on one host, jobs of inboxes no longer configured are claimed too
-        return present
+        check_space(self.settings, out_dir)
 
     def claim(self, lease_seconds: float | None = None) -> Job | None:
         """Claim the next job this worker may run."""

@@ -4,17 +4,16 @@ queue's order and cancels are in ``sqlite_queue``."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from daemon.errors import JobNotFound
-from daemon.store.attempts import quarantine_message
 from daemon.store.rows import MAX_PLANNED, Job, JobDigest, PlannedFile, backoff
 from daemon.store.sqlite_base import fence
-from daemon.store.sqlite_queue import ORDER, SqliteQueue
-from daemon.values import AttemptEnd, CancelReason, JobState
+from daemon.store.sqlite_queue import ORDER
+from daemon.store.sqlite_upkeep import SqliteUpkeep
+from daemon.values import AttemptEnd, JobState
 
 # The columns a requeue resets; kept in one place so every path back to `queued` agrees.
 _REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_before = NULL,
@@ -28,9 +27,9 @@ def planned_json(planned: Sequence[PlannedFile]) -> str:
     return json.dumps([[p.file, p.seed] for p in planned[:MAX_PLANNED]], ensure_ascii=False)
 
 
-class SqliteJobStore(SqliteQueue):
-    """The jobs table of a journal file (with, through ``SqliteQueue`` and ``SqliteAttempts``,
-    its queue order, cancels and attempts)."""
+class SqliteJobStore(SqliteUpkeep):
+    """The jobs table of a journal file (with, through ``SqliteUpkeep``, ``SqliteQueue`` and
+    ``SqliteAttempts``, reclaiming, pruning, its queue order, cancels and attempts)."""
 
     def job_digests(self, inbox: str) -> dict[str, JobDigest]:
         """input → the compared columns of its job, for every job of one inbox."""
@@ -324,67 +323,6 @@ class SqliteJobStore(SqliteQueue):
             self._end(db, job_id, AttemptEnd.stopped, now)
             return True
 
-    def recover(
-        self,
-        max_attempts: int,
-        *,
-        alive: Callable[[str], bool] | None = None,
-        spare: str | None = None,
-    ) -> tuple[int, int]:
-        """Requeue running jobs that no process runs any more; quarantine crash loops.
-
-        ``alive(owner)`` tells whether a lease owner still runs (another dropforge on the
-        same journal); its jobs are left alone until their lease runs out. The jobs of owner
-        ``spare`` are left alone whatever their lease. A claim that got further than the one
-        before it, or died loading a model that loads here, does not count toward
-        ``max_attempts`` (``store.attempts``). Returns (requeued, quarantined).
-        """
-        now = self.clock()
-        requeued = quarantined = 0
-        with self._tx() as db:
-            rows = [
-                r
-                for r in db.execute(
-                    "SELECT id, inbox, input, attempts, lease_owner, lease_expires, cancel"
-                    " FROM jobs WHERE state = 'running'"
-                ).fetchall()
-                if (spare is None or r["lease_owner"] != spare)
-                and (
-                    alive is None
-                    or not r["lease_owner"]
-                    or (r["lease_expires"] or 0.0) <= now
-                    or not alive(r["lease_owner"])
-                )
-            ]
-            stopped = [r for r in rows if r["cancel"]]
-            for r in stopped:  # canceled while its process died: never run again
-                self._end(db, r["id"], AttemptEnd.canceled, now)
-                db.execute(
-                    "UPDATE jobs SET state = 'canceled', error = ?, finished_at = ?,"
-                    " updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
-                    (CancelReason(r["cancel"]).describe(), now, now, r["id"]),
-                )
-            rows = [r for r in rows if not r["cancel"]]
-            for r in rows:
-                last = self._judge_death(db, r["id"], now)
-                attempts = r["attempts"] if last.counted else r["attempts"] - 1
-                if last.counted and attempts >= max_attempts:
-                    error = quarantine_message(r["inbox"], r["input"], attempts, last)
-                    db.execute(
-                        "UPDATE jobs SET state = 'quarantined', error = ?, finished_at = ?,"
-                        " updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
-                        (error, now, now, r["id"]),
-                    )
-                    quarantined += 1
-                    continue
-                db.execute(
-                    "UPDATE jobs SET state = 'queued', attempts = ?, lease_owner = NULL,"
-                    " lease_expires = NULL, updated_at = ? WHERE id = ?",
-                    (max(attempts, 0), now, r["id"]),
-                )
-                requeued += 1
-        return requeued, quarantined
-
     def set_progress(
         self,
         job_id: int,
@@ -445,28 +383,3 @@ class SqliteJobStore(SqliteQueue):
             for state in states:
                 done |= self._requeue(db, "state = :state", {"state": state.value}, force)
         return len(done)
-
-    def prune_jobs(
-        self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists
-    ) -> int:
-        """Forget done and canceled jobs untouched for ``older_than`` seconds whose input has left
-        the inbox; return how many.
-
-        A done input still in the inbox keeps its job however old it is: a rescan that skips
-        its folder as unchanged (folder marks) does not touch it, and forgetting it would mean
-        reading every such input again.
-        """
-        cutoff = self.clock() - older_than
-        jobs = self._query(
-            "SELECT id, inbox, input FROM jobs WHERE state IN ('done', 'canceled')"
-            " AND updated_at < ?",
-            (cutoff,),
-        )
-        gone_jobs = [(r[0], cutoff) for r in jobs if not exists(os.path.join(r[1], r[2]))]
-        with self._tx() as db:
-            deleted = db.executemany(
-                "DELETE FROM jobs WHERE id = ? AND state IN ('done', 'canceled')"
-                " AND updated_at < ?",
-                gone_jobs,
-            ).rowcount
-        return int(deleted)
