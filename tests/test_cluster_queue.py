@@ -174,3 +174,26 @@ def test_the_web_ui_steers_a_cluster(
     wait_until(lambda: state(config_b, "cat.png") is JobState.canceled, message="canceled")
     with open_journal(load_config(config_b)) as journal:
         assert journal.get(running["id"]).cancel is CancelReason.requested
+
+
+def test_a_dry_run_on_another_host_sees_the_shared_jobs(
+    tmp_path: Path, pg_url: str, share: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`once --dry-run` on host b knows what host a finished (the shared jobs, read, never
+    written) and what is new, and changes nothing in the database."""
+    from daemon.runtime.once import run_once
+    from tests.test_dry_run import verdicts
+
+    a = host_config(tmp_path, pg_url, "a", share)
+    b = host_config(tmp_path, pg_url, "b", share)
+    (share / "inbox" / "cat.txt").write_text("a cat\n", encoding="utf-8")
+    report = run_once(load_config(a), SolidGenerator)
+    assert [r.rel for r in report.results] == ["cat.txt"]
+    (share / "inbox" / "dog.txt").write_text("a dog\n", encoding="utf-8")
+    with open_journal(load_config(b)) as journal:
+        before = journal.jobs()
+    assert main(["once", "--dry-run", "-c", str(b)]) == 0
+    found = verdicts(capsys.readouterr().out)
+    assert (found["cat.txt"], found["dog.txt"]) == ("skip (done)", "make (new)")
+    with open_journal(load_config(b)) as journal:
+        assert journal.jobs() == before

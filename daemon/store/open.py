@@ -44,5 +44,16 @@ def open_journal(settings: Settings, *, clock: Clock | None = None) -> Journal:
 
 def open_journal_copy(settings: Settings, *, clock: Clock = time.time) -> Journal:
     """A private in-memory copy of the journal (empty when there is none yet): the survey runs
-    on it as on the real one, and nothing reaches ``state_dir`` (``once --dry-run``)."""
-    return SqliteJournal(settings.journal_path, clock=clock, copy=True)
+    on it as on the real one, and nothing reaches ``state_dir`` (``once --dry-run``).
+
+    In a cluster: a copy of this host's scan cache holding the shared jobs as they are now
+    (read from the database, nothing written there)."""
+    if settings.cluster is None:
+        return SqliteJournal(settings.journal_path, clock=clock, copy=True)
+    from daemon.store.cluster import cache_path
+
+    with open_journal(settings) as shared:
+        jobs = shared.jobs(limit=2**31)
+    copy = SqliteJournal(cache_path(settings.state_dir), clock=clock, copy=True)
+    copy.import_jobs(jobs)
+    return copy
