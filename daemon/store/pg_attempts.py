@@ -1,9 +1,12 @@
 """The attempts of a cluster's jobs in PostgreSQL: one row per claim, with how it ended and
 how far it got, whichever host made it (see ``protocols.JobStore``).
 
-As in the embedded journal (``sqlite_attempts``), the job store calls ``_begin``, ``_end``,
-``_reach`` and ``_forget`` inside its own transactions, so a claim and its attempt row are
-written together; a death is judged by the rule every backend shares (``store.attempts``).
+As in the embedded journal (``sqlite_attempts``), a claim and its attempt row, or a progress
+write and the attempt's furthest point, are written together: a claim's and a progress
+write's single statement carry ``BEGIN_ATTEMPT`` and ``REACH`` as further CTEs (one round
+trip each), ``_ending`` ends a job and its attempt in one statement, and ``_end`` and
+``_forget`` run inside the store's transactions. A death is judged by the rule every backend
+shares (``store.attempts``).
 Which models have loaded on a host is that host's own knowledge: it stays in the host's
 scan cache, and the stage a claim records (``loading`` or ``first_load``) carries it here.
 """
@@ -22,6 +25,35 @@ KEPT_ATTEMPTS = 20  # per job, and as many cut short; older rows go when a claim
 
 # The furthest point only moves forward: more outputs, or as many and more steps.
 _FURTHER = "(%(done)s > outputs OR (%(done)s = outputs AND %(steps)s > steps))"
+
+# Appended to a claim's statement (``claimed``: the claimed row) as further CTEs: end a stale
+# running attempt as died, open the claim's attempt, and keep the last KEPT_ATTEMPTS claims
+# and the last KEPT_ATTEMPTS cut short (the snapshot holds the older rows only, so 19 plus
+# the new one). One statement: a claim stays one round trip.
+BEGIN_ATTEMPT = (
+    f", stale AS (UPDATE {ATTEMPTS} a SET ended = 'died', ended_at = c.started_at"
+    " FROM claimed c WHERE a.job_id = c.id AND a.ended = 'running')"
+    f", opened AS (INSERT INTO {ATTEMPTS} (job_id, number, owner, started_at)"
+    f" SELECT c.id, coalesce((SELECT max(number) FROM {ATTEMPTS} WHERE job_id = c.id), 0)"
+    " + 1, c.lease_owner, c.started_at FROM claimed c)"
+    f", trimmed AS (DELETE FROM {ATTEMPTS} a USING claimed c WHERE a.job_id = c.id"
+    f" AND a.number NOT IN (SELECT number FROM {ATTEMPTS} WHERE job_id = c.id"
+    f" ORDER BY number DESC LIMIT {KEPT_ATTEMPTS} - 1) AND a.number NOT IN (SELECT number"
+    f" FROM {ATTEMPTS} WHERE job_id = c.id AND ended IN ('died', 'stopped')"
+    f" ORDER BY number DESC LIMIT {KEPT_ATTEMPTS}))"
+)
+
+# Appended to a progress write (``j``: the job row it changed) as a further CTE: move the
+# running attempt's furthest point to (done, steps) if that is further.
+REACH = (
+    f", reach AS (UPDATE {ATTEMPTS} SET total = %(total)s,"
+    " start_outputs = coalesce(start_outputs, %(done)s),"
+    " stage = CASE WHEN %(steps)s > 0 THEN 'generating' ELSE stage END,"
+    f" note = CASE WHEN {_FURTHER} THEN %(note)s ELSE note END,"
+    f" steps = CASE WHEN {_FURTHER} THEN %(steps)s ELSE steps END,"
+    f" outputs = CASE WHEN {_FURTHER} THEN %(done)s ELSE outputs END"
+    " WHERE job_id IN (SELECT id FROM j) AND ended = 'running')"
+)
 
 
 def attempt_of(row: dict[str, Any]) -> Attempt:
@@ -74,36 +106,16 @@ class PostgresAttempts(PostgresRows):
         )
         return bool(rows[0]["live"])
 
-    def _reach(self, db: Any, job_id: int, done: int, total: int, note: str, steps: int) -> None:
-        """Move the running claim's furthest point to (done, steps) if that is further."""
-        db.execute(
-            f"UPDATE {ATTEMPTS} SET total = %(total)s,"
-            " start_outputs = coalesce(start_outputs, %(done)s),"
-            " stage = CASE WHEN %(steps)s > 0 THEN 'generating' ELSE stage END,"
-            f" note = CASE WHEN {_FURTHER} THEN %(note)s ELSE note END,"
-            f" steps = CASE WHEN {_FURTHER} THEN %(steps)s ELSE steps END,"
-            f" outputs = CASE WHEN {_FURTHER} THEN %(done)s ELSE outputs END"
-            " WHERE job_id = %(id)s AND ended = 'running'",
-            {"id": job_id, "done": done, "total": total, "note": note, "steps": steps},
+    def _ending(self, sql: str, args: dict[str, Any], ended: AttemptEnd) -> bool:
+        """Run ``sql`` (a fenced UPDATE of a job ``RETURNING id, <time> AS at``) and close
+        the job's running attempt as ``ended`` in the same statement; whether it changed."""
+        rows = self._query(
+            f"WITH j AS ({sql}), closed AS (UPDATE {ATTEMPTS} a SET ended = %(ended_as)s,"
+            " ended_at = j.at FROM j WHERE a.job_id = j.id AND a.ended = 'running')"
+            " SELECT count(*) AS n FROM j",
+            {**args, "ended_as": ended.value},
         )
-
-    def _begin(self, db: Any, job_id: int, owner: str, now: float) -> None:
-        """Open the attempt row of a new claim (ending a stale running one as died) and
-        keep the last claims, and the last claims cut short."""
-        self._end(db, job_id, AttemptEnd.died, now)
-        db.execute(
-            f"INSERT INTO {ATTEMPTS} (job_id, number, owner, started_at) SELECT %(id)s,"
-            f" coalesce(max(number), 0) + 1, %(owner)s, %(now)s FROM {ATTEMPTS}"
-            " WHERE job_id = %(id)s",
-            {"id": job_id, "owner": owner, "now": now},
-        )
-        db.execute(
-            f"DELETE FROM {ATTEMPTS} WHERE job_id = %(id)s AND number NOT IN (SELECT number"
-            f" FROM {ATTEMPTS} WHERE job_id = %(id)s ORDER BY number DESC LIMIT %(kept)s)"
-            f" AND number NOT IN (SELECT number FROM {ATTEMPTS} WHERE job_id = %(id)s"
-            " AND ended IN ('died', 'stopped') ORDER BY number DESC LIMIT %(kept)s)",
-            {"id": job_id, "kept": KEPT_ATTEMPTS},
-        )
+        return bool(rows[0]["n"])
 
     def _end(self, db: Any, job_id: int, ended: AttemptEnd, now: float) -> None:
         """Close the running attempt of a job (there is none when it was not claimed)."""

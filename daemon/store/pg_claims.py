@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from daemon.store.attempts import quarantine_message
+from daemon.store.pg_attempts import BEGIN_ATTEMPT, REACH
 from daemon.store.pg_queue import PostgresQueue
 from daemon.store.pg_rows import NOTIFY, ORDER, fence
 from daemon.store.pg_schema import CLAIMS, HOSTS, JOBS
@@ -36,24 +37,21 @@ class PostgresClaims(PostgresQueue):
             "lease": lease_seconds,
             "inboxes": self.paths.names(inboxes or ()),
         }
-        with self._tx() as db:
-            row = self._run(
-                db,
-                f"WITH next AS (SELECT id FROM {JOBS} WHERE state IN ('queued', 'waiting')"
-                " AND (state = 'queued' OR coalesce(not_before, 0) <= {now})"
-                f"{only} ORDER BY priority DESC, {ORDER} LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                f" UPDATE {JOBS} j SET state = 'running', attempts = attempts + 1,"
-                " lease_owner = %(owner)s, lease_expires = {now} + %(lease)s,"
-                " started_at = {now}, finished_at = NULL, seconds = NULL, progress_done = 0,"
-                " progress_total = 0, progress_note = '', finished = '[]', cancel = NULL,"
-                f" updated_at = {{now}}, claim = nextval('{CLAIMS}') FROM next"
-                " WHERE j.id = next.id RETURNING j.*",
-                args,
-            ).fetchone()
-            if row is None:
-                return None
-            self._begin(db, int(row["id"]), owner, float(row["started_at"]))
-            return self._job(row)
+        # One statement (its own transaction, one round trip): the claim and its attempt.
+        rows = self._query(
+            f"WITH next AS (SELECT id FROM {JOBS} WHERE state IN ('queued', 'waiting')"
+            " AND (state = 'queued' OR coalesce(not_before, 0) <= {now})"
+            f"{only} ORDER BY priority DESC, {ORDER} LIMIT 1 FOR UPDATE SKIP LOCKED),"
+            f" claimed AS (UPDATE {JOBS} j SET state = 'running', attempts = attempts + 1,"
+            " lease_owner = %(owner)s, lease_expires = {now} + %(lease)s,"
+            " started_at = {now}, finished_at = NULL, seconds = NULL, progress_done = 0,"
+            " progress_total = 0, progress_note = '', finished = '[]', cancel = NULL,"
+            f" updated_at = {{now}}, claim = nextval('{CLAIMS}') FROM next"
+            f" WHERE j.id = next.id RETURNING j.*){BEGIN_ATTEMPT}"
+            " SELECT * FROM claimed",
+            args,
+        )
+        return self._job(rows[0]) if rows else None
 
     def holds(self, job_id: int, claim: int) -> bool:
         """Whether ``claim`` is still the live claim of a running job."""
@@ -99,7 +97,7 @@ class PostgresClaims(PostgresQueue):
             f"UPDATE {JOBS} SET state = %(state)s, error = %(error)s, seconds = %(seconds)s,"
             " finished_at = {now}, updated_at = {now}, not_before = NULL, lease_owner = NULL,"
             " lease_expires = NULL, force = false, cancel = NULL"
-            f" WHERE id = %(id)s{fence(claim)} RETURNING finished_at"
+            f" WHERE id = %(id)s{fence(claim)} RETURNING id, finished_at AS at"
         )
         args = {
             "state": state.value,
@@ -108,12 +106,7 @@ class PostgresClaims(PostgresQueue):
             "id": job_id,
             "claim": claim,
         }
-        with self._tx() as db:
-            row = self._run(db, sql, args).fetchone()
-            if row is None:
-                return False
-            self._end(db, job_id, state, float(row["finished_at"]))
-            return True
+        return self._ending(sql, args, state)
 
     def mark_waiting(
         self,
@@ -176,10 +169,12 @@ class PostgresClaims(PostgresQueue):
         """Record how far a running job has come (shown by ``dropforge status`` and the web
         UI): ``done`` outputs finished of ``total`` (``finished``: the indices of the planned
         outputs finished so far), ``steps`` denoising steps since the last one."""
+        # One statement: the job's progress, and its running attempt's furthest point.
         sql = (
-            f"UPDATE {JOBS} SET progress_done = %(done)s, progress_total = %(total)s,"
+            f"WITH j AS (UPDATE {JOBS} SET progress_done = %(done)s, progress_total = %(total)s,"
             " progress_note = %(note)s, finished = coalesce(%(finished)s, finished),"
-            f" updated_at = {{now}} WHERE id = %(id)s{fence(claim)} RETURNING id"
+            f" updated_at = {{now}} WHERE id = %(id)s{fence(claim)} RETURNING id){REACH}"
+            " SELECT count(*) AS n FROM j"
         )
         args = {
             "done": done,
@@ -188,12 +183,9 @@ class PostgresClaims(PostgresQueue):
             "finished": None if finished is None else json.dumps(sorted(finished)),
             "id": job_id,
             "claim": claim,
+            "steps": steps,
         }
-        with self._tx() as db:
-            if self._run(db, sql, args).fetchone() is None:
-                return False
-            self._reach(db, job_id, done, total, note, steps)
-            return True
+        return bool(self._query(sql, args)[0]["n"])
 
     def recover(
         self,
