@@ -133,6 +133,56 @@ def test_a_newer_schema_is_refused(pg_url: str, tmp_path: Path) -> None:
             conn.execute("DELETE FROM dropforge_schema WHERE version = 99")
 
 
+def test_a_version_1_database_is_upgraded_in_place(pg_url: str, tmp_path: Path) -> None:
+    """A database of job-store schema 1 (before queue control and attempts) opens as schema
+    2 with its rows intact: no priority, no cancel, nothing planned, a running claim without
+    an attempt row is judged when its host is found dead, and the next claim is fenced."""
+    from daemon.store.pg_schema import MIGRATIONS, SCHEMA_VERSION
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "DROP TABLE IF EXISTS dropforge_attempts, dropforge_jobs, dropforge_hosts,"
+            " dropforge_settings, dropforge_schema CASCADE"
+        )
+        conn.execute("DROP SEQUENCE IF EXISTS dropforge_claims, dropforge_revs")
+        conn.execute("DROP FUNCTION IF EXISTS dropforge_jobs_revise, dropforge_jobs_changed")
+        with conn.transaction():
+            for statement in MIGRATIONS[0]:
+                conn.execute(statement)
+            conn.execute("CREATE TABLE dropforge_schema (version integer NOT NULL)")
+            conn.execute("INSERT INTO dropforge_schema (version) VALUES (1)")
+        conn.execute(
+            "INSERT INTO dropforge_jobs (inbox, input, folder, kind, fingerprint, job_key,"
+            " out_dir, state, attempts, created_at, updated_at, started_at, lease_owner,"
+            " lease_expires, progress_done, progress_total, claim) VALUES ('share', 'a.png',"
+            " '', 'image', 'fp', 'k', 'a', 'running', 1, 1, 1, 1, 'gone:1', 1e12, 1, 3, 7)"
+        )
+        conn.execute("SELECT setval('dropforge_claims', 7)")  # claim 7 was drawn from it
+    with journal_at(pg_url, tmp_path, "/mnt/a") as store:
+        with psycopg.connect(pg_url) as conn:
+            versions = [r[0] for r in conn.execute("SELECT version FROM dropforge_schema")]
+        assert versions == [1, SCHEMA_VERSION] == [1, 2]
+        (job,) = store.jobs()
+        assert (job.state, job.claim, job.priority, job.cancel, job.planned) == (
+            JobState.running,
+            7,
+            0,
+            None,
+            (),
+        )
+        assert store.recover(max_attempts=3, alive=lambda owner: True) == (1, 0)
+        (died,) = store.attempts(job.id)
+        assert (died.ended.value, died.stage.value, died.point, died.counted) == (
+            "died",
+            "generating",
+            (1, 0),
+            True,
+        )
+        again = store.claim("a:1", 60)
+        assert again is not None and again.claim > 7
+        assert [a.number for a in store.attempts(job.id)] == [1, 2]
+
+
 def test_leases_use_the_database_clock(pg_url: str, tmp_path: Path) -> None:
     """Without an injected clock, claims and leases are stamped by the database's clock."""
     with journal_at(pg_url, tmp_path, "/mnt/a") as store:
