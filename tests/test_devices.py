@@ -36,10 +36,12 @@ def test_two_worker_processes_share_one_journal(tmp_path: Path) -> None:
     journal = tmp_path / "state" / "journal.sqlite3"
 
     def done() -> int:
-        if not journal.exists():
+        try:
+            with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
+                found = db.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()
+        except sqlite3.OperationalError:  # not made yet, or its schema not yet committed
             return 0
-        with sqlite3.connect(journal) as db:
-            return int(db.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0])
+        return int(found[0])
 
     deadline = time.monotonic() + 90
     while done() < 12:
@@ -86,3 +88,49 @@ def test_worker_processes_do_not_outlive_a_killed_daemon(tmp_path: Path) -> None
         assert time.monotonic() < deadline, "the worker process outlived the daemon"
         time.sleep(0.1)
     assert "pool.orphaned" in log.read_text(encoding="utf-8")
+
+
+def test_a_cancel_reaches_the_job_a_worker_process_runs(tmp_path: Path) -> None:
+    """`dropforge cancel` of every running job stops the one in the daemon's own worker and
+    the one in its worker process alike (each process watches the journal)."""
+    import os
+    import subprocess
+    import sys
+
+    write_config(
+        tmp_path, "org/model", extra_daemon='devices = ["cpu", "cpu"]\nsettle_seconds = 0.2'
+    )
+    host = Host("one", tmp_path, tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / "inbox" / f"{name}.txt").write_text(f"prompt {name}\n", encoding="utf-8")
+        (tmp_path / "inbox" / f"{name}.toml").write_text("count = 20\n", encoding="utf-8")
+    host.start(step_seconds=0.2)
+    journal = tmp_path / "state" / "journal.sqlite3"
+
+    def states() -> list[str]:
+        try:
+            with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
+                return [r[0] for r in db.execute("SELECT state FROM jobs ORDER BY input")]
+        except sqlite3.OperationalError:  # not made yet, or its schema not yet committed
+            return []
+
+    deadline = time.monotonic() + 60
+    while states() != ["running", "running"]:
+        assert time.monotonic() < deadline, f"both jobs did not start: {states()}"
+        time.sleep(0.1)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    config = str(tmp_path / "config.toml")
+    subprocess.run(
+        [sys.executable, "-m", "daemon", "cancel", "--all", "--running", "-c", config],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    deadline = time.monotonic() + 20
+    while states() != ["canceled", "canceled"]:
+        assert time.monotonic() < deadline, f"the jobs were not canceled: {states()}"
+        time.sleep(0.1)
+    assert host.stop() == 0
+    worker_log = (tmp_path / "state" / "logs" / "worker-1.log").read_text(encoding="utf-8")
+    assert "job.cancel_heard" in worker_log

@@ -71,6 +71,7 @@ def child_main(
     from daemon.runtime.cluster import Membership
     from daemon.runtime.logs import configure_logging
     from daemon.runtime.loop import ActiveHours, WorkerLoop
+    from daemon.runtime.monitor import JournalMonitor, cancel_listener
     from daemon.runtime.recovery import owner_id
     from daemon.runtime.worker import Worker
     from daemon.store.open import open_journal
@@ -103,6 +104,10 @@ def child_main(
             )
             member.join()
             member.start()
+        # A cancel of the job this process runs (from `dropforge cancel`, the web UI, a
+        # deleted input, another host) is heard here as in the daemon's own worker.
+        monitor = JournalMonitor(settings, [cancel_listener(worker)])
+        monitor.start()
         loop.start()
         log.info("pool.worker_started", device=device, pid=os.getpid())
         parent = os.getppid()
@@ -118,6 +123,7 @@ def child_main(
                 with loop.busy:
                     worker.unload()
         stopping.set()
+        monitor.stop()
         loop.wake()
         loop.join(settings.stop_timeout)
         worker.unload()
