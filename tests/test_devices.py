@@ -5,12 +5,30 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from daemon.config import load_config
 from daemon.runtime.pool import on_device, worker_devices
 from tests.cluster.harness import Host
 from tests.helpers import write_config
+
+_STARTED: list[Host] = []
+
+
+def request_stop(host: Host) -> None:
+    """Stop ``host``'s daemon after the test even when the test fails (see the fixture)."""
+    _STARTED.append(host)
+
+
+@pytest.fixture(autouse=True)
+def _stop_daemons() -> Iterator[None]:
+    """Every daemon a test started is stopped afterwards, whatever the test's outcome."""
+    yield
+    while _STARTED:
+        _STARTED.pop().stop()
 
 
 def test_devices_are_listed_or_found(tmp_path: Path) -> None:
@@ -33,6 +51,7 @@ def test_two_worker_processes_share_one_journal(tmp_path: Path) -> None:
     for i in range(12):
         (tmp_path / "inbox" / f"p{i:02d}.txt").write_text(f"prompt {i}\n", encoding="utf-8")
     host.start(step_seconds=0.15)
+    request_stop(host)
     journal = tmp_path / "state" / "journal.sqlite3"
 
     def done() -> int:
@@ -105,6 +124,7 @@ def test_a_cancel_reaches_the_job_a_worker_process_runs(tmp_path: Path) -> None:
         (tmp_path / "inbox" / f"{name}.txt").write_text(f"prompt {name}\n", encoding="utf-8")
         (tmp_path / "inbox" / f"{name}.toml").write_text("count = 20\n", encoding="utf-8")
     host.start(step_seconds=0.2)
+    request_stop(host)
     journal = tmp_path / "state" / "journal.sqlite3"
 
     def states() -> list[str]:
