@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from daemon.app import generator_factory, load_settings
-from daemon.cli import steer
+from daemon.cli import review, steer
 from daemon.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from daemon.config import Settings, display_path
 from daemon.errors import DropforgeError
@@ -221,4 +221,5 @@ COMMANDS = {
     "run": cmd_run,
     "serve": cmd_serve,
     "service": cmd_service,
+    "rate": review.cmd_rate,
 }

@@ -61,7 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = models_sub.add_parser("fetch", help="download the configured hub models")
     _add_config(fetch)
     _add_run_and_service(sub)
+    _add_review_commands(sub)
     return parser
+
+
+def _add_review_commands(sub: Any) -> None:
+    p = sub.add_parser("rate", help="favorite, discard or clear outputs (XMP sidecars)")
+    p.add_argument("files", nargs="+", type=Path, help="images or meshes to rate")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--favorite", action="store_true", help="xmp:Rating 5")
+    group.add_argument("--discard", action="store_true", help="xmp:Rating -1 (the file stays)")
+    group.add_argument("--clear", action="store_true", help="no rating")
 
 
 def _add_queue_commands(sub: Any) -> None:
