@@ -21,6 +21,7 @@ from daemon.outputs.manifest_fields import OutputEntry
 from daemon.outputs.names import sanitize_name
 from daemon.outputs.png import read_dropforge_chunk, write_png
 from daemon.outputs.ratings import discarded_missing
+from daemon.outputs.thumbs import THUMB_DIR, save_thumbnail
 from daemon.planning.keys import (
     RANDOM,
     finish_plan,
@@ -220,8 +221,13 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
             },
             sync_folder=False,  # the manifest's write syncs the folder, after every image
         )
+        small = contact_thumbnail(image)  # for the contact sheet and the gallery
         if plan.wants_contact_sheet:
-            thumbs[index] = contact_thumbnail(image)
+            thumbs[index] = small
+        try:
+            save_thumbnail(ctx.settings.state_dir / THUMB_DIR, plan.out_dir / out.file, small)
+        except OSError as exc:  # a cache: the gallery makes it later
+            ctx.log.warning("thumbnail.failed", file=out.file, error=str(exc))
         # One line per image written: how the crash tests count generations.
         ctx.log.info("output.written", file=out.file)
         ctx.progress.image(len(done), total, out.file, index)
