@@ -96,7 +96,7 @@ class PageData:
             "rating": read_rating(path).value,
             "gone": not path.exists(),
             "fields": shown,
-            "values": {k: "" if v is None else str(v) for k, v in values.items()},
+            "value_of": {k: "" if v is None else str(v) for k, v in values.items()},
             "parameters": read_png_chunks(path).get("parameters", "") if path.is_file() else "",
             "mesh": path.suffix.lower() in MESH_SUFFIXES,
             "sequence": manifest is not None and manifest.sequence is not None,
@@ -124,9 +124,9 @@ class PageData:
         if not items:
             return None
         differ = [
-            {"name": name, "values": [i["values"][name] for i in items]}
+            {"name": name, "cells": [i["value_of"][name] for i in items]}
             for name in SHOWN
-            if name != "sha256" and len({i["values"][name] for i in items}) > 1
+            if name != "sha256" and len({i["value_of"][name] for i in items}) > 1
         ]
         return {"items": items, "differ": differ}
 

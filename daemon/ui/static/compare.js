@@ -11,6 +11,7 @@ let showingA = true;
 function setMode(mode) {
   stage.dataset.mode = mode;
   document.getElementById('slider').hidden = mode !== 'slider';
+  split.hidden = mode !== 'slider';
   document.getElementById('side').hidden = mode !== 'side';
   document.getElementById('flip').hidden = mode !== 'flip';
   document.querySelectorAll('[data-mode]').forEach((b) => b.setAttribute('aria-pressed', String(b.dataset.mode === mode)));

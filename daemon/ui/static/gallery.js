@@ -110,6 +110,12 @@ document.addEventListener('keydown', (event) => {
 
 cards.forEach((card, n) => {
   card.addEventListener('click', (event) => {
+    if (event.target.closest('[data-restore]')) {
+      post('/api/restore', { root: Number(card.dataset.root), path: card.dataset.path }).then((done) => {
+        if (done) { card.classList.remove('discard'); card.querySelector('.placeholder').textContent = 'being made again'; }
+      });
+      return;
+    }
     const button = event.target.closest('[data-rate]');
     if (button) { focus(n); rate([card], button.dataset.rate); return; }
     if (event.target.classList.contains('pick')) { focus(n); toggleSelect(card); return; }
