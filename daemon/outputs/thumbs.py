@@ -1,4 +1,4 @@
-"""Gallery thumbnails (256 px WebP), cached under ``state_dir/thumbs``.
+"""Gallery thumbnails (256 px JPEG), cached under ``state_dir/thumbs``.
 
 The worker saves one as it writes each image, from the copy it already shrank for the contact
 sheet; older outputs (and images another tool wrote) get theirs the first time the gallery asks.
@@ -19,7 +19,7 @@ from daemon.outputs.contact import CONTACT_THUMB, contact_thumbnail
 from daemon.outputs.files import atomic_write_bytes
 
 THUMB_DIR = "thumbs"
-THUMB_SUFFIX = ".webp"
+THUMB_SUFFIX = ".jpg"
 MAX_SOURCE_PIXELS = 64_000_000  # a larger image gets no thumbnail (decompression bombs)
 
 
@@ -35,7 +35,7 @@ def save_thumbnail(cache: Path, image: Path, small: Image.Image) -> Path:
     target = thumb_path(cache, image, os.stat(image))
     target.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    small.save(buffer, "WEBP", quality=80, method=0)
+    small.save(buffer, "JPEG", quality=85)
     atomic_write_bytes(target, buffer.getvalue(), sync_folder=False)
     return target
 

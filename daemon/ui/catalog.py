@@ -3,10 +3,12 @@ brought up to date on each request by stat alone.
 
 A request stats every folder the index knows (about 2,500 for 10,000 outputs); only a folder
 whose modification time changed is listed again (its new subfolders, its XMP sidecars) and its
-manifest read again when the manifest's own stat changed. Ratings are read from the sidecars
-and kept with the sidecar's stat, which is checked on every request too, so a rating written
-in place by another tool shows at the next page load. No request walks the tree or reads
-10,000 manifests; the first one after a start does (once).
+manifest read again (manifests, like outputs and sidecars, are written by a rename, which
+changes the folder). Ratings are read from the sidecars and kept with the sidecar's stat, which
+is checked on every request too, so a rating written in place by another tool shows at the
+next page load. ``generation`` changes whenever anything the pages show changed, so pages can
+keep their sorted lists between requests. No request walks the tree or reads 10,000
+manifests; the first one after a start does (once).
 """
 
 from __future__ import annotations
@@ -80,15 +82,31 @@ class Catalog:
     _folders: dict[tuple[int, str], _Folder] = field(default_factory=dict)
     _ratings: dict[tuple[int, str], _Sidecar] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _items: list[Item] = field(default_factory=list)
+    _rated: list[Item] = field(default_factory=list)  # items with a sidecar
+    generation: int = 0  # changes whenever an item or a rating changed
+    _listed: int = -1  # the generation of _items
 
     def refresh(self) -> list[Item]:
         """Bring the index up to date (stats only, unless something changed); every item."""
         with self._lock:
             for index, _root in enumerate(self.roots):
                 self._visit(index, "")
-            items = [i for f in self._folders.values() for i in f.items]
-            self._refresh_ratings(items)
-            return items
+            if self._listed != self.generation:
+                self._items = [i for f in self._folders.values() for i in f.items]
+                self._rated = [i for i in self._items if self._has_sidecar(i)]
+                keep = {(i.root, i.rel) for i in self._rated}
+                self._ratings = {k: v for k, v in self._ratings.items() if k in keep}
+                self._listed = self.generation
+            for item in self._rated:
+                self._read_rating(item)
+            return self._items
+
+    def _has_sidecar(self, item: Item) -> bool:
+        folder = self._folders[(item.root, item.folder)]
+        name = item.rel.rsplit("/", 1)[-1]
+        stem = name.rsplit(".", 1)[0]
+        return name + ".xmp" in folder.sidecars or stem + ".xmp" in folder.sidecars
 
     def rating(self, item: Item) -> Rating:
         """The rating of an item as of the last refresh."""
@@ -105,22 +123,23 @@ class Catalog:
         return None if found is None else found.manifest
 
     def _visit(self, root: int, rel: str) -> None:
-        path = self.roots[root] / rel if rel else self.roots[root]
+        base = os.fspath(self.roots[root])
         key = (root, rel)
         try:
-            st = os.stat(path)
+            mtime_ns = os.stat(f"{base}/{rel}" if rel else base).st_mtime_ns
         except OSError:
             self._forget(root, rel)
             return
         known = self._folders.get(key)
         if known is None:
             known = self._folders[key] = _Folder()
-        if known.mtime_ns != st.st_mtime_ns:
-            self._list(root, rel, path, known, st.st_mtime_ns)
-        elif known.manifest_key is not None:
-            self._reread_manifest(root, rel, path, known)
+        if known.mtime_ns != mtime_ns:
+            path = self.roots[root] / rel if rel else self.roots[root]
+            self._list(root, rel, path, known, mtime_ns)
+            self.generation += 1
         for name in known.subdirs:
             self._visit(root, f"{rel}/{name}" if rel else name)
+
 
     def _list(self, root: int, rel: str, path: Path, known: _Folder, mtime_ns: int) -> None:
         subdirs, sidecars = [], set()
@@ -138,6 +157,7 @@ class Catalog:
         gone = set(known.subdirs) - set(subdirs)
         for name in gone:
             self._forget(root, f"{rel}/{name}" if rel else name)
+            self.generation += 1
         known.mtime_ns = mtime_ns
         known.subdirs = tuple(sorted(subdirs))
         known.sidecars = frozenset(sidecars)
@@ -155,9 +175,9 @@ class Catalog:
             return
         known.manifest_key = key
         known.manifest = read_manifest(path) if key is not None else None
-        known.items = tuple(self._items(root, rel, path, known)) if known.manifest else ()
+        known.items = tuple(self._folder_items(root, rel, path, known)) if known.manifest else ()
 
-    def _items(self, root: int, rel: str, path: Path, known: _Folder) -> list[Item]:
+    def _folder_items(self, root: int, rel: str, path: Path, known: _Folder) -> list[Item]:
         manifest = known.manifest
         assert manifest is not None
         found = []
@@ -181,19 +201,6 @@ class Catalog:
             found.append(Item(root, item_rel, rel, entry.seed, mtime, mesh, gone, sequence))
         return found
 
-    def _refresh_ratings(self, items: list[Item]) -> None:
-        seen = set()
-        for item in items:
-            folder = self._folders[(item.root, item.folder)]
-            name = item.rel.rsplit("/", 1)[-1]
-            stem = name.rsplit(".", 1)[0]
-            if name + ".xmp" not in folder.sidecars and stem + ".xmp" not in folder.sidecars:
-                continue
-            seen.add((item.root, item.rel))
-            self._read_rating(item)
-        for key in set(self._ratings) - seen:
-            del self._ratings[key]
-
     def _read_rating(self, item: Item) -> None:
         image = self.roots[item.root] / item.rel
         for sidecar in sidecar_paths(image):
@@ -211,8 +218,10 @@ class Catalog:
             except OSError:
                 continue
             self._ratings[(item.root, item.rel)] = _Sidecar(key, parse_rating(data))
+            self.generation += 1
             return
-        self._ratings.pop((item.root, item.rel), None)
+        if self._ratings.pop((item.root, item.rel), None) is not None:
+            self.generation += 1
 
     def _forget(self, root: int, rel: str) -> None:
         known = self._folders.pop((root, rel), None)

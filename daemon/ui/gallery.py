@@ -99,54 +99,27 @@ def tile(catalog: Catalog, item: Item) -> dict[str, Any]:
     }
 
 
-def _matches(catalog: Catalog, item: Item, kind: Filter) -> bool:
-    rating = catalog.rating(item)
-    if kind is Filter.favorites:
-        return rating is Rating.favorite
-    if kind is Filter.discarded:
-        return rating is Rating.discard
-    if kind is Filter.unselected:
-        return rating is Rating.none
-    return rating is not Rating.discard  # "all" hides discards (their own filter shows them)
-
-
 def page_data(catalog: Catalog, query: Query, names: list[str]) -> dict[str, Any]:
     """Everything a gallery page shows, JSON-ready."""
-    everything = catalog.refresh()
+    listing = _listing(catalog, query)
+    shown = listing.shown
     prefix = query.folder + "/" if query.folder else ""
-    below = [
-        i
-        for i in everything
-        if i.root == query.root and (not prefix or (i.folder + "/").startswith(prefix))
-    ]
-    counts = {kind.value: sum(_matches(catalog, i, kind) for i in below) for kind in Filter}
-    shown = [i for i in below if _matches(catalog, i, query.filter)]
-    if query.order is Order.name:
-        shown.sort(key=lambda i: i.rel)
-    else:
-        shown.sort(key=lambda i: (-i.mtime, i.rel))
     pages = max(1, -(-len(shown) // query.per_page))
     page = min(query.page, pages)
     start = (page - 1) * query.per_page
-    subfolders = sorted(
-        {
-            i.folder[len(prefix) :].split("/", 1)[0]
-            for i in below
-            if i.folder != query.folder and i.folder.startswith(prefix)
-        }
-    )
     return {
         "roots": [{"index": n, "name": name} for n, name in enumerate(names)],
         "root": query.root,
         "folder": query.folder,
         "crumbs": _crumbs(query),
         "subfolders": [
-            {"name": name, "link": query.link(folder=prefix + name, page=1)} for name in subfolders
+            {"name": name, "link": query.link(folder=prefix + name, page=1)}
+            for name in listing.subfolders
         ],
         "filter": query.filter.value,
         "order": query.order.value,
         "filters": [
-            {"name": k.value, "count": counts[k.value], "link": query.link(filter=k, page=1)}
+            {"name": k.value, "count": listing.counts[k], "link": query.link(filter=k, page=1)}
             for k in Filter
         ],
         "orders": [{"name": o.value, "link": query.link(order=o, page=1)} for o in Order],
@@ -157,6 +130,62 @@ def page_data(catalog: Catalog, query: Query, names: list[str]) -> dict[str, Any
         "next": query.link(page=page + 1) if page < pages else None,
         "tiles": [tile(catalog, i) for i in shown[start : start + query.per_page]],
     }
+
+
+@dataclass(frozen=True)
+class _Listing:
+    shown: list[Item]
+    counts: dict[Filter, int]
+    subfolders: list[str]
+
+
+_MEMO: dict[tuple[int, int, int, str, Filter, Order], _Listing] = {}
+_MEMO_SIZE = 32
+
+
+def _listing(catalog: Catalog, query: Query) -> _Listing:
+    """The folder's items, filtered and sorted; kept while the catalog's generation holds."""
+    everything = catalog.refresh()
+    key = (id(catalog), catalog.generation, query.root, query.folder, query.filter, query.order)
+    found = _MEMO.get(key)
+    if found is not None:
+        return found
+    prefix = query.folder + "/" if query.folder else ""
+    below = [
+        i
+        for i in everything
+        if i.root == query.root and (not prefix or (i.folder + "/").startswith(prefix))
+    ]
+    rated = [(i, catalog.rating(i)) for i in below]
+    wanted = _WANTED[query.filter]
+    shown = [i for i, rating in rated if rating in wanted]
+    if query.order is Order.name:
+        shown.sort(key=lambda i: i.rel)
+    else:
+        shown.sort(key=lambda i: (-i.mtime, i.rel))
+    by_rating = {r: 0 for r in Rating}
+    for _, rating in rated:
+        by_rating[rating] += 1
+    counts = {k: sum(by_rating[r] for r in _WANTED[k]) for k in Filter}
+    subfolders = sorted(
+        {
+            i.folder[len(prefix) :].split("/", 1)[0]
+            for i in below
+            if i.folder != query.folder and i.folder.startswith(prefix)
+        }
+    )
+    if len(_MEMO) >= _MEMO_SIZE:
+        _MEMO.clear()
+    found = _MEMO[key] = _Listing(shown, counts, subfolders)
+    return found
+
+
+_WANTED = {
+    Filter.all: frozenset({Rating.favorite, Rating.none}),  # discards have their own filter
+    Filter.favorites: frozenset({Rating.favorite}),
+    Filter.unselected: frozenset({Rating.none}),
+    Filter.discarded: frozenset({Rating.discard}),
+}
 
 
 def _crumbs(query: Query) -> list[dict[str, str]]:

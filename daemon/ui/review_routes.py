@@ -87,7 +87,7 @@ class Review:
         if found is None:
             return JSONResponse({"error": "not found"}, status_code=404)
         # Named by the image's size and mtime: a changed image gets another address's content.
-        return FileResponse(found, media_type="image/webp", headers={"cache-control": "no-cache"})
+        return FileResponse(found, media_type="image/jpeg", headers={"cache-control": "no-cache"})
 
     def page(self, template: str, build: Callable[[Any], dict[str, Any] | None]) -> Any:
         async def endpoint(request: Request) -> Response:
