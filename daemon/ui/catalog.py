@@ -140,7 +140,6 @@ class Catalog:
         for name in known.subdirs:
             self._visit(root, f"{rel}/{name}" if rel else name)
 
-
     def _list(self, root: int, rel: str, path: Path, known: _Folder, mtime_ns: int) -> None:
         subdirs, sidecars = [], set()
         try:
