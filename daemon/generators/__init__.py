@@ -148,7 +148,8 @@ class GenerationEvents:
     ``on_warning`` receives one-line notes for the manifest (e.g. a truncated prompt);
     ``on_frame(t, image)`` receives each new tween frame as soon as it exists;
     ``on_call_step(step, steps)`` tells how far the running pipeline call (one batch of
-    images or frames) has come, where ``on_step`` counts over the whole request;
+    images or frames) has come, where ``on_step`` counts over the whole request (a backend
+    reports a step's ``on_call_step`` first, then its ``on_step``);
     ``on_ready()`` is called once the request's model is loaded (resident), before anything
     of the request itself (LoRA, prompts, images) touches it: a process that dies before
     then died loading the model, not working on the job.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import InputError, show_value
+from daemon.intake.paths import read_small_text
 
 USED_KEYS = ("base_paths", "expressions")
 
@@ -28,17 +29,9 @@ class ExpressionsFile:
 
 def read_expressions(path: Path, display: str, max_bytes: int) -> ExpressionsFile:
     """Read and shape an ``expressions.json``; raise InputError naming ``display``."""
+    text = read_small_text(path, display, max_bytes)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise InputError(display, f"cannot read: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
-        raise InputError(display, f"file is larger than the limit of {max_bytes} bytes")
-    try:
-        doc = json.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise InputError(display, f"not UTF-8 text (bad byte at position {exc.start})") from None
+        doc = json.loads(text)
     except ValueError as exc:
         raise InputError(display, f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):

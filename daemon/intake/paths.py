@@ -158,3 +158,19 @@ def apply_defaults(
         new_task if isinstance(new_task, str) else task,
         new_mask if isinstance(new_mask, str) else mask,
     )
+
+
+def read_small_text(path: Path, display: str, max_bytes: int) -> str:
+    """Read a small UTF-8 file (a BOM allowed) of at most ``max_bytes``; raise InputError
+    naming ``display`` when it cannot be read, is larger or is not UTF-8."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputError(display, f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise InputError(display, f"file is larger than the limit of {max_bytes} bytes")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(display, f"not UTF-8 text (bad byte at position {exc.start})") from None

@@ -91,15 +91,39 @@ class JobProgress:
 
     def step(self, done: int, total: int, step: int, steps: int, *, record: bool = True) -> None:
         """A denoising step finished: show it and record it (unless the step of the pipeline
-        call is recorded instead, see ``call_step``)."""
+        call is recorded instead, see ``steps``)."""
         self.on_step(step, steps)
         if record:
             self.record(done, total, f"step {step}/{steps}")
 
-    def call_step(self, done: int, total: int, step: int, steps: int) -> None:
-        """Step ``step`` of the ``steps`` of the running pipeline call (the batch of images
-        being made now): what the status and the web UI's tiles show."""
-        self.record(done, total, f"step {step}/{steps}")
+    def steps(self, done: Callable[[], int], total: Callable[[], int]) -> StepEvents:
+        """The ``on_step`` and ``on_call_step`` a task hands its backend: each step is counted,
+        then recorded, with the step of the running pipeline call (one batch of images or
+        frames) when the backend reports it, else with the step over the whole request."""
+        return StepEvents(self, done, total)
+
+
+@dataclass
+class StepEvents:
+    """A task's step callbacks: ``on_call_step`` (reported first by a backend that knows its
+    pipeline calls) is remembered; ``on_step`` counts the step and then records it, so the
+    record of a step always includes it, even if the process ends right after."""
+
+    progress: JobProgress
+    done: Callable[[], int]
+    total: Callable[[], int]
+    call: tuple[int, int] | None = None
+
+    def on_call_step(self, step: int, steps: int) -> None:
+        """Step ``step`` of the ``steps`` of the running pipeline call."""
+        self.call = (step, steps)
+
+    def on_step(self, step: int, steps: int) -> None:
+        """Step ``step`` of ``steps`` over the whole request: count it, record it."""
+        call = self.call
+        self.progress.step(self.done(), self.total(), step, steps, record=call is None)
+        if call is not None:
+            self.progress.record(self.done(), self.total(), f"step {call[0]}/{call[1]}")
 
 
 @dataclass(frozen=True)

@@ -232,20 +232,13 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
         ctx.log.info("output.written", file=out.file)
         ctx.progress.image(len(done), total, out.file, index)
 
-    by_call: list[bool] = []  # the backend reports steps per pipeline call: record those
-
-    def on_call_step(step: int, steps: int) -> None:
-        by_call[:] = [True]
-        ctx.progress.call_step(len(done), total, step, steps)
-
+    steps = ctx.progress.steps(lambda: len(done), lambda: total)
     events = GenerationEvents(
         on_image=on_image,
-        on_step=lambda step, steps: ctx.progress.step(
-            len(done), total, step, steps, record=not by_call
-        ),
+        on_step=steps.on_step,
         should_stop=ctx.should_stop,
         on_warning=notes.append,
-        on_call_step=on_call_step,
+        on_call_step=steps.on_call_step,
     )
     # A varied lora_scale needs one request per scale; everything else batches together.
     groups: dict[float | None, list[PlannedOutput]] = {}

@@ -7,7 +7,6 @@ mask resolved, its task chosen); the task's own planner (``registry.TASKS``) doe
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 from daemon.config import Settings
@@ -15,7 +14,7 @@ from daemon.errors import ConfigError, InputError, show_value
 from daemon.intake.candidates import Candidate
 from daemon.intake.expressions import read_expressions
 from daemon.intake.names import is_expressions_file
-from daemon.intake.paths import confine
+from daemon.intake.paths import confine, read_small_text
 from daemon.intake.scenes import chapter_number, read_prompt_text, split_scenes
 from daemon.planning.checks import CHECKS
 from daemon.planning.inputs import Hasher, base_dependencies, hash_dependencies, relative
@@ -187,7 +186,7 @@ def prompt_scenes(
     display = f"{candidate.inbox.output.name}/{path.relative_to(candidate.inbox.output).as_posix()}"
     if len(found) > 1 and path.is_file():
         deps.append(Dependency(str(path), hasher.hash_file(path)))
-        edits = read_prompts(_read_text(path, display), display)
+        edits = read_prompts(read_small_text(path, display, 4_000_000), display)
         deps.pop()
     scene_list, notes = plan_scenes(found, params.prompt_template or "{text}", edits, display)
     if len(found) > 1:
@@ -229,17 +228,3 @@ def _innermost(candidate: Candidate) -> str:
     if candidate.defaults:
         return relative(candidate, candidate.defaults[-1])
     return candidate.rel
-
-
-def _read_text(path: Path, display: str, max_bytes: int = 4_000_000) -> str:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise InputError(display, f"cannot read: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
-        raise InputError(display, f"file is larger than {max_bytes} bytes")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(display, f"not UTF-8 text (bad byte at position {exc.start})") from None

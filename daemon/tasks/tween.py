@@ -184,14 +184,11 @@ def _run_sequence(
             max_batch=ctx.settings.max_batch,
             sampler=params.sampler,
         )
+        steps = ctx.progress.steps(lambda: counter.done, lambda: counter.total)
         events = GenerationEvents(
             on_image=lambda index, image: None,
-            on_step=lambda step, steps: ctx.progress.step(
-                counter.done, counter.total, step, steps, record=False
-            ),
-            on_call_step=lambda step, steps: ctx.progress.call_step(
-                counter.done, counter.total, step, steps
-            ),
+            on_step=steps.on_step,
+            on_call_step=steps.on_call_step,
             should_stop=ctx.should_stop,
             on_warning=notes.append,
             on_frame=on_frame,
