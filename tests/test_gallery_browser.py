@@ -171,6 +171,15 @@ def test_gallery_triage_ratings_in_files_and_deleting_is_discarding(
     assert page.evaluate("window.__xss") is None and errors == []
     page.set_viewport_size({"width": 380, "height": 800})
     shot(page, "gallery-narrow")
+
+    # Restore the deleted one from its tile: the job is requeued and makes it again.
+    page.locator(f'.card[data-path="fox/fox/{names[3]}"] [data-restore]').click()
+    page.wait_for_selector(".placeholder:has-text('being made again')")
+    assert not (fox / f"{names[3]}.xmp").exists()
+    report = once(made, capsys)
+    assert "Processed: 1" in report, report
+    assert (fox / names[3]).is_file()
+    assert read_rating(fox / names[1]) is Rating.discard and (fox / names[1]).is_file()
     assert blocked == []
     page.context.close()
 

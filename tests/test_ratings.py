@@ -158,3 +158,24 @@ def test_deleted_outputs_of_a_done_job_are_recorded_as_discards_and_can_be_forgo
     assert deleted_outputs(folder, "key") == ([], False)
     assert forget_discards(folder) == [folder / "cat-1.png"]
     assert not (folder / "cat-1.png.xmp").exists()
+
+
+def test_retry_force_forgets_the_discards_of_deleted_outputs(tmp_path: Path) -> None:
+    """`retry --force` on a job clears the discards recorded for its deleted outputs, so the
+    forced run makes them again (and they show unrated)."""
+    from daemon.runtime import control
+    from daemon.store.sqlite import SqliteJournal
+
+    folder = tmp_path / "outbox" / "cat"
+    _done_folder(folder, ["cat-1.png", "cat-2.png"])
+    (folder / "cat-1.png").unlink()
+    record_discards([folder / "cat-1.png"])
+    write_rating(folder / "cat-2.png", Rating.discard)  # rated, not deleted: kept
+    with SqliteJournal(tmp_path / "journal.sqlite3") as journal:
+        job, _ = journal.upsert_job(
+            inbox=str(tmp_path / "inbox"), input="cat.png", kind="image", fingerprint="f",
+            job_key="key", out_dir=str(folder),
+        )  # fmt: skip
+        assert control.retry(journal, [job], force=True) == 1
+    assert read_rating(folder / "cat-1.png") is Rating.none
+    assert read_rating(folder / "cat-2.png") is Rating.discard
