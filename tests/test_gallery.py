@@ -183,3 +183,45 @@ def test_regenerate_writes_a_pinned_sidecar_checked_first(
     assert code == 2 and "cat-seed6.txt: the new input would fail, nothing written" in err
     assert "steps must be 1..150, got 0" in err
     assert not (inbox / "cats" / "cat-seed6.txt").exists()
+
+
+def test_serve_outbox_from_the_command_line_without_a_config(tmp_path: Path) -> None:
+    """`dropforge serve --outbox DIR` starts without a config or journal, serves the gallery
+    of DIR (the queue page redirects there) and stops on SIGINT."""
+    import signal
+    import subprocess
+    import sys
+
+    output_folder(tmp_path / "outbox" / "cat", "cat", [1, 2])
+    env = {"PYTHONPATH": str(Path(__file__).parent.parent), "XDG_CACHE_HOME": str(tmp_path),
+           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "serve", "--outbox", str(tmp_path / "outbox"),
+         "--listen", "127.0.0.1:0"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.search(r"on (http://127\.0\.0\.1:\d+/) ", line)
+        assert found is not None, line
+        response = httpx.get(found.group(1), follow_redirects=True, timeout=30)
+        assert response.url.path == "/gallery" and "seed 2" in response.text
+        assert not (tmp_path / "state").exists() and not (tmp_path / "outbox" / "state").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_serve_inbox_without_outbox_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """--inbox and --listen only mean something with --outbox."""
+    assert main(["serve", "--inbox", "x"]) == 2
+    assert capsys.readouterr().err == "Error: --inbox and --listen go with --outbox\n"
+
+
+def test_an_xmp_sidecar_is_never_an_input() -> None:
+    """Sidecars beside images (in an output tree inside an inbox, say) are not inputs."""
+    from daemon.intake.names import FileKind, classify
+
+    assert classify("cat-7.png.xmp") is FileKind.other
+    assert classify("cat-7.xmp") is FileKind.other
