@@ -109,7 +109,9 @@ def test_gallery_json_pages_filters_and_counts(served: tuple[httpx.Client, str, 
      ({"rating": "favorite", "items": [{"root": 0, "path": "../config.toml"}]}, 404,
       "../config.toml: not an output"),
      ({"rating": "favorite", "items": [{"root": 3, "path": "cat/cat-1.png"}]}, 404,
-      "cat/cat-1.png: not an output")],
+      "cat/cat-1.png: not an output"),
+     ({"rating": "favorite", "items": [{"root": 0, "path": "cat/manifest.json"}]}, 404,
+      "cat/manifest.json: not an output")],
 )  # fmt: skip
 def test_rate_refuses_bad_requests_with_a_message(
     served: tuple[httpx.Client, str, Path], body: object, status: int, error: str

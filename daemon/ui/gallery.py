@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode
 from daemon.errors import DropforgeError
 from daemon.outputs.ratings import Rating, write_rating
 from daemon.outputs.thumbs import THUMB_DIR, thumbnail_for
-from daemon.ui.catalog import Catalog, Filter, Item, Order
+from daemon.ui.catalog import IMAGE_SUFFIXES, MESH_SUFFIXES, Catalog, Filter, Item, Order
 
 PER_PAGE = 200
 MAX_PER_PAGE = 400
@@ -214,7 +214,7 @@ def output_path(roots: tuple[Path, ...], root: object, rel: object) -> Path | No
 def thumbnail(state_dir: Path, roots: tuple[Path, ...], root: int, rel: str) -> Path | None:
     """The cached thumbnail of an image output (made now if missing), or None."""
     found = output_path(roots, root, rel)
-    if found is None or found.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".gif"}:
+    if found is None or found.suffix.lower() not in IMAGE_SUFFIXES:
         return None
     return thumbnail_for(state_dir / THUMB_DIR, found)
 
@@ -236,7 +236,7 @@ def rate(roots: tuple[Path, ...], body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(item, dict):
             raise BadRequest('"items" must be a list of 1..1000 {"root", "path"} objects')
         path = output_path(roots, item.get("root"), item.get("path"))
-        if path is None:
+        if path is None or path.suffix.lower() not in IMAGE_SUFFIXES | MESH_SUFFIXES:
             raise LookupError(f"{item.get('path')}: not an output")
         if not path.exists() and rating is not Rating.discard:
             raise LookupError(f"{item.get('path')}: deleted: restore it first")

@@ -16,7 +16,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 
 from daemon.config import Settings
-from daemon.errors import DropforgeError, JobNotFound
+from daemon.errors import DropforgeError
 from daemon.runtime import control
 from daemon.store.protocols import JobStore
 from daemon.ui import gallery
@@ -128,7 +128,7 @@ class Review:
             )
         path = gallery.output_path(self.roots, body.get("root"), body.get("path"))
         if path is None:
-            raise JobNotFound(-1)
+            raise LookupError(f"{body.get('path')}: not an output")
         job = control.restore_output(self.settings, self.store, path)
         return {"requeued": job.input, "at": time.time()}
 
