@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -11,7 +12,22 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from daemon.config_ui import NotifySettings, Table, UiSettings, notify_settings, ui_settings
+from daemon.config_cluster import (
+    DATABASE_ENV,
+    DEVICES_HELP,
+    ClusterConfig,
+    cluster_settings,
+    devices_of,
+    inbox_name,
+    redact_url,
+)
+from daemon.config_ui import (
+    NotifySettings,
+    Table,
+    UiSettings,
+    notify_settings,
+    ui_settings,
+)
 from daemon.errors import ConfigError, did_you_mean, show_value
 from daemon.values import TASK_NAMES, LoraSource, ModelSource
 
@@ -20,7 +36,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
+__all__ = [
+    "DATABASE_ENV",
+    "ClusterConfig",
+    "InboxConfig",
+    "Settings",
+    "display_path",
+    "load_config",
+    "redact_url",
+    "settings_from_mapping",
+]
+
 
 # Pillow's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS, not imported here: config loads
 # without Pillow). ``max_pixels`` may lower it, never raise it: the guard always stays on.
@@ -43,6 +69,7 @@ class InboxConfig:
     poll: bool = False
     recursive: bool = True
     after: str = "keep"
+    name: str = ""  # the inbox's identity in a cluster (every host names it alike)
 
 
 @dataclass(frozen=True)
@@ -53,6 +80,7 @@ class Settings:
     inboxes: tuple[InboxConfig, ...]
     state_dir: Path
     device: str = "auto"
+    devices: tuple[str, ...] = ()  # one worker process per device (several GPUs in one box)
     settle_seconds: float = 2.0
     rescan_interval: float = 300.0
     unload_after: float = 600.0
@@ -75,6 +103,7 @@ class Settings:
     presets: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: MappingProxyType(dict(DEFAULT_PRESETS))
     )
+    cluster: ClusterConfig | None = None
     notify: NotifySettings = field(default_factory=NotifySettings)
     ui: UiSettings = field(default_factory=UiSettings)
 
@@ -92,13 +121,16 @@ class Settings:
         """Resolve a ``[models]`` alias to a hub id, a local folder or a .safetensors file."""
         if alias not in self.models:
             raise ConfigError(f"model alias {alias!r} is not defined in [models]")
-        return resolve_model_ref(alias, self.models[alias], self.base_dir)
+        source = resolve_model_ref(alias, self.models[alias], self.base_dir)
+        # In a cluster, hosts keep models at different paths: keys name the alias instead.
+        return dataclasses.replace(source, portable=True) if self.cluster else source
 
     def lora_source(self, alias: str, scale: float) -> LoraSource:
         """Resolve a ``[loras]`` alias to an absolute .safetensors path."""
         if alias not in self.loras:
             raise ConfigError(f"LoRA alias {alias!r} is not defined in [loras]")
-        return LoraSource(alias=alias, path=str(self.base_dir / self.loras[alias]), scale=scale)
+        path = str(self.base_dir / self.loras[alias])
+        return LoraSource(alias=alias, path=path, scale=scale, portable=self.cluster is not None)
 
 
 def resolve_model_ref(alias: str, value: str, base_dir: Path) -> ModelSource:
@@ -188,7 +220,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
     """Validate an already-parsed config mapping (used by tests and load_config)."""
     name = config_path.name
     base = config_path.parent
-    known = ("daemon", "inbox", "models", "loras", "defaults", "presets", "notify", "ui")
+    known = ("daemon", "inbox", "models", "loras", "defaults", "presets", "notify", "ui", "cluster")
     for key in data:
         if key not in known:
             raise ConfigError(f"{name}: [{key}]: unknown table{did_you_mean(key, known)}")
@@ -197,6 +229,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
     state_dir = base / os.path.expanduser(str(d.get("state_dir", str, ".dropforge", "a path")))
     daemon_values: dict[str, Any] = {
         "device": d.choice("device", "auto", ("auto", "cpu", "cuda", "mps"), DEVICES_HELP),
+        "devices": devices_of(d),
         "settle_seconds": d.number("settle_seconds", 2.0, 0.0),
         "rescan_interval": d.number("rescan_interval", 300.0, 1.0),
         "unload_after": d.number("unload_after", 600.0, 0.0),
@@ -240,6 +273,7 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
             poll=t.get("poll", bool, False, "true or false"),
             recursive=t.get("recursive", bool, True, "true or false"),
             after=t.choice("after", "keep", ("keep", "move")),
+            name=inbox_name(t),
         )
         t.finish()
         _check_inbox_layout(t.where, inbox, state_dir.resolve())
@@ -247,6 +281,8 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
             raise ConfigError(f"{t.where}: path {inbox.path} is already watched")
         seen.add(inbox.path)
         inboxes.append(inbox)
+    cluster = cluster_settings(name, data.get("cluster", {}))
+    inboxes = _named_inboxes(name, inboxes, cluster)
 
     models = _string_table(name, "models", data.get("models", {}))
     loras = _string_table(name, "loras", data.get("loras", {}))
@@ -277,8 +313,35 @@ def settings_from_mapping(data: Mapping[str, Any], config_path: Path) -> Setting
         presets=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in presets.items()}),
         notify=notify_settings(Table(f"{name} [notify]", data.get("notify", {}))),
         ui=ui_settings(Table(f"{name} [ui]", data.get("ui", {}))),
+        cluster=cluster,
         **daemon_values,
     )
+
+
+def _named_inboxes(
+    name: str, inboxes: list[InboxConfig], cluster: ClusterConfig | None
+) -> list[InboxConfig]:
+    """Inbox names identify jobs in a cluster: each must be given there, and unique. On one
+    host an inbox without a name is called after its folder."""
+    seen: set[str] = set()
+    named = []
+    for i, inbox in enumerate(inboxes, 1):
+        where = f"{name} [[inbox]] #{i}"
+        if not inbox.name:
+            if cluster is not None:
+                raise ConfigError(
+                    f"{where}: name is required with [cluster] database (it identifies the "
+                    "inbox on every host)"
+                )
+            named.append(dataclasses.replace(inbox, name=inbox.path.name))
+            continue
+        if inbox.name in seen:
+            raise ConfigError(
+                f"{where}: name {show_value(inbox.name)} is already used by another inbox"
+            )
+        seen.add(inbox.name)
+        named.append(inbox)
+    return named
 
 
 def _string_table(name: str, table: str, data: Any) -> dict[str, str]:

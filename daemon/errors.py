@@ -99,6 +99,15 @@ class Interrupted(DropforgeError):
     """A stop was requested; the running job is requeued and keeps its finished outputs."""
 
 
+class LeaseLost(Interrupted):
+    """Another worker holds the job now (this one froze or lost its lease): write nothing more."""
+
+    def __init__(self, job_id: int, claim: int) -> None:
+        self.job_id = job_id
+        self.claim = claim
+        super().__init__(f"job {job_id}: claim {claim} is no longer the job's live claim")
+
+
 class DependencyMissing(DropforgeError):
     """A file a job depends on vanished between the scan and the hashing."""
 

@@ -116,9 +116,17 @@ class ModelSource:
     alias: str
     kind: ModelKind
     ref: str  # hub id ("org/name"), or an absolute path to a diffusers folder / .safetensors file
+    portable: bool = False  # in a cluster: job keys name a local model by its alias
 
     def describe(self) -> str:
-        """Return the source as recorded in manifests and job keys."""
+        """Return the source as recorded in manifests (and in job keys on one host)."""
+        return self.ref
+
+    def key_source(self) -> str:
+        """The source as it enters job keys: the hub id, or the local path on one host; in a
+        cluster, where hosts keep local models at different paths, ``local:ALIAS``."""
+        if self.portable and self.kind != "hub":
+            return f"local:{self.alias}"
         return self.ref
 
 
@@ -129,3 +137,8 @@ class LoraSource:
     alias: str
     path: str
     scale: float
+    portable: bool = False  # in a cluster: job keys name the LoRA by its alias
+
+    def key_path(self) -> str:
+        """The LoRA as it enters job keys: its path on one host, ``local:ALIAS`` in a cluster."""
+        return f"local:{self.alias}" if self.portable else self.path

@@ -13,6 +13,7 @@ from daemon.generators.tiny import TINY_MESH_SUBDIR, TINY_SD_SUBDIR, write_tiny_
 from daemon.values import ModelSource
 from tests.fakes import Launch, launch_services
 from tests.helpers import TEST_DEVICE
+from tests.pg_server import PgServer, server_fixture, url_fixture
 
 # Tests never reach the network: with this set, huggingface_hub fails at once instead of
 # waiting on timeouts. It is read once, when huggingface_hub is first imported: later than
@@ -57,3 +58,15 @@ def launch() -> Iterator[Launch]:
     """Start watch-mode services on a fake generator (``launch(config, **options)``); every one
     is stopped after the test."""
     yield from launch_services()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server for the session (skipped, with the reason, where it cannot run)."""
+    yield from server_fixture()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The URL of the test database; every dropforge table is emptied after the test."""
+    yield from url_fixture(pg_server)

@@ -62,7 +62,7 @@ def test_database_is_wal_with_schema_version(journal: SqliteJournal) -> None:
     other = sqlite3.connect(journal.path)
     try:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert other.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert other.execute("PRAGMA user_version").fetchone()[0] == sqlite_base.SCHEMA_VERSION == 3
     finally:
         other.close()
 
@@ -85,7 +85,7 @@ def test_unknown_schema_version_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         SqliteJournal(path)
     assert str(info.value) == (
-        f"{path}: journal schema 7 is newer than the one this dropforge uses (2); "
+        f"{path}: journal schema 7 is newer than the one this dropforge uses (3); "
         "upgrade dropforge, or move the file aside to start a fresh journal"
     )
 
@@ -118,26 +118,28 @@ def test_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: SettableC
         claimed = journal.claim("w", 60)
         assert claimed is not None and claimed.input == "a.png"
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     db.close()
 
 
 def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: SettableClock) -> None:
-    """A journal written before the attempts table opens as version 2 with its rows intact,
-    and its claim that a dead process left running is judged as every death was then."""
+    """A journal written before the attempts table opens as version 3 (attempts, then claim
+    numbers) with its rows intact, its claim that a dead process left running is judged as
+    every death was then, and its next claim takes the first fencing number."""
     path = tmp_path / "journal.sqlite3"
     db = sqlite3.connect(path)
     db.executescript((Path(__file__).parent / "data" / "journal-v1.sql").read_text())
     db.execute("PRAGMA user_version = 1")
     db.close()
     with SqliteJournal(path, clock=clock) as journal:
-        assert journal._query("PRAGMA user_version")[0][0] == 2
+        assert journal._query("PRAGMA user_version")[0][0] == 3
         names = {r[0] for r in journal._query("SELECT name FROM sqlite_master")}
         assert {"attempts", "attempts_forget", "model_loads"} <= names
         crashy = journal.get_job(JOB_INBOX, "crashy.png")
         done = journal.get_job(JOB_INBOX, "done.png")
         assert crashy is not None and done is not None
         assert (crashy.state, crashy.attempts, crashy.progress_done) == (JobState.running, 2, 1)
+        assert (crashy.claim, done.claim) == (0, 0)
         assert (done.state, done.attempts) == (JobState.done, 1)
         assert journal.attempts(crashy.id) == []
         assert journal.recover(max_attempts=3) == (1, 0)
@@ -151,10 +153,11 @@ def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path, clock: Settabl
         )
         assert journal.get(crashy.id).attempts == 2
         claimed = journal.claim("host:3", 60)
-        assert claimed is not None and claimed.id == crashy.id
+        assert claimed is not None and claimed.id == crashy.id and claimed.claim == 1
         assert [a.number for a in journal.attempts(crashy.id)] == [1, 2]
+        assert not journal.mark_done(crashy.id, seconds=1.0, claim=0)
     with SqliteJournal(path, clock=clock) as again:  # opened as complete: no upgrade twice
-        assert again._query("PRAGMA user_version")[0][0] == 2
+        assert again._query("PRAGMA user_version")[0][0] == 3
 
 
 def test_model_loads_are_remembered(journal: SqliteJournal, clock: SettableClock) -> None:

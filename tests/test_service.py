@@ -35,7 +35,7 @@ from daemon.store.rows import Job
 from daemon.store.sqlite import SqliteJournal
 from daemon.values import JobState
 from tests.fakes import Launch, SolidGenerator, wait_until
-from tests.helpers import snapshot, write_config
+from tests.helpers import SettableClock, snapshot, write_config
 
 MODEL = "./models/none"
 FAST = "settle_seconds = 0.3\nrescan_interval = 3600"
@@ -269,11 +269,11 @@ def test_a_job_whose_last_journal_write_failed_is_recovered_by_the_heartbeat(
     real_mark_done = journal.mark_done
     refusals: list[int] = []
 
-    def full_disk(job_id: int, *, seconds: float) -> None:
+    def full_disk(job_id: int, *, seconds: float, claim: int | None = None) -> bool:
         if not refusals:
             refusals.append(job_id)
             raise sqlite3.OperationalError("database or disk is full")
-        real_mark_done(job_id, seconds=seconds)
+        return real_mark_done(job_id, seconds=seconds, claim=claim)
 
     journal.mark_done = full_disk  # type: ignore[method-assign]
     with capture_logs() as logs:
@@ -710,3 +710,40 @@ def test_mapped_network_drives_are_flagged() -> None:
         "Z:\\inbox: Z: is a mapped network drive, which services do not see; "
         "use its UNC path (\\\\server\\share\\...) in config.toml instead"
     ]
+
+
+def test_steps_up_to_beyond_the_previous_claim_always_get_through() -> None:
+    """Reports up to the first one further than the claim cut short before are never
+    thinned (the crash-loop rule sees exactly how far this claim got), later ones are."""
+    from daemon.runtime.worker import ProgressThrottle
+
+    clock = SettableClock()
+    throttle = ProgressThrottle(clock, beyond=(0, 2))
+    assert throttle.due(0, "")
+    assert throttle.due(0, "step 1/30", 1)
+    assert throttle.due(0, "step 2/30", 2)
+    assert throttle.due(0, "step 3/30", 3)
+    assert not throttle.due(0, "step 4/30", 4)
+    fresh = ProgressThrottle(clock)  # no earlier claim: beyond where this one started
+    assert fresh.due(1, "")
+    assert fresh.due(1, "step 1/30", 1)
+    assert not fresh.due(1, "step 2/30", 2)
+
+
+def test_step_progress_is_written_about_once_a_second() -> None:
+    """Once a claim got further than where it started, its step reports are thinned to one
+    a second; image boundaries always get through."""
+    from daemon.runtime.worker import ProgressThrottle
+
+    clock = SettableClock()
+    throttle = ProgressThrottle(clock)
+    assert throttle.due(0, "")
+    assert throttle.due(0, "step 1/30", 1)  # further than where it started: recorded
+    assert not throttle.due(0, "step 2/30", 2)
+    clock.advance(0.5)
+    assert not throttle.due(0, "step 3/30", 3)
+    clock.advance(0.5)
+    assert throttle.due(0, "step 4/30", 4)
+    assert not throttle.due(0, "step 5/30", 5)
+    assert throttle.due(1, "cat-1.png")
+    assert not throttle.due(1, "step 1/30", 1)

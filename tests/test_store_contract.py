@@ -25,18 +25,35 @@ from tests.helpers import JOB_INBOX, SettableClock, add_job
 Opener = Callable[[SettableClock], Any]  # opens a new handle on the test's one store
 
 
-def _sqlite(tmp_path: Path) -> Opener:
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     path = tmp_path / "state" / "journal.sqlite3"
     return lambda clock: SqliteJournal(path, clock=clock)
 
 
-STORES: dict[str, Callable[[Path], Opener]] = {"sqlite": _sqlite}
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """The cluster's store: jobs in the session's PostgreSQL (skipped without it), this
+    handle's scan cache in a local file, JOB_INBOX shared under the name ``inbox``."""
+    url = request.getfixturevalue("pg_url")
+    from daemon.store.cluster import ClusterJournal
+    from daemon.store.portable import InboxPlace, PortablePaths
+
+    paths = PortablePaths([InboxPlace("inbox", JOB_INBOX, "/srv/outbox")])
+    count = iter(range(1000))
+    return lambda clock: ClusterJournal(
+        url, paths, tmp_path / f"cache{next(count)}.sqlite3", clock=clock
+    )
+
+
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Opener]] = {
+    "sqlite": _sqlite,
+    "postgres": _postgres,
+}
 
 
 @pytest.fixture(params=sorted(STORES))
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     """Opens handles on one fresh store of each implementation."""
-    return STORES[request.param](tmp_path)
+    return STORES[request.param](request, tmp_path)
 
 
 @pytest.fixture
@@ -396,6 +413,80 @@ def test_requeue_quarantined(store: JobStore) -> None:
         None,
         True,
     )
+
+
+def test_each_claim_takes_a_new_fencing_number(store: JobStore, clock: SettableClock) -> None:
+    """Claims get increasing numbers, a job's next claim a higher one than its last."""
+    a = add_job(store, "a.png")[0]
+    add_job(store, "b.png")
+    first = store.claim("w1", 60)
+    second = store.claim("w2", 60)
+    assert first is not None and second is not None
+    assert 0 < first.claim < second.claim
+    clock.advance(61)
+    store.recover(max_attempts=5)
+    again = store.claim("w3", 60)
+    assert again is not None and again.id == a.id
+    assert again.claim > second.claim
+
+
+def test_writes_under_a_lost_claim_are_refused(store: JobStore, clock: SettableClock) -> None:
+    """After a job was reclaimed, every write naming the old claim changes nothing."""
+    job, _ = add_job(store)
+    old = store.claim("frozen", 60)
+    assert old is not None and store.holds(job.id, old.claim)
+    clock.advance(61)  # the frozen worker's lease runs out; another takes the job over
+    store.recover(max_attempts=5)
+    new = store.claim("w2", 60)
+    assert new is not None and new.claim != old.claim
+    assert not store.holds(job.id, old.claim)
+    assert not store.set_progress(job.id, 1, 2, "step 1/2", claim=old.claim)
+    assert not store.update_identity(job.id, "fpX", "keyX", "/srv/outbox/x", claim=old.claim)
+    assert not store.renew_lease(job.id, "frozen", 60, claim=old.claim)
+    assert not store.mark_done(job.id, seconds=1.0, claim=old.claim)
+    assert not store.mark_failed(job.id, "bad", claim=old.claim)
+    assert not store.mark_waiting(job.id, "later", claim=old.claim)
+    assert not store.mark_queued(job.id, claim=old.claim)
+    assert not store.delete(job.id, claim=old.claim)
+    assert not store.set_progress(job.id, 1, 2, "step 2/2", finished=[0], steps=2, claim=old.claim)
+    assert not store.set_stage(job.id, AttemptStage.generating, claim=old.claim)
+    assert not store.mark_canceled(job.id, "kept 1", claim=old.claim)
+    assert store.get(job.id) == new
+    assert store.attempts(job.id)[-1].stage is AttemptStage.preparing
+    assert store.set_progress(job.id, 1, 2, "step 1/2", claim=new.claim)
+    assert store.mark_done(job.id, seconds=2.0, claim=new.claim)
+    assert store.get(job.id).state is JobState.done
+    assert not store.holds(job.id, new.claim)
+
+
+def test_a_cancel_reaches_the_live_claim_which_alone_ends_it(store: JobStore) -> None:
+    """A cancel of a running job only asks (no claim needed); the live claim's worker marks
+    it canceled, and its furthest point and stage writes count under that claim."""
+    job, _ = add_job(store)
+    live = store.claim("w", 60)
+    assert live is not None
+    assert store.cancel(ids=[job.id]) == CancelResult((), (job.id,))
+    assert store.get(job.id).cancel is CancelReason.requested
+    assert store.set_stage(job.id, AttemptStage.generating, claim=live.claim)
+    assert store.set_progress(job.id, 1, 3, "step 4/4", finished=[0], steps=4, claim=live.claim)
+    assert store.mark_canceled(job.id, "1 of 3 outputs kept", claim=live.claim)
+    done = store.get(job.id)
+    assert (done.state, done.finished) == (JobState.canceled, (0,))
+    last = store.attempts(job.id)[-1]
+    assert (last.ended, last.stage, last.outputs) == (
+        AttemptEnd.canceled,
+        AttemptStage.generating,
+        1,
+    )
+
+
+def test_claims_can_be_limited_to_inboxes(store: JobStore) -> None:
+    """claim(inboxes=…) takes only jobs of those inboxes (the others' shares are missing)."""
+    add_job(store, "a.png", inbox="/srv/elsewhere")
+    b, _ = add_job(store, "b.png")
+    assert store.claim("w", 60, inboxes=["/srv/nowhere"]) is None
+    job = store.claim("w", 60, inboxes=[JOB_INBOX])
+    assert job is not None and job.id == b.id
 
 
 # --- queue control: cancel, priority, order -------------------------------------------------

@@ -22,6 +22,7 @@ __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE"]
 def cmd_run(args: argparse.Namespace) -> NoReturn:
     """`dropforge run`."""
     from daemon.runtime.logs import configure_logging
+    from daemon.runtime.pool import on_device, worker_devices
     from daemon.runtime.service import Service
 
     settings = load_settings(args.config)
@@ -35,7 +36,15 @@ def cmd_run(args: argparse.Namespace) -> NoReturn:
         from daemon.ui.server import WebUI
 
         companions.append(WebUI(settings))
-    code = Service(settings, generator_factory(settings), companions=companions).run()
+    devices = worker_devices(settings)  # one worker process per device
+    first = on_device(settings, devices[0])
+    code = Service(
+        first,
+        generator_factory(first),
+        companions=companions,
+        extra_devices=devices[1:],
+        make_factory=generator_factory,
+    ).run()
     _exit_now(code)
 
 

@@ -40,7 +40,7 @@ def _heard(settings: Settings) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     """`dropforge status`."""
     settings = load_settings(args.config)
-    if settings.journal_path.exists():
+    if settings.cluster is not None or settings.journal_path.exists():
         with open_journal(settings) as journal:
             status = views.collect_status(settings, journal, now=time.time())
     else:

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
@@ -158,6 +159,36 @@ def apply_defaults(
         new_task if isinstance(new_task, str) else task,
         new_mask if isinstance(new_mask, str) else mask,
     )
+
+
+_MOUNTED: dict[str, bool] = {}  # root → it was a mount point when last seen present
+_MOUNTED_LOCK = threading.Lock()
+
+
+def root_present(path: str | Path) -> bool:
+    """Whether an inbox or output root is really there: a folder, and still a mount point if
+    it was one when first seen (an unmounted share leaves its empty mount point behind,
+    which must never look like a folder whose files were all deleted)."""
+    key = str(path)
+    if not os.path.isdir(key):
+        return False
+    mounted = os.path.ismount(key)
+    with _MOUNTED_LOCK:
+        if _MOUNTED.get(key) and not mounted:
+            return False
+        _MOUNTED[key] = mounted
+    return True
+
+
+def inbox_available(inbox: InboxConfig, *, shared: bool) -> bool:
+    """Whether an inbox can be worked on here: its folder is present, and so is its output
+    folder (in a cluster it must exist, as a missing one may be an unmounted share; on one
+    host a missing output folder is made at the first write)."""
+    if not root_present(inbox.path):
+        return False
+    if root_present(inbox.output):
+        return True
+    return not shared and not inbox.output.exists()
 
 
 def read_small_text(path: Path, display: str, max_bytes: int) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import hashlib
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -18,9 +19,34 @@ from daemon.errors import DiskFull
 TEMP_MARKER = ".dropforge-tmp-"
 
 
-# `.{name}.dropforge-tmp-{hex}`: anchored so a user's file that merely mentions the marker
-# is never taken for one of ours.
-_TEMP_RE = re.compile(r"^\..+" + re.escape(TEMP_MARKER) + r"[0-9a-f]{8,}$")
+# `.{name}.dropforge-tmp-{hex}`, or `.{name}.dropforge-tmp-{claim}-{hex}` when a worker wrote
+# it under a claim: anchored so a user's file that merely mentions the marker is never taken
+# for one of ours.
+_TEMP_RE = re.compile(r"^\..+" + re.escape(TEMP_MARKER) + r"(?:(\d+)-)?[0-9a-f]{8,}$")
+
+
+@dataclass(frozen=True)
+class WriteFence:
+    """What a worker's writes carry: its claim number in every temporary's name, and a check
+    that must pass right before each rename (the claim is still the job's live one)."""
+
+    claim: int
+    check: Callable[[], None]  # raises (LeaseLost) when the claim was lost
+
+
+_FENCE: contextvars.ContextVar[WriteFence | None] = contextvars.ContextVar(
+    "dropforge_write_fence", default=None
+)
+
+
+@contextlib.contextmanager
+def fenced_writes(fence: WriteFence) -> Iterator[None]:
+    """Within this block (on this thread), every atomic write is fenced by ``fence``."""
+    token = _FENCE.set(fence)
+    try:
+        yield
+    finally:
+        _FENCE.reset(token)
 
 
 _CHUNK = 1 << 20
@@ -70,7 +96,9 @@ def _write_and_replace(
 ) -> None:
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{path.name}{TEMP_MARKER}{secrets.token_hex(4)}"
+    fence = _FENCE.get()
+    tag = "" if fence is None else f"{fence.claim}-"
+    temporary = folder / f".{path.name}{TEMP_MARKER}{tag}{secrets.token_hex(4)}"
     # 0o666 (less the umask) like any other new file: outputs are for people and sync tools.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     descriptor = os.open(temporary, flags, 0o666)
@@ -79,6 +107,8 @@ def _write_and_replace(
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if fence is not None:
+            fence.check()  # a worker that lost its claim must not replace the new owner's file
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -103,16 +133,24 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def remove_stale_temporaries(root: Path) -> list[Path]:
-    """Delete the temporaries a crashed write left anywhere under ``root``; return them."""
+def remove_stale_temporaries(root: Path, claims: Container[int] | None = None) -> list[Path]:
+    """Delete the temporaries a crashed write left anywhere under ``root``; return them.
+
+    With ``claims``, only those written under one of these claim numbers (the claims of
+    dead or superseded workers, never a live worker's) and untagged ones (older versions).
+    """
     removed: list[Path] = []
     for folder, _dirs, files in os.walk(root):
         for name in files:
-            if _TEMP_RE.match(name):
-                path = Path(folder, name)
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed.append(path)
+            match = _TEMP_RE.match(name)
+            if match is None:
+                continue
+            if claims is not None and match[1] is not None and int(match[1]) not in claims:
+                continue
+            path = Path(folder, name)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
     return sorted(removed)
 
 

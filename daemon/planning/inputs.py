@@ -95,4 +95,5 @@ def quick_fingerprint(
     deps = hash_dependencies(hasher, candidate, paths)
     if settings_fp is None:
         settings_fp = settings_fingerprint(settings, candidate.inbox.default_task)
-    return fingerprint(settings_fp, deps)
+    output_root = str(candidate.inbox.output) if settings.cluster else None
+    return fingerprint(settings_fp, deps, output_root=output_root)

@@ -102,10 +102,26 @@ def failure_key(deps: Sequence[Dependency], message: str) -> str:
     return sha256_text(canonical_json({"failed": items, "error": message}))
 
 
-def fingerprint(config_fp: str, deps: Sequence[Dependency]) -> str:
-    """Hash of the config and every dependency's content: unchanged ⇒ nothing to redo."""
-    items = sorted((d.path, d.sha256) for d in deps)
+def fingerprint(
+    config_fp: str, deps: Sequence[Dependency], *, output_root: str | None = None
+) -> str:
+    """Hash of the config and every dependency's content: unchanged ⇒ nothing to redo.
+
+    With ``output_root`` (a cluster), dependencies in the output tree, recorded by their
+    absolute path, enter as ``<output>/REL``: hosts mount the share at different places.
+    """
+    items = sorted((_portable(d.path, output_root), d.sha256) for d in deps)
     return sha256_text(canonical_json({"config": config_fp, "deps": items}))
+
+
+def _portable(path: str, output_root: str | None) -> str:
+    if (
+        output_root
+        and path.startswith(output_root)
+        and path[len(output_root) : len(output_root) + 1] in ("/", "\\")
+    ):
+        return "<output>/" + path[len(output_root) + 1 :].replace("\\", "/")
+    return path
 
 
 def config_fingerprint(values: Mapping[str, Any]) -> str:
@@ -119,8 +135,8 @@ def settings_fingerprint(settings: Settings, default_task: str) -> str:
         {
             "defaults": dict(settings.defaults),
             "presets": {k: dict(v) for k, v in settings.presets.items()},
-            "models": {k: settings.model_source(k).describe() for k in settings.models},
-            "loras": dict(settings.loras),
+            "models": {k: settings.model_source(k).key_source() for k in settings.models},
+            "loras": dict(settings.loras) if settings.cluster is None else sorted(settings.loras),
             "default_task": default_task,
             "max_pixels": settings.max_pixels,
         }
@@ -139,8 +155,8 @@ def output_key(pi: PlanInput, task: Task, params: Params, out: PlannedOutput) ->
         "task": task.value,
         "input": None if pi.kind == "prompt" else pi.input_sha256,
         "mask": pi.mask.sha256 if pi.mask else None,
-        "model": {"alias": pi.model.alias, "source": pi.model.describe()},
-        "lora": None if lora is None else [lora.alias, lora.path, lora.scale],
+        "model": {"alias": pi.model.alias, "source": pi.model.key_source()},
+        "lora": None if lora is None else [lora.alias, lora.key_path(), lora.scale],
         "size": [params.width, params.height],
         "sampler": params.sampler,
         "prompt": out.prompt,
@@ -174,8 +190,8 @@ def finish_plan(
         "input": pi.input_sha256,
         "mask": pi.mask.sha256 if pi.mask else None,
         "params": {k: v for k, v in record.items() if k != "force"},
-        "model": {"alias": pi.model.alias, "source": pi.model.describe()},
-        "lora": None if pi.lora is None else {"alias": pi.lora.alias, "path": pi.lora.path},
+        "model": {"alias": pi.model.alias, "source": pi.model.key_source()},
+        "lora": None if pi.lora is None else {"alias": pi.lora.alias, "path": pi.lora.key_path()},
         "outputs": [[o.file, o.seed, o.prompt, o.steps, o.guidance, o.strength] for o in outputs],
     }
     if key_extra:

@@ -52,7 +52,8 @@ class AttemptTracker:
     """Records the furthest point of one claim and its stage; feeds the progress display.
 
     ``noted`` is shared by the worker's trackers: the models whose load this process has
-    already recorded, so that a load is written to the journal once per process.
+    already recorded, so that a load is written to the journal once per process. Every write
+    names the job's claim; ``on_lost`` is called (and raises) when one is refused.
     """
 
     def __init__(
@@ -64,9 +65,12 @@ class AttemptTracker:
         *,
         on_image: Callable[[int, int], None],
         on_step: Callable[[int, int], None],
+        on_lost: Callable[[], None] = lambda: None,
     ) -> None:
         self._journal = journal
         self._job_id = job.id
+        self._claim = job.claim
+        self._on_lost = on_lost
         self._device = device
         self._noted = noted
         self._on_image = on_image
@@ -79,9 +83,10 @@ class AttemptTracker:
     ) -> None:
         """Store the progress (and the planned outputs ``finished``, when they changed) and,
         when it is further, the claim's furthest point."""
-        self._journal.set_progress(
-            self._job_id, done, total, note, finished=finished, steps=self.steps
-        )
+        if not self._journal.set_progress(
+            self._job_id, done, total, note, finished=finished, steps=self.steps, claim=self._claim
+        ):
+            self._on_lost()
 
     def image(self, done: int, total: int) -> None:
         """An output was finished: the step count starts again."""
@@ -100,7 +105,7 @@ class AttemptTracker:
         self._loading = signature
         known = signature in self._noted or self._journal.model_loaded(signature)
         stage = AttemptStage.loading if known else AttemptStage.first_load
-        self._journal.set_stage(self._job_id, stage)
+        self._stage(stage)
 
     def ready(self) -> None:
         """The model being loaded is resident: remember it loads here; the job takes over."""
@@ -110,7 +115,11 @@ class AttemptTracker:
         if signature not in self._noted:
             self._journal.note_model_loaded(signature)
             self._noted.add(signature)
-        self._journal.set_stage(self._job_id, AttemptStage.generating)
+        self._stage(AttemptStage.generating)
+
+    def _stage(self, stage: AttemptStage) -> None:
+        if not self._journal.set_stage(self._job_id, stage, claim=self._claim):
+            self._on_lost()
 
 
 class TrackedGenerator:

@@ -75,8 +75,10 @@ class WorkerLoop(threading.Thread):
         window: ActiveHours | None,
         monotonic: Clock,
         on_result: Callable[[JobResult], None],
+        park_outside: bool = True,
     ) -> None:
         super().__init__(name="dropforge-worker", daemon=True)
+        self._park_outside = park_outside
         self.worker = worker
         self.journal = worker.journal
         self.window = window
@@ -112,7 +114,7 @@ class WorkerLoop(threading.Thread):
         with self.busy:
             if self.worker.stop.is_set():
                 return False
-            job = self.journal.claim(self.worker.owner, self.worker.lease_seconds())
+            job = self.worker.claim()
             if job is None:
                 return False
             self.current = job
@@ -132,7 +134,7 @@ class WorkerLoop(threading.Thread):
         lease = self.worker.lease_seconds()
         if now - self._last_renew >= lease / 4:
             self._last_renew = now
-            self.journal.renew_lease(job.id, self.worker.owner, lease)
+            self.journal.renew_lease(job.id, self.worker.owner, lease, claim=job.claim)
 
     def stuck_for(self) -> float:
         """Seconds the running job has gone without progress (0 when idle)."""
@@ -154,9 +156,11 @@ class WorkerLoop(threading.Thread):
         if self.paused is None:
             log.info("worker.paused", active_hours=self.window.spec, resumes_in=round(until))
         self.paused = note
+        if not self._park_outside:
+            return False  # simply claims nothing: other hosts take the jobs meanwhile
         with self.busy:
-            while (job := self.journal.claim(self.worker.owner, 60.0)) is not None:
-                self.journal.mark_waiting(job.id, note, retry_in=until)
+            while (job := self.worker.claim(60.0)) is not None:
+                self.journal.mark_waiting(job.id, note, retry_in=until, claim=job.claim)
         return False
 
     def _idle_timeout(self) -> float | None:

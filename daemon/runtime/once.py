@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import structlog
@@ -12,12 +13,13 @@ from daemon.config import Settings
 from daemon.generators import Generator
 from daemon.intake.candidates import Candidate
 from daemon.intake.scan import ListedFolder, scan_inbox
+from daemon.runtime.cluster import Membership
 from daemon.runtime.monitor import JournalMonitor, cancel_listener
 from daemon.runtime.notify import Notices, notices_for
 from daemon.runtime.recovery import owner_id, recover, table_reader
 from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
 from daemon.store.open import open_journal, open_journal_copy
-from daemon.store.protocols import Journal
+from daemon.store.protocols import HostRegistry, Journal
 from daemon.survey.entries import SurveyEntry, Verdict
 from daemon.survey.forecast import Forecast, forecast
 from daemon.survey.marks import FolderMarks
@@ -125,7 +127,7 @@ def run_once(
     texture = settings.defaults.get("texture") is True
     report = OnceReport([str(i.path) for i in settings.inboxes], preset, texture)
     notices = notices_for(settings)
-    with open_journal(settings, clock=clock) as journal:
+    with open_journal(settings, clock=clock) as journal, member_of(settings, journal):
         recover(settings, journal)
         with SurveyPass(settings, journal) as survey_pass:
             scan = scan_all(settings, journal, survey_pass)
@@ -143,7 +145,12 @@ def run_once(
         if on_planned is not None:
             on_planned(pending)
         worker = Worker(
-            settings, journal, generator_factory, owner=owner_id(), clock=clock, progress=progress
+            settings,
+            journal,
+            generator_factory,
+            owner=owner_id(settings),
+            clock=clock,
+            progress=progress,
         )
         # `dropforge cancel` from another terminal stops the running job here too.
         monitor = JournalMonitor(settings, [cancel_listener(worker)], clock=clock)
@@ -159,15 +166,38 @@ def run_once(
     return report
 
 
+@contextlib.contextmanager
+def member_of(settings: Settings, journal: Journal) -> Iterator[None]:
+    """In a cluster, `once` is a member while it runs (so its claims are not taken for a dead
+    host's); on one host, nothing."""
+    if not isinstance(journal, HostRegistry):
+        yield
+        return
+    member = Membership(
+        settings,
+        journal,
+        owner=owner_id(settings),
+        device=lambda: settings.device,
+        current=lambda: None,
+        on_wake=lambda: None,
+    )
+    member.join()
+    member.start()
+    try:
+        yield
+    finally:
+        member.stop()
+
+
 def _run_all(journal: Journal, worker: Worker, report: OnceReport, notices: Notices | None) -> None:
     """Claim and run jobs until none is left (each at most once in this run)."""
     seen: set[int] = set()
     while True:
-        job = journal.claim(worker.owner, worker.lease_seconds())
+        job = worker.claim()
         if job is None:
             break
         if job.id in seen:  # claimed again in this run: leave it for a later run
-            journal.mark_waiting(job.id, job.error or "retry later", retry_in=60.0)
+            journal.mark_waiting(job.id, job.error or "retry later", retry_in=60.0, claim=job.claim)
             continue
         seen.add(job.id)
         result = worker.run(job)

@@ -15,7 +15,7 @@ import structlog
 
 from daemon.config import Settings
 from daemon.errors import DropforgeError
-from daemon.outputs.files import atomic_write_bytes
+from daemon.outputs.files import TEMP_MARKER, atomic_write_bytes
 from daemon.runtime.recovery import owner_alive
 
 log = structlog.get_logger("dropforge.service")
@@ -50,6 +50,10 @@ def write_presence(settings: Settings, presence: Presence) -> bool:
     text = json.dumps(asdict(presence), indent=2) + "\n"
     try:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        # A daemon killed while writing it left its temporary: one daemon per state_dir.
+        for stale in settings.state_dir.glob(f".{PRESENCE_NAME}{TEMP_MARKER}*"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         atomic_write_bytes(presence_path(settings), text.encode("utf-8"))
     except (OSError, DropforgeError) as exc:
         log.warning("presence.unwritable", error=str(exc))

@@ -12,7 +12,7 @@ import structlog
 
 from daemon.config import Settings
 from daemon.errors import DropforgeError
-from daemon.intake.paths import read_small_table
+from daemon.intake.paths import read_small_table, root_present
 from daemon.outputs.files import remove_stale_temporaries
 from daemon.outputs.folders import escaping_output, foreign_output
 from daemon.outputs.manifest import InputRecord, Manifest, ManifestStatus, write_manifest
@@ -24,15 +24,23 @@ from daemon.values import JobState
 log = structlog.get_logger("dropforge.runner")
 
 
-def owner_id() -> str:
+def host_name(settings: Settings | None = None) -> str:
+    """This host's name in leases: ``[cluster] host_name``, else the machine's name."""
+    if settings is not None and settings.cluster is not None:
+        return settings.cluster.host_name
+    return socket.gethostname()
+
+
+def owner_id(settings: Settings | None = None) -> str:
     """Identifies this process in job leases."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{host_name(settings)}:{os.getpid()}"
 
 
-def owner_alive(owner: str) -> bool:
-    """Whether the process named in a lease still runs (other hosts: assumed alive)."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
+def owner_alive(owner: str, host: str | None = None) -> bool:
+    """Whether the process named in a lease still runs (other hosts: assumed alive, their
+    heartbeats tell)."""
+    name, _, pid = owner.rpartition(":")
+    if name != (host or socket.gethostname()):
         return True
     if not pid.isdigit() or int(pid) == os.getpid():
         return False
@@ -60,25 +68,42 @@ def recover(settings: Settings, journal: Journal, *, spare: str | None = None) -
     jobs, so temporaries are searched in the output folders of those jobs only, not in the
     whole output tree (a restart over thousands of finished folders stays cheap).
     """
-    running = {job.id: job.out_dir for job in journal.running()}
+    running = {job.id: (job.out_dir, job.claim) for job in journal.running()}
     if not running:
         return 0
-    requeued, quarantined = journal.recover(settings.max_attempts, alive=owner_alive, spare=spare)
-    still_running = {job.id for job in journal.running()}
+    host = host_name(settings)
+    requeued, quarantined = journal.recover(
+        settings.max_attempts, alive=lambda owner: owner_alive(owner, host), spare=spare
+    )
+    still = {job.id: job.claim for job in journal.running()}
     if quarantined:
         for job_id in running:
             job = _get(journal, job_id)
             if job is not None and job.state is JobState.quarantined:
                 _write_quarantine_manifest(settings, journal, job)
     removed = 0
-    for out_dir in sorted({d for i, d in running.items() if i not in still_running}):
-        if os.path.isdir(out_dir):
-            removed += len(remove_stale_temporaries(Path(out_dir)))
+    for job_id, (out_dir, claim) in sorted(running.items()):
+        # Only the dead claim's temporaries: the job may already run again elsewhere.
+        if still.get(job_id) != claim and os.path.isdir(out_dir):
+            removed += len(remove_stale_temporaries(Path(out_dir), claims={claim}))
     if requeued or quarantined or removed:
         log.info(
             "journal.recovered", requeued=requeued, quarantined=quarantined, temporaries=removed
         )
     return requeued
+
+
+def prune_guard(settings: Settings) -> Callable[[str], bool]:
+    """For pruning: a file counts as there when it is, and when its inbox is missing or
+    unmounted here (an unmounted share must never make rows go)."""
+
+    def exists(path: str) -> bool:
+        if os.path.exists(path):
+            return True
+        roots = [i.path for i in settings.inboxes if path.startswith(str(i.path) + os.sep)]
+        return any(not root_present(root) for root in roots)
+
+    return exists
 
 
 def _get(journal: Journal, job_id: int) -> Job | None:

@@ -24,18 +24,20 @@ import structlog
 from daemon.config import Settings
 from daemon.generators import Generator
 from daemon.intake.observers import native_observer
+from daemon.runtime.cluster import FORGET_HOSTS_AFTER, Membership, join_cluster
 from daemon.runtime.companion import Companion
 from daemon.runtime.loop import ActiveHours, WorkerLoop
 from daemon.runtime.monitor import MONITOR_INTERVAL_S, JournalMonitor, cancel_listener
 from daemon.runtime.notify import Notices, notices_for
+from daemon.runtime.pool import FactoryMaker, WorkerPool
 from daemon.runtime.presence import Presence, clear_presence, write_presence
-from daemon.runtime.recovery import owner_id, recover
+from daemon.runtime.recovery import owner_id, prune_guard, recover
 from daemon.runtime.removals import OutputWatch
 from daemon.runtime.systemd import Health, Notifier
 from daemon.runtime.watcher import Watcher
 from daemon.runtime.worker import JobResult, Outcome, Progress, Worker
 from daemon.store.open import open_journal
-from daemon.store.protocols import JobStore, Journal
+from daemon.store.protocols import HostRegistry, JobStore, Journal
 from daemon.store.rows import Job
 from daemon.values import Clock, JobState
 
@@ -62,6 +64,8 @@ class Service:
         retry_tick: float = 15.0,
         on_result: Callable[[JobResult], None] = lambda result: None,
         hard_exit: Callable[[int], NoReturn] = os._exit,
+        extra_devices: Sequence[str] = (),
+        make_factory: FactoryMaker | None = None,
         companions: Sequence[Companion] = (),
         monitor_interval: float = MONITOR_INTERVAL_S,
     ) -> None:
@@ -84,12 +88,17 @@ class Service:
         self.loop: WorkerLoop | None = None
         self.watcher: Watcher | None = None
         self.scheduler: Any = None
+        self.member: Membership | None = None
+        self.pool: WorkerPool | None = None
+        if extra_devices:
+            assert make_factory is not None, "worker processes need a generator factory maker"
+            self.pool = WorkerPool(settings, list(extra_devices), make_factory)
         self.companions = tuple(companions)
         self._monitor_interval = monitor_interval
         self.monitor: JournalMonitor | None = None
         self.outputs: OutputWatch | None = None
         self.notices: Notices | None = None
-        self.owner = owner_id()
+        self.owner = owner_id(settings)
 
     # --- start and stop ---------------------------------------------------------------
 
@@ -99,6 +108,7 @@ class Service:
         self._started_at = self._monotonic()
         self.notices = notices_for(settings)  # a URL Apprise refuses stops the start here
         journal = self.journal = open_journal(settings, clock=self._clock)
+        self.member = join_cluster(settings, journal, self.owner, lambda: self.loop)
         recover(settings, journal)
         progress = Progress(
             on_start=lambda job, total: self._beat(job),
@@ -115,12 +125,17 @@ class Service:
             progress=progress,
         )
         self.loop = WorkerLoop(
-            worker, window=self.window, monotonic=self._monotonic, on_result=self._result
+            worker,
+            window=self.window,
+            monotonic=self._monotonic,
+            on_result=self._result,
+            # In a cluster a host outside its hours leaves the jobs to the others.
+            park_outside=settings.cluster is None,
         )
         self.watcher = Watcher(
             settings,
             journal,
-            on_queued=self.loop.wake,
+            on_queued=self._queued,
             on_ready=self._ready,
             clock=self._monotonic,
             wall_clock=self._clock,
@@ -146,6 +161,10 @@ class Service:
         self.outputs.start()
         self.watcher.start()
         self.loop.start()
+        if self.pool is not None:
+            self.pool.start()
+        if self.member is not None:
+            self.member.start()
         self.scheduler = self._schedule()
         presence = Presence(self.owner, os.getpid(), "run", self._clock())
         write_presence(settings, presence)  # before the UI starts: its first page knows
@@ -172,6 +191,13 @@ class Service:
         if loop is not None:
             loop.wake()
             cancel_listener(loop.worker)(view)
+
+    def _queued(self) -> None:
+        """A job was queued: wake this process's worker and every worker process."""
+        if self.loop is not None:
+            self.loop.wake()
+        if self.pool is not None:
+            self.pool.wake()
 
     def _beat(self, job: Job) -> None:
         if self.loop is not None:
@@ -203,6 +229,15 @@ class Service:
             self.heartbeat, interval, seconds=beat / 2 if beat else HEARTBEAT_S, id="heartbeat"
         )
         scheduler.add_job(self.prune, interval, hours=24, id="prune")
+        cluster = settings.cluster
+        if cluster is not None:
+            # A dead host's jobs are reclaimed within host_timeout + one of these checks, and
+            # an idle host looks for work now and then in case a notification was lost.
+            scheduler.add_job(
+                self.reclaim, interval, seconds=cluster.heartbeat_seconds, id="reclaim"
+            )
+            assert self.loop is not None
+            scheduler.add_job(self.loop.wake, interval, seconds=cluster.poll_seconds, id="poll")
         if self.window is not None:
             opens = {"hour": self.window.start // 60, "minute": self.window.start % 60}
             scheduler.add_job(self.wake_for_due, "cron", id="active-hours", **opens)
@@ -252,6 +287,10 @@ class Service:
         self.stop_event.set()  # first: the running job stops at its next step meanwhile
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        if self.member is not None:
+            self.member.stop()
+        if self.pool is not None:
+            self.pool.stop(max(0.0, deadline - self._monotonic()))
         for part in (*self.companions, self.monitor, self.outputs):
             if part is not None:
                 part.stop(timeout=max(0.0, min(2.0, deadline - self._monotonic())))
@@ -267,7 +306,8 @@ class Service:
         if loop is not None and loop.is_alive():
             job = loop.current
             if job is not None and self.journal is not None:
-                self.journal.mark_queued(job.id)  # a requeue, not a crash: no attempt counted
+                # A requeue, not a crash: no attempt counted.
+                self.journal.mark_queued(job.id, claim=job.claim)
             log.warning("service.stop_timeout", input=job.input if job else None)
         else:
             if loop is not None:
@@ -310,10 +350,20 @@ class Service:
         """Delete old done jobs and unseen cache rows."""
         if self.journal is None:
             return 0
-        removed = self.journal.prune(PRUNE_AFTER_S)
+        removed = self.journal.prune(PRUNE_AFTER_S, exists=prune_guard(self.settings))
+        if isinstance(self.journal, HostRegistry):
+            self.journal.forget_hosts(FORGET_HOSTS_AFTER)
         if removed:
             log.info("journal.pruned", rows=removed)
         return removed
+
+    def reclaim(self) -> int:
+        """Requeue the jobs of dead hosts (and of this host's dead processes); log how many."""
+        try:
+            return self.recover_orphans()
+        except Exception:  # the database away for a moment: the next check tries again
+            log.exception("cluster.reclaim_failed")
+            return 0
 
     def health(self) -> Health:
         """Observers and intake alive, worker alive and not stuck beyond its lease."""
@@ -336,6 +386,8 @@ class Service:
         """Repair what can be repaired, check health, feed systemd's watchdog when healthy."""
         if self.watcher is not None:
             self.watcher.ensure_observers()
+        if self.pool is not None:
+            self.pool.ensure()
         try:
             self.recover_orphans()
         except Exception:  # e.g. the journal's disk still full: the next beat tries again

@@ -5,14 +5,15 @@ shown as interrupted, not running) and naming the queued jobs in the order they 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from daemon.config import Settings, display_path
+from daemon.config import Settings, display_path, redact_url
 from daemon.errors import about
 from daemon.runtime.presence import running_daemon
 from daemon.runtime.recovery import owner_alive, owner_id
 from daemon.store.attempts import describe_attempts
-from daemon.store.protocols import JobStore
+from daemon.store.protocols import HostRegistry, JobStore
 from daemon.store.rows import Job
 from daemon.values import JobState
 
@@ -20,12 +21,42 @@ QUEUED_SHOWN = 10  # queued jobs `dropforge status` names
 SEEDS_SHOWN = 8
 
 
-def is_live(job: Job, now: float) -> bool:
-    """A running job whose lease a live process holds (else its process died: interrupted)."""
+def is_live(job: Job, now: float, members: Collection[str] | None = None) -> bool:
+    """A running job whose lease a live process holds (else its process died: interrupted).
+
+    In a cluster ``members`` are the owners with a live heartbeat row: the judge of every
+    host's processes (a pid means nothing on another host)."""
     owner = job.lease_owner or ""
     if not owner or (job.lease_expires or 0.0) <= now:
         return False
+    if members is not None:
+        return owner in members
     return owner == owner_id() or owner_alive(owner)  # this process (the web UI of `run`)
+
+
+def live_members(store: JobStore) -> Collection[str] | None:
+    """The owners of a cluster's live worker processes; None on one host."""
+    if isinstance(store, HostRegistry):
+        return {h.owner for h in store.hosts()}
+    return None
+
+
+def hosts_view(store: JobStore) -> list[dict[str, Any]]:
+    """A cluster's live worker processes: host, device, version, current job, last beat."""
+    if not isinstance(store, HostRegistry):
+        return []
+    now = store.clock()
+    return [
+        {
+            "host": h.host,
+            "owner": h.owner,
+            "device": h.device,
+            "version": h.version,
+            "job": h.job_input,
+            "last_beat": round(max(0.0, now - h.beat_at), 1),
+        }
+        for h in store.hosts()
+    ]
 
 
 def daemon_view(settings: Settings) -> dict[str, Any]:
@@ -102,9 +133,14 @@ def collect_status(settings: Settings, store: JobStore | None, *, now: float) ->
     jobs that ran before, waiting jobs, recent failures and cancels — each job with how far
     its claims got — and missing inbox folders (``None``: no journal yet)."""
     missing = [display_path(i.path, settings) for i in settings.inboxes if not i.path.is_dir()]
+    where = str(settings.journal_path)
+    if settings.cluster is not None:
+        where = redact_url(settings.cluster.database)
     status: dict[str, Any] = {
-        "journal": str(settings.journal_path),
+        "journal": where,
         "daemon": daemon_view(settings),
+        "cluster": settings.cluster is not None,
+        "hosts": [],
         "counts": {s.value: 0 for s in JobState},
         "running": [],
         "interrupted": [],
@@ -120,7 +156,9 @@ def collect_status(settings: Settings, store: JobStore | None, *, now: float) ->
         return status
     counts = store.counts()
     running = store.running()
-    live = [j for j in running if is_live(j, now)]
+    status["hosts"] = hosts_view(store)
+    members = live_members(store)
+    live = [j for j in running if is_live(j, now, members)]
     dead = [j for j in running if j not in live]
     status["counts"] = {s.value: counts.get(s, 0) for s in JobState}
     status["counts"]["running"] = len(live)
@@ -164,19 +202,33 @@ def format_status(status: dict[str, Any]) -> str:
     else:
         lines = ["Daemon: not running"]
     lines.append("Jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    for h in status.get("hosts", []):
+        job = h["job"] or "idle"
+        lines.append(
+            f"Host: {h['owner']} ({h['device']}, dropforge {h['version']}): {job};"
+            f" last beat {h['last_beat']:.1f} s ago"
+        )
     for folder in status["missing_inboxes"]:
         lines.append(f"Inbox missing: {folder} (unmounted or removed; its files wait for it)")
     for r in status["running"]:
         progress = f"image {r['images_done']}/{r['images_total']}"
         note = f", {r['note']}" if r["note"] else ""
         stop = ", canceling" if r["canceling"] else ""
-        lines.append(f"Running: {r['input']} ({progress}{note}{stop}, {r['seconds']} s so far)")
+        owner = f" on {r['owner']}" if status.get("hosts") and r["owner"] else ""
+        lines.append(
+            f"Running: {r['input']}{owner} ({progress}{note}{stop}, {r['seconds']} s so far)"
+        )
         if len(r["attempts"]) > 1:  # the claim before this one did not finish the job
             lines += _attempt_lines(r["attempts"], "  ")
+    then = (
+        "a live host takes it over"
+        if status.get("cluster")
+        else "it resumes when dropforge runs again"
+    )
     for r in status["interrupted"]:
         lines.append(
             f"Interrupted: {r['input']} (image {r['images_done']}/{r['images_total']}; its "
-            f"process {r['owner']} is gone; it resumes when dropforge runs again)"
+            f"process {r['owner']} is gone; {then})"
         )
     if status["queued"]:
         names = ", ".join(_queued_name(q) for q in status["queued"])
@@ -215,7 +267,8 @@ def _queued_name(job: dict[str, Any]) -> str:
 def queue_view(store: JobStore, *, now: float, limit: int = 1000) -> dict[str, Any]:
     """The jobs in the order they will run: the running ones, then the queued ones, with
     priority, planned outputs and seeds; waiting jobs (they rejoin when due) apart."""
-    running = [running_view(j, now) for j in store.running() if is_live(j, now)]
+    members = live_members(store)
+    running = [running_view(j, now) for j in store.running() if is_live(j, now, members)]
     queued = store.queue(limit)
     waiting = store.jobs([JobState.waiting], limit=limit)
     return {

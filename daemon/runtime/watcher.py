@@ -25,7 +25,7 @@ from daemon.intake.deliveries import Deliveries, delivery_folder
 from daemon.intake.names import INPUT_KINDS, FileKind, classify
 from daemon.intake.observers import Observers, native_observer
 from daemon.intake.parts import Parts, parts_of
-from daemon.intake.paths import InboxRoots, inbox_roots
+from daemon.intake.paths import InboxRoots, inbox_available, inbox_roots
 from daemon.intake.scan import scan_inbox
 from daemon.intake.settle import Settled, SettleState, SettleTracker
 from daemon.runtime.arrivals import (
@@ -98,6 +98,7 @@ class Watcher:
         self._roots = [i.output for i in settings.inboxes] + [settings.state_dir]
         self._excluded = tuple(str(p) for p in self._roots)
         self._batch_roots: dict[int, InboxRoots] = {}  # inbox index → roots, for one batch
+        self._batch_available: dict[int, bool] = {}  # inbox index → inbox_available, likewise
         self._reader = table_reader(journal)
         self._rescans: dict[int, str | None] = {}
         self._recheck: dict[tuple[int, str], str] = {}
@@ -240,6 +241,7 @@ class Watcher:
     def _after_batch(self) -> None:
         # Each input is looked at once per batch, however many of its files settled.
         self._batch_roots.clear()  # resolved afresh per batch: folders may be replaced
+        self._batch_available.clear()
         todo: dict[str, tuple[InboxState, float | None]] = {}
         for settled in self._tracker.pop_settled():
             self._guarded(self._settled, settled, todo)
@@ -314,6 +316,8 @@ class Watcher:
         """
         if not os.path.isfile(path):
             return
+        if self.settings.cluster is not None and not self._available(state):
+            return  # its outbox is not mounted here: a rescan looks again once it is
         roots = self._batch_roots.get(state.index)
         if roots is None:
             roots = self._batch_roots[state.index] = inbox_roots(state.inbox, self._roots)
@@ -341,6 +345,13 @@ class Watcher:
             )
         self._survey(state, candidate)
 
+    def _available(self, state: InboxState) -> bool:
+        """Whether the inbox and its output folder are here, looked at once per batch."""
+        found = self._batch_available.get(state.index)
+        if found is None:
+            found = self._batch_available[state.index] = inbox_available(state.inbox, shared=True)
+        return found
+
     def _survey(
         self, state: InboxState, candidate: Candidate, within: SurveyPass | None = None
     ) -> Verdict:
@@ -362,6 +373,11 @@ class Watcher:
         started = self._clock()
         if not os.path.isdir(state.root):
             return  # the observers said so; a later rescan looks again
+        if self.settings.cluster is not None and not inbox_available(state.inbox, shared=True):
+            # An unmounted outbox would make every done job look unfinished: requeueing the
+            # shared rows would make the other hosts redo them. Wait for it to return.
+            log.warning("outbox.missing", inbox=state.root, output=str(state.inbox.output))
+            return
         survey_pass = SurveyPass(self.settings, self.journal)
         marks = survey_pass.folder_marks(state.inbox)
         result = scan_inbox(

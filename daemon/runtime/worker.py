@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -20,6 +16,7 @@ from daemon.errors import (
     DropforgeError,
     InputError,
     Interrupted,
+    LeaseLost,
     ModelUnavailable,
     TransientError,
 )
@@ -27,17 +24,41 @@ from daemon.generators import Generator
 from daemon.intake.candidates import candidate_for
 from daemon.intake.deliveries import Temporaries
 from daemon.intake.paths import read_small_table
+from daemon.outputs.files import WriteFence, fenced_writes, remove_stale_temporaries
 from daemon.outputs.folders import escaping_output, foreign_output
 from daemon.outputs.manifest import AttemptRecord, job_is_done, write_manifest
-from daemon.planning.model import Plan
 from daemon.runtime.attempts import AttemptTracker, TrackedGenerator, earlier_attempts
+from daemon.runtime.fenced import ClaimEnds
+from daemon.runtime.filing import check_space, claimable_inboxes, move_after
+from daemon.runtime.outcomes import (
+    PROGRESS_EVERY_S,
+    JobResult,
+    Outcome,
+    Progress,
+    ProgressThrottle,
+    counted,
+    planned_files,
+    settings_of,
+)
+from daemon.store.attempts import previous_cut_short
 from daemon.store.protocols import Journal
-from daemon.store.rows import Job, PlannedFile, backoff, folder_stamp
+from daemon.store.rows import Job, backoff, folder_stamp
 from daemon.tasks.context import JobContext, JobProgress, Prepared
 from daemon.tasks.prepare import prepare
 from daemon.tasks.records import failed_manifest
 from daemon.tasks.registry import TASKS
-from daemon.values import CancelReason, Clock, Task
+from daemon.values import CancelReason, Clock
+
+__all__ = [
+    "DISK_RETRY_S",
+    "LOOK_AGAIN_S",
+    "JobResult",
+    "Outcome",
+    "Progress",
+    "ProgressThrottle",
+    "Worker",
+    "planned_files",
+]
 
 log = structlog.get_logger("dropforge.worker")
 
@@ -45,63 +66,6 @@ log = structlog.get_logger("dropforge.worker")
 # min_free_mb), or a model not on this machine yet (fetched or copied while jobs wait).
 LOOK_AGAIN_S = 60.0
 DISK_RETRY_S = LOOK_AGAIN_S
-
-
-def counted(n: int, noun: str) -> str:
-    """``1 output``, ``3 outputs``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _settings_of(plan: Plan) -> dict[str, Any]:
-    """What the report says of a job's settings: its preset, and a mesh's texture."""
-    return {
-        "preset": plan.params.preset,
-        "texture": plan.params.texture if plan.task is Task.mesh else None,
-    }
-
-
-class Outcome(str, Enum):
-    """How one job ended."""
-
-    done = "done"
-    skipped = "skipped"
-    failed = "failed"
-    waiting = "waiting"
-    interrupted = "interrupted"
-    vanished = "vanished"
-    canceled = "canceled"
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """What the report and the status show for one job."""
-
-    inbox: str
-    rel: str
-    outcome: Outcome
-    seconds: float
-    message: str = ""
-    out_dir: str = ""
-    generated: int = 0
-    kept: int = 0
-    preset: str | None = None  # the preset the job used (None when it could not be planned)
-    texture: bool | None = None  # a mesh job's texture setting (None for other tasks)
-
-
-@dataclass
-class Progress:
-    """Callbacks for a progress display: job started, image written, step done."""
-
-    on_start: Callable[[Job, int], None] = field(default=lambda job, total: None)
-    on_image: Callable[[Job, int, int], None] = field(default=lambda job, done, total: None)
-    on_step: Callable[[Job, int, int], None] = field(default=lambda job, done, total: None)
-
-
-def planned_files(prepared: Prepared) -> list[PlannedFile]:
-    """What a prepared job will make, as the journal lists it (nothing when unplannable)."""
-    if prepared.plan is None:
-        return []
-    return [PlannedFile(f, s) for f, s in prepared.plan.planned_files()]
 
 
 class Worker:
@@ -127,6 +91,7 @@ class Worker:
         self.clock = clock
         self.progress = progress or Progress()
         self._inboxes = {str(i.path): i for i in settings.inboxes}
+        self.ends = ClaimEnds(settings, journal)
         # A cancel of the running job, and only of it: set by request_cancel, cleared per job.
         self._cancel_lock = threading.Lock()
         self._running_id: int | None = None
@@ -202,9 +167,7 @@ class Worker:
             else None
         )
         if inbox is None or candidate is None or not candidate.path.is_file():
-            self.journal.delete(job.id)  # the input left the inbox
-            bound.info("job.vanished")
-            return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
+            return self.ends.vanished(job, bound)
         temporary = self._temporaries.find(str(candidate.path.parent), self.clock())
         if temporary is not None:  # what was written beside it may still be on its way
             folder = candidate.path.parent.relative_to(candidate.inbox.path).as_posix()
@@ -212,75 +175,100 @@ class Worker:
                 f"{candidate.rel}: a sync tool is delivering into {folder or '.'} ({temporary}):"
                 " the job starts once the delivery is done"
             )
-            self.journal.mark_waiting(job.id, message, retry_in=self.settings.settle_seconds)
             bound.info("job.waiting", error=message)
-            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, message)
+            return self.ends.wait(job, message, self.settings.settle_seconds)
         history = self.journal.attempts(job.id)
-        attempts = earlier_attempts(history, max((a.number for a in history), default=1))
+        number = max((a.number for a in history), default=1)
+        attempts = earlier_attempts(history, number)
+        previous = previous_cut_short(history, number)
+        beyond = None if previous is None else previous.point
         try:
             prepared = prepare(self.settings, self.journal, candidate)
-        except DependencyMissing as exc:
-            self.journal.mark_waiting(job.id, str(exc), retry_in=self.settings.settle_seconds)
-            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
-        except DropforgeError as exc:  # e.g. a file still being written
-            self.journal.mark_waiting(job.id, str(exc), retry_in=self.settings.settle_seconds)
-            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
-        self.journal.update_identity(
+        except (DependencyMissing, DropforgeError) as exc:  # e.g. a file still being written
+            return self.ends.wait(job, str(exc), self.settings.settle_seconds)
+        if not self.journal.update_identity(
             job.id,
             prepared.fingerprint,
             prepared.job_key,
             str(prepared.out_dir),
             task=prepared.plan.task.value if prepared.plan else None,
             planned=planned_files(prepared),
-        )
+            claim=job.claim,
+        ):
+            return self.ends.lost(job, bound)
         folders = [prepared.out_dir]
         if prepared.plan is not None:
             folders += [s.out_dir for s in prepared.plan.sequences]
         escape = escaping_output(candidate.inbox.output, folders, candidate.rel)
         if escape is not None:  # before any write, a failed manifest's too
-            self.journal.mark_waiting(job.id, escape)
             bound.warning("job.waiting", error=escape)
-            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, escape)
+            return self.ends.wait(job, escape, None)
         clash = foreign_output(candidate.inbox.output, prepared.out_dir, candidate.rel)
         if clash is not None:  # no manifest: it would replace the other input's
-            self.journal.mark_failed(job.id, clash)
+            if not self.journal.mark_failed(job.id, clash, claim=job.claim):
+                return self.ends.lost(job, bound)
             bound.warning("job.failed", error=clash)
             return JobResult(job.inbox, job.input, Outcome.failed, 0.0, clash)
+        lost = threading.Event()
+        with fenced_writes(WriteFence(job.claim, lambda: self.ends.check(job, lost))):
+            try:
+                return self._run_plan(job, prepared, started, bound, attempts, lost, beyond)
+            except LeaseLost:
+                return self.ends.lost(job, bound)
+
+    def _run_plan(
+        self,
+        job: Job,
+        prepared: Prepared,
+        started: float,
+        bound: structlog.stdlib.BoundLogger,
+        attempts: tuple[AttemptRecord, ...],
+        lost: threading.Event,
+        beyond: tuple[int, int] | None,
+    ) -> JobResult:
+        """Run a prepared job's task (its writes fenced by its claim) and record the end."""
+        candidate = prepared.candidate
         plan = prepared.plan
         if plan is None:
             assert prepared.error is not None
             return self._fail(job, prepared, str(prepared.error), started, bound, attempts)
+        # Temporaries of earlier claims of this job (a dead or frozen worker's) go now.
+        for folder in {plan.out_dir, *(s.out_dir for s in plan.sequences)}:
+            if folder.is_dir():
+                remove_stale_temporaries(folder, claims=range(job.claim))
         force = plan.force or job.force
         if not force and job_is_done(plan.out_dir, plan.job_key):
             self._mark_done(job, plan.out_dir, plan.job_key, 0.0)
-            self._move_after(prepared, "_done")
+            move_after(prepared, "_done")
             return JobResult(job.inbox, job.input, Outcome.skipped, 0.0, out_dir=str(plan.out_dir))
-        bound.info("job.started", task=plan.task.value, outputs=len(plan.outputs))
+        bound.info("job.started", task=plan.task.value, outputs=len(plan.outputs), claim=job.claim)
         self.progress.on_start(job, len(plan.outputs))
         try:
-            context = self._context(job, bound, attempts)
+            context = self._context(job, bound, attempts, lost, beyond)
             ran = TASKS[plan.task].run(context, prepared, force, started)
         except InputError as exc:
             if not candidate.path.is_file():
                 # Gone since it was planned (deleted, or its share unmounted): not a bad
                 # input. No failed manifest; a rescan queues it again if it comes back.
-                self.journal.delete(job.id)
-                bound.info("job.vanished", error=str(exc))
-                return JobResult(job.inbox, job.input, Outcome.vanished, 0.0, "input vanished")
+                return self.ends.vanished(job, bound, str(exc))
             return self._fail(job, prepared, str(exc), started, bound, attempts)
         except Interrupted:
+            if lost.is_set():
+                raise LeaseLost(job.id, job.claim) from None
             reason = self._cancel
             if reason is not None:
                 kept = self.journal.get(job.id).finished
                 note = f"{len(kept)} of {plan.output_count} outputs kept"
-                self.journal.mark_canceled(job.id, note)
+                if not self.journal.mark_canceled(job.id, note, claim=job.claim):
+                    raise LeaseLost(job.id, job.claim) from None
                 bound.info("job.canceled", reason=reason.value, kept=len(kept))
                 seconds = self.clock() - started
                 text = f"{reason.describe()} ({note})"
                 return JobResult(
                     job.inbox, job.input, Outcome.canceled, seconds, text, str(plan.out_dir)
                 )
-            self.journal.mark_queued(job.id)
+            if not self.journal.mark_queued(job.id, claim=job.claim):
+                raise LeaseLost(job.id, job.claim) from None
             bound.info("job.interrupted")
             return JobResult(job.inbox, job.input, Outcome.interrupted, self.clock() - started)
         except TransientError as exc:
@@ -288,16 +276,15 @@ class Worker:
             # rather than backing off to 1 h (looking costs a stat of the model's files).
             by_hand = isinstance(exc, (DiskFull, ModelUnavailable))
             retry_in = min(backoff(job.waits), LOOK_AGAIN_S) if by_hand else None
-            self.journal.mark_waiting(job.id, str(exc), retry_in=retry_in)
             bound.warning("job.waiting", error=str(exc))
-            return JobResult(job.inbox, job.input, Outcome.waiting, 0.0, str(exc))
+            return self.ends.wait(job, str(exc), retry_in)
         except Exception as exc:  # a bug must not stop the daemon; record it where users look
             bound.exception("job.crashed")
             message = f"internal error ({type(exc).__name__}: {exc}); please report it"
             return self._fail(job, prepared, message, started, bound, attempts)
         seconds = self.clock() - started
         self._mark_done(job, plan.out_dir, plan.job_key, seconds)
-        self._move_after(prepared, "_done")
+        move_after(prepared, "_done")
         bound.info("job.done", seconds=round(seconds, 3), generated=ran.generated, kept=ran.kept)
         message = counted(plan.output_count, "output") + (f", {ran.kept} kept" if ran.kept else "")
         if ran.notes:
@@ -311,7 +298,7 @@ class Worker:
             str(plan.out_dir),
             ran.generated,
             ran.kept,
-            **_settings_of(plan),
+            **settings_of(plan),
         )
 
     def _context(
@@ -319,10 +306,18 @@ class Worker:
         job: Job,
         bound: structlog.stdlib.BoundLogger,
         attempts: tuple[AttemptRecord, ...],
+        lost: threading.Event,
+        beyond: tuple[int, int] | None,
     ) -> JobContext:
         """What the job's task may use: narrow values, not this worker. Its progress and its
         generator calls are tracked as the claim's furthest point and stage; the planned
-        outputs it finishes are recorded for the queue and the web UI."""
+        outputs it finishes are recorded for the queue and the web UI. Every write names the
+        job's claim: a refused one means another worker holds the job now (LeaseLost)."""
+
+        def on_lost() -> None:
+            lost.set()
+            raise LeaseLost(job.id, job.claim)
+
         tracker = AttemptTracker(
             self.journal,
             job,
@@ -330,12 +325,22 @@ class Worker:
             self._loaded_models,
             on_image=lambda done, total: self.progress.on_image(job, done, total),
             on_step=lambda step, steps: self.progress.on_step(job, step, steps),
+            on_lost=on_lost,
+        )
+        # In a cluster step reports reach the shared store about once a second; one host
+        # writes every step to its own journal (the crash-loop rule's points stay exact).
+        throttle = ProgressThrottle(
+            self.clock,
+            every=PROGRESS_EVERY_S if self.settings.cluster is not None else 0.0,
+            beyond=beyond,
         )
         finished: set[int] = set()
         recorded: list[int] = []  # the finished indices last written to the journal
 
         def record(done: int, total: int, note: str) -> None:
             changed = len(finished) != len(recorded)
+            if not throttle.due(done, note, tracker.steps) and not changed:
+                return
             if changed:
                 recorded[:] = sorted(finished)
             tracker.record(done, total, note, finished=recorded if changed else None)
@@ -344,7 +349,7 @@ class Worker:
             settings=self.settings,
             generator=lambda: TrackedGenerator(lambda: self.generator, tracker),
             device_name=self.device_name,
-            should_stop=self.should_stop,
+            should_stop=lambda: self.should_stop() or lost.is_set(),
             clock=self.clock,
             progress=JobProgress(
                 record=record,
@@ -365,7 +370,8 @@ class Worker:
 
     def _mark_done(self, job: Job, out_dir: Path, job_key: str, seconds: float) -> None:
         """Record the job done, and its output folder's stamp for the next rescan."""
-        self.journal.mark_done(job.id, seconds=seconds)
+        if not self.journal.mark_done(job.id, seconds=seconds, claim=job.claim):
+            raise LeaseLost(job.id, job.claim)
         self.journal.set_output_stamps([(str(out_dir), job_key, folder_stamp(out_dir))])
 
     def _fail(
@@ -383,11 +389,14 @@ class Worker:
         )
         try:
             write_manifest(prepared.out_dir, manifest)
+        except LeaseLost:
+            raise
         except (OSError, DropforgeError) as exc:  # e.g. disk full: the journal still records it
             bound.error("manifest.unwritable", error=str(exc))
-        self.journal.mark_failed(job.id, message)
+        if not self.journal.mark_failed(job.id, message, claim=job.claim):
+            raise LeaseLost(job.id, job.claim)
         bound.warning("job.failed", error=message)
-        self._move_after(prepared, "_failed")
+        move_after(prepared, "_failed")
         return JobResult(
             job.inbox,
             job.input,
@@ -395,43 +404,21 @@ class Worker:
             finished - started,
             message,
             str(prepared.out_dir),
-            **(_settings_of(prepared.plan) if prepared.plan is not None else {}),
+            **(settings_of(prepared.plan) if prepared.plan is not None else {}),
         )
 
-    def _move_after(self, prepared: Prepared, folder: str) -> None:
-        """With ``after = "move"``, file a finished input (and its own sidecar and mask) away."""
-        candidate = prepared.candidate
-        if candidate.inbox.after != "move":
-            return
-        parts = [candidate.path]
-        if candidate.sidecar is not None and candidate.sidecar != candidate.path:
-            parts.append(candidate.sidecar)
-        if candidate.mask is not None:
-            parts.append(candidate.mask)
-        for path in parts:
-            rel = path.relative_to(candidate.inbox.path)
-            target = candidate.inbox.path / folder / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            n = 1
-            while target.exists():
-                target = target.with_name(f"{path.stem}-{n}{path.suffix}")
-                n += 1
-            try:
-                path.replace(target)
-            except OSError as exc:
-                log.warning("input.unmovable", input=str(rel), error=str(exc))
+    def claimable_inboxes(self) -> list[str] | None:
+        """The inboxes whose jobs this worker may claim (``filing.claimable_inboxes``)."""
+        return claimable_inboxes(self.settings)
 
     def check_space(self, out_dir: Path) -> None:
         """Raise DiskFull when the output's disk has less than ``min_free_mb`` free."""
-        probe = out_dir
-        while not probe.exists():
-            probe = probe.parent
-        free_mb = shutil.disk_usage(probe).free // (1024 * 1024)
-        if free_mb < self.settings.min_free_mb:
-            raise DiskFull(
-                f"only {free_mb} MB free on {probe}, below min_free_mb = "
-                f"{self.settings.min_free_mb}: free some space; the job resumes by itself"
-            )
+        check_space(self.settings, out_dir)
+
+    def claim(self, lease_seconds: float | None = None) -> Job | None:
+        """Claim the next job this worker may run."""
+        lease = self.lease_seconds() if lease_seconds is None else lease_seconds
+        return self.journal.claim(self.owner, lease, inboxes=self.claimable_inboxes())
 
     def unload(self) -> None:
         """Release the generator's pipelines (idle unload, shutdown)."""

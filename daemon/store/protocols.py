@@ -10,11 +10,12 @@ provides them; a shared job store on another engine pairs with a local scan cach
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from daemon.store.rows import Attempt, CancelResult, FolderMark, Job, JobDigest, PlannedFile
+from daemon.store.rows import Attempt, CancelResult, FolderMark, Host, Job, JobDigest, PlannedFile
 from daemon.values import AttemptStage, CancelReason, Clock, JobState
 
 
@@ -27,6 +28,12 @@ class JobStore(Protocol):
     asks: the owner's worker stops the job and marks it canceled). Claims take the highest
     priority first, then the position (arrival, unless the job was moved). Each claim is an
     attempt, recorded until the job is requeued: how it ended and how far it got.
+
+    Each claim also takes a fencing number (``Job.claim``) from an ever-growing sequence.
+    Every write a worker makes of its claimed job accepts ``claim=``: the write happens only
+    while that claim is the job's live one, and False says it was refused (the claim was
+    lost to another worker: the caller writes nothing more). Without ``claim`` the write is
+    unconditional (one process, or a person's command).
     """
 
     clock: Clock
@@ -63,7 +70,8 @@ class JobStore(Protocol):
         *,
         task: str | None = None,
         planned: Sequence[PlannedFile] | None = None,
-    ) -> None:
+        claim: int | None = None,
+    ) -> bool:
         """Record what a claimed job is actually about to do (its inputs may have changed)."""
         ...
 
@@ -79,7 +87,7 @@ class JobStore(Protocol):
         """input → the compared columns of its job, for every job of one inbox."""
         ...
 
-    def delete(self, job_id: int) -> bool:
+    def delete(self, job_id: int, *, claim: int | None = None) -> bool:
         """Remove a job row (its input left the inbox); True when there was one."""
         ...
 
@@ -87,29 +95,46 @@ class JobStore(Protocol):
         """Put a job back to queued with a fresh attempt count; False if it is leased or gone."""
         ...
 
-    def claim(self, owner: str, lease_seconds: float) -> Job | None:
-        """Take the first runnable job (queued, or waiting and due) and lease it to owner; the
+    def claim(
+        self, owner: str, lease_seconds: float, *, inboxes: Collection[str] | None = None
+    ) -> Job | None:
+        """Take the first runnable job (queued, or waiting and due) and lease it to owner,
+        with a new fencing number (``Job.claim``); only jobs of ``inboxes`` when given. The
         claim is its next attempt (``attempts``), at stage preparing."""
         ...
 
-    def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+    def holds(self, job_id: int, claim: int) -> bool:
+        """Whether ``claim`` is still the live claim of a running job (checked before every
+        output is renamed into place)."""
+        ...
+
+    def renew_lease(
+        self, job_id: int, owner: str, lease_seconds: float, *, claim: int | None = None
+    ) -> bool:
         """Extend owner's lease on a running job; False when owner no longer holds it."""
         ...
 
-    def mark_done(self, job_id: int, *, seconds: float) -> None:
+    def mark_done(self, job_id: int, *, seconds: float, claim: int | None = None) -> bool:
         """The job's outputs are complete (and its force flag spent)."""
         ...
 
-    def mark_failed(self, job_id: int, error: str) -> None:
+    def mark_failed(self, job_id: int, error: str, *, claim: int | None = None) -> bool:
         """The input is bad; terminal until the input or its sidecar changes."""
         ...
 
-    def mark_waiting(self, job_id: int, error: str, *, retry_in: float | None = None) -> None:
+    def mark_waiting(
+        self,
+        job_id: int,
+        error: str,
+        *,
+        retry_in: float | None = None,
+        claim: int | None = None,
+    ) -> bool:
         """The cause is outside the input: retry later (default: exponential backoff); a
         claim that ends here does not count toward attempts."""
         ...
 
-    def mark_queued(self, job_id: int) -> None:
+    def mark_queued(self, job_id: int, *, claim: int | None = None) -> bool:
         """A stop interrupted the job: queue it again without counting the claim."""
         ...
 
@@ -138,7 +163,8 @@ class JobStore(Protocol):
         *,
         finished: Iterable[int] | None = None,
         steps: int = 0,
-    ) -> None:
+        claim: int | None = None,
+    ) -> bool:
         """Record how far a running job has come (shown by ``dropforge status``): ``done``
         outputs finished of ``total`` (``finished``: the indices of its planned outputs
         finished so far) and ``steps`` denoising steps since the last finished one. The
@@ -146,7 +172,7 @@ class JobStore(Protocol):
         attempt is generating."""
         ...
 
-    def set_stage(self, job_id: int, stage: AttemptStage) -> None:
+    def set_stage(self, job_id: int, stage: AttemptStage, *, claim: int | None = None) -> bool:
         """Record where the running attempt of a job stands before its first step."""
         ...
 
@@ -166,7 +192,7 @@ class JobStore(Protocol):
         once; running ones are asked to stop (their ``cancel`` is set). Others are left."""
         ...
 
-    def mark_canceled(self, job_id: int, note: str = "") -> None:
+    def mark_canceled(self, job_id: int, note: str = "", *, claim: int | None = None) -> bool:
         """A running job stopped for its cancel: canceled, terminal until its input changes."""
         ...
 
@@ -190,7 +216,8 @@ class JobStore(Protocol):
         ...
 
     def revision(self) -> int:
-        """A number that changes whenever another handle on the store commits a change."""
+        """A number that changes whenever another handle on the store (another process, or
+        in a cluster another host) commits a change."""
         ...
 
     def counts(self) -> dict[JobState, int]:
@@ -334,3 +361,44 @@ class Journal(JobStore, ScanCache, Protocol):
     def __enter__(self) -> Journal: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class HostRegistry(Protocol):
+    """The hosts of a cluster sharing one job store: heartbeat rows, shared settings, wake-ups."""
+
+    host_timeout: float
+
+    def join(
+        self,
+        owner: str,
+        *,
+        host: str,
+        pid: int,
+        device: str,
+        version: str,
+        settings: Mapping[str, str],
+    ) -> None:
+        """Register a worker process; raise ConfigError (naming the keys) when its settings
+        differ from those of the cluster's live hosts."""
+        ...
+
+    def beat(self, owner: str, *, device: str, job_id: int | None, job_input: str | None) -> bool:
+        """The process is alive; False when its row is gone (it must join again)."""
+        ...
+
+    def leave(self, owner: str) -> None:
+        """The process stops."""
+        ...
+
+    def hosts(self, *, live_only: bool = True) -> list[Host]:
+        """The cluster's worker processes."""
+        ...
+
+    def forget_hosts(self, older_than: float) -> int:
+        """Delete rows of hosts silent for ``older_than`` seconds."""
+        ...
+
+    def listen(self, on_wake: Callable[[], None], stop: threading.Event) -> None:
+        """Block, calling ``on_wake`` whenever a job became runnable, until ``stop`` is set."""
+        ...

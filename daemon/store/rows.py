@@ -68,6 +68,7 @@ class Job:
     progress_note: str
     force: bool
     deps: tuple[str, ...]
+    claim: int = 0  # the fencing number of the latest claim (0: never claimed)
     priority: int = 0  # claims take the highest first
     position: float | None = None  # order within a priority; None: arrival (the id)
     cancel: CancelReason | None = None  # asked of a running job, or why it was canceled
@@ -187,3 +188,18 @@ def stat_key(st: os.stat_result) -> tuple[int, int, str]:
     """What the stat cache compares: size, mtime in nanoseconds and inode (as text)."""
     # Inodes are stored as text: some filesystems report values beyond SQLite's int64.
     return st.st_size, st.st_mtime_ns, str(st.st_ino)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One worker process of a cluster, as its heartbeat row says; times by the database."""
+
+    owner: str
+    host: str
+    pid: int
+    device: str
+    version: str
+    started_at: float
+    beat_at: float
+    job_id: int | None
+    job_input: str | None

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from daemon.store.attempts import judge
 from daemon.store.rows import Attempt
-from daemon.store.sqlite_base import SqliteDatabase
+from daemon.store.sqlite_base import SqliteDatabase, fence
 from daemon.values import AttemptEnd, AttemptStage
 
 KEPT_ATTEMPTS = 20  # per job, and as many cut short; older rows go when a claim is made
@@ -30,13 +30,23 @@ class SqliteAttempts(SqliteDatabase):
         rows = self._query("SELECT * FROM attempts WHERE job_id = ? ORDER BY number", (job_id,))
         return [Attempt.from_row(r) for r in rows]
 
-    def set_stage(self, job_id: int, stage: AttemptStage) -> None:
-        """Record where the running claim of a job stands before its first step."""
+    def set_stage(self, job_id: int, stage: AttemptStage, *, claim: int | None = None) -> bool:
+        """Record where the running claim of a job stands before its first step; with
+        ``claim`` only while that claim is the live one (False: it was lost)."""
         with self._tx() as db:
+            if (
+                claim is not None
+                and not db.execute(
+                    f"SELECT 1 FROM jobs WHERE id = :id{fence(claim)}",
+                    {"id": job_id, "claim": claim},
+                ).fetchone()
+            ):
+                return False
             db.execute(
                 "UPDATE attempts SET stage = ? WHERE job_id = ? AND ended = 'running'",
                 (AttemptStage(stage).value, job_id),
             )
+            return True
 
     def _reach(
         self, db: sqlite3.Connection, job_id: int, done: int, total: int, note: str, steps: int

@@ -20,7 +20,10 @@ from daemon.values import Clock
 # 2: queue control (priority, position, cancel requests, planned outputs) and how far each
 # claim of a job got (attempts, model_loads); a version 1 journal is upgraded in place when it
 # is opened (_UPGRADES, then _ADDED).
-SCHEMA_VERSION = 2
+# 3: fencing numbers: every claim takes a new number, and a worker's later writes of the job
+# name it, so a process that lost its claim (frozen past its lease, say) cannot overwrite the
+# new owner's.
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 10.0
 
 _SCHEMA = """
@@ -65,6 +68,12 @@ _UPGRADES: dict[int, list[str]] = {
         "ALTER TABLE jobs ADD COLUMN planned TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE jobs ADD COLUMN finished TEXT NOT NULL DEFAULT '[]'",
         "CREATE INDEX jobs_order ON jobs (state, priority DESC, coalesce(position, id))",
+    ],
+    # 2 → 3, fencing: the number of a job's latest claim (0: never claimed), drawn from the
+    # highest number in the journal plus one (an index keeps that a lookup).
+    2: [
+        "ALTER TABLE jobs ADD COLUMN claim INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX jobs_claim_number ON jobs (claim)",
     ],
 }
 
@@ -148,6 +157,14 @@ _ADDED_NAMES = {
     "model_loads",
 }
 _Database = TypeVar("_Database", bound="SqliteDatabase")
+
+
+def fence(claim: int | None, table: str = "") -> str:
+    """The condition a write of a claimed job adds: that claim is still the live one (``table``
+    qualifies the columns, e.g. ``jobs.``)."""
+    if claim is None:
+        return ""
+    return f" AND {table}state = 'running' AND {table}claim = :claim"
 
 
 class SqliteDatabase:

@@ -3,17 +3,18 @@ queue's order and cancels are in ``sqlite_queue``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from daemon.errors import JobNotFound
-from daemon.store.attempts import quarantine_message
 from daemon.store.rows import MAX_PLANNED, Job, JobDigest, PlannedFile, backoff
-from daemon.store.sqlite_queue import ORDER, SqliteQueue
-from daemon.values import AttemptEnd, CancelReason, JobState
+from daemon.store.sqlite_base import fence
+from daemon.store.sqlite_queue import ORDER
+from daemon.store.sqlite_upkeep import SqliteUpkeep
+from daemon.values import AttemptEnd, JobState
 
 # The columns a requeue resets; kept in one place so every path back to `queued` agrees.
 _REQUEUE_SET = """state = 'queued', attempts = 0, waits = 0, error = NULL, not_before = NULL,
@@ -27,9 +28,31 @@ def planned_json(planned: Sequence[PlannedFile]) -> str:
     return json.dumps([[p.file, p.seed] for p in planned[:MAX_PLANNED]], ensure_ascii=False)
 
 
-class SqliteJobStore(SqliteQueue):
-    """The jobs table of a journal file (with, through ``SqliteQueue`` and ``SqliteAttempts``,
-    its queue order, cancels and attempts)."""
+class SqliteJobStore(SqliteUpkeep):
+    """The jobs table of a journal file (with, through ``SqliteUpkeep``, ``SqliteQueue`` and
+    ``SqliteAttempts``, reclaiming, pruning, its queue order, cancels and attempts)."""
+
+    def import_jobs(self, jobs: Iterable[Job]) -> int:
+        """Write ``jobs`` as they are (ids, states, leases and all) into this journal, replacing
+        rows of the same input: a copy of another store's jobs (``once --dry-run`` in a
+        cluster surveys such a copy). Returns how many."""
+        names = [f.name for f in dataclasses.fields(Job)]
+        rows = []
+        for job in jobs:
+            values: dict[str, Any] = {n: getattr(job, n) for n in names}
+            values["state"] = job.state.value
+            values["force"] = int(job.force)
+            values["deps"] = json.dumps(list(job.deps))
+            values["cancel"] = job.cancel.value if job.cancel else None
+            values["planned"] = planned_json(job.planned)
+            values["finished"] = json.dumps(list(job.finished))
+            rows.append(values)
+        marks = ", ".join(f":{n}" for n in names)
+        with self._tx() as db:
+            db.executemany(
+                f"INSERT OR REPLACE INTO jobs ({', '.join(names)}) VALUES ({marks})", rows
+            )
+        return len(rows)
 
     def job_digests(self, inbox: str) -> dict[str, JobDigest]:
         """input → the compared columns of its job, for every job of one inbox."""
@@ -120,22 +143,27 @@ class SqliteJobStore(SqliteQueue):
         *,
         task: str | None = None,
         planned: Sequence[PlannedFile] | None = None,
-    ) -> None:
-        """Record what a claimed job is actually about to do (its inputs may have changed)."""
+        claim: int | None = None,
+    ) -> bool:
+        """Record what a claimed job is actually about to do (its inputs may have changed);
+        with ``claim``, only while that claim is the live one (False: it was lost)."""
         with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET fingerprint = ?, job_key = ?, out_dir = ?, updated_at = ?,"
-                " task = coalesce(?, task), planned = coalesce(?, planned) WHERE id = ?",
-                (
-                    fingerprint,
-                    job_key,
-                    out_dir,
-                    self.clock(),
-                    task,
-                    None if planned is None else planned_json(planned),
-                    job_id,
-                ),
+            cursor = db.execute(
+                "UPDATE jobs SET fingerprint = :fp, job_key = :key, out_dir = :out,"
+                " updated_at = :now, task = coalesce(:task, task),"
+                f" planned = coalesce(:planned, planned) WHERE id = :id{fence(claim)}",
+                {
+                    "fp": fingerprint,
+                    "key": job_key,
+                    "out": out_dir,
+                    "now": self.clock(),
+                    "task": task,
+                    "planned": None if planned is None else planned_json(planned),
+                    "id": job_id,
+                    "claim": claim,
+                },
             )
+            return cursor.rowcount > 0
 
     def get_job(self, inbox: str, input: str) -> Job | None:
         """The job of one input, or None."""
@@ -149,10 +177,11 @@ class SqliteJobStore(SqliteQueue):
             raise JobNotFound(job_id)
         return Job.from_row(rows[0])
 
-    def delete(self, job_id: int) -> bool:
+    def delete(self, job_id: int, *, claim: int | None = None) -> bool:
         """Remove a job row (its input left the inbox); True when there was one."""
         with self._tx() as db:
-            return db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+            sql = f"DELETE FROM jobs WHERE id = :id{fence(claim)}"
+            return db.execute(sql, {"id": job_id, "claim": claim}).rowcount > 0
 
     def requeue(self, job_id: int, *, force: bool = False) -> bool:
         """Put a job back to queued with a fresh attempt count; False if it is leased or gone."""
@@ -171,20 +200,27 @@ class SqliteJobStore(SqliteQueue):
         self._forget(db, ids)
         return ids
 
-    def claim(self, owner: str, lease_seconds: float) -> Job | None:
+    def claim(
+        self, owner: str, lease_seconds: float, *, inboxes: Collection[str] | None = None
+    ) -> Job | None:
         """Take the first runnable job (queued, or waiting and due) and lease it to owner:
-        the highest priority first, then by position (arrival unless moved)."""
+        the highest priority first, then by position (arrival unless moved), with a new
+        fencing number; only jobs of ``inboxes`` when given."""
         now = self.clock()
+        only = ""
+        if inboxes is not None:
+            only = " AND inbox IN (SELECT value FROM json_each(:inboxes))"
+        params = {"now": now, "inboxes": json.dumps(sorted(inboxes or ()))}
         with self._tx() as db:
             row = db.execute(
                 "SELECT id FROM ("
                 f"SELECT * FROM (SELECT id, priority, {ORDER} AS pos FROM jobs"
-                f" WHERE state = 'queued' ORDER BY priority DESC, {ORDER} LIMIT 1)"
+                f" WHERE state = 'queued'{only} ORDER BY priority DESC, {ORDER} LIMIT 1)"
                 f" UNION ALL SELECT * FROM (SELECT id, priority, {ORDER} AS pos FROM jobs"
-                " WHERE state = 'waiting' AND coalesce(not_before, 0) <= :now"
+                f" WHERE state = 'waiting' AND coalesce(not_before, 0) <= :now{only}"
                 f" ORDER BY priority DESC, {ORDER} LIMIT 1)"
                 ") ORDER BY priority DESC, pos LIMIT 1",
-                {"now": now},
+                params,
             ).fetchone()
             if row is None:
                 return None
@@ -192,48 +228,86 @@ class SqliteJobStore(SqliteQueue):
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1,"
                 " lease_owner = :owner, lease_expires = :expires, started_at = :now,"
                 " finished_at = NULL, seconds = NULL, progress_done = 0, progress_total = 0,"
-                " progress_note = '', finished = '[]', cancel = NULL, updated_at = :now"
-                " WHERE id = :id RETURNING *",
+                " progress_note = '', finished = '[]', cancel = NULL, updated_at = :now,"
+                " claim = (SELECT coalesce(max(claim), 0) + 1 FROM jobs) WHERE id = :id"
+                " RETURNING *",
                 {"owner": owner, "expires": now + lease_seconds, "now": now, "id": row[0]},
             ).fetchone()
             self._begin(db, row[0], owner, now)
             return Job.from_row(claimed)
 
-    def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+    def holds(self, job_id: int, claim: int) -> bool:
+        """Whether ``claim`` is still the live claim of a running job."""
+        rows = self._query(
+            "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND claim = ?", (job_id, claim)
+        )
+        return bool(rows)
+
+    def renew_lease(
+        self, job_id: int, owner: str, lease_seconds: float, *, claim: int | None = None
+    ) -> bool:
         """Extend owner's lease on a running job; False when owner no longer holds it."""
         now = self.clock()
         with self._tx() as db:
             cursor = db.execute(
-                "UPDATE jobs SET lease_expires = ?, updated_at = ?"
-                " WHERE id = ? AND state = 'running' AND lease_owner = ?",
-                (now + lease_seconds, now, job_id, owner),
+                "UPDATE jobs SET lease_expires = :expires, updated_at = :now"
+                f" WHERE id = :id AND state = 'running' AND lease_owner = :owner{fence(claim)}",
+                {
+                    "expires": now + lease_seconds,
+                    "now": now,
+                    "id": job_id,
+                    "owner": owner,
+                    "claim": claim,
+                },
             )
             return cursor.rowcount > 0
 
-    def mark_done(self, job_id: int, *, seconds: float) -> None:
+    def mark_done(self, job_id: int, *, seconds: float, claim: int | None = None) -> bool:
         """The job's outputs are complete."""
-        self._finish(job_id, AttemptEnd.done, None, seconds)
+        return self._finish(job_id, AttemptEnd.done, None, seconds, claim)
 
-    def mark_failed(self, job_id: int, error: str) -> None:
+    def mark_failed(self, job_id: int, error: str, *, claim: int | None = None) -> bool:
         """The input is bad; terminal until the input or its sidecar changes."""
-        self._finish(job_id, AttemptEnd.failed, error, None)
+        return self._finish(job_id, AttemptEnd.failed, error, None, claim)
 
     def _finish(
-        self, job_id: int, state: AttemptEnd, error: str | None, seconds: float | None
-    ) -> None:
+        self,
+        job_id: int,
+        state: AttemptEnd,
+        error: str | None,
+        seconds: float | None,
+        claim: int | None,
+    ) -> bool:
         now = self.clock()
         with self._tx() as db:
-            self._end(db, job_id, state, now)
             # A forced regeneration is spent once it has ended one way or the other; a cancel
             # that came too late to stop it is forgotten.
-            db.execute(
-                "UPDATE jobs SET state = ?, error = ?, seconds = ?, finished_at = ?,"
-                " updated_at = ?, not_before = NULL, lease_owner = NULL, lease_expires = NULL,"
-                " force = 0, cancel = NULL WHERE id = ?",
-                (state.value, error, seconds, now, now, job_id),
+            cursor = db.execute(
+                "UPDATE jobs SET state = :state, error = :error, seconds = :seconds,"
+                " finished_at = :now, updated_at = :now, not_before = NULL, lease_owner = NULL,"
+                f" lease_expires = NULL, force = 0, cancel = NULL WHERE id = :id{fence(claim)}",
+                {
+                    "state": state.value,
+                    "error": error,
+                    "seconds": seconds,
+                    "now": now,
+                    "id": job_id,
+                    "claim": claim,
+                },
             )
+            if cursor.rowcount == 0:
+                return False
+            self._end(db, job_id, state, now)
+            return True
 
-    def mark_waiting(self, job_id: int, error: str, *, retry_in: float | None = None) -> None:
+    def mark_waiting(
+        self,
+        job_id: int,
+        error: str,
+        *,
+        retry_in: float | None = None,
+        claim: int | None = None,
+    ) -> bool:
         """The cause is outside the input: retry later (default: exponential backoff).
 
         A claim that ends here does not count toward attempts.
@@ -242,89 +316,35 @@ class SqliteJobStore(SqliteQueue):
         with self._tx() as db:
             row = db.execute("SELECT waits FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                return
-            self._end(db, job_id, AttemptEnd.waiting, now)
+                return False
             delay = backoff(row["waits"]) if retry_in is None else retry_in
-            db.execute(
-                "UPDATE jobs SET state = 'waiting', error = ?, not_before = ?, waits = waits + 1,"
-                " attempts = CASE WHEN state = 'running' THEN max(attempts - 1, 0)"
-                " ELSE attempts END, lease_owner = NULL, lease_expires = NULL, updated_at = ?"
-                " WHERE id = ?",
-                (error, now + delay, now, job_id),
+            cursor = db.execute(
+                "UPDATE jobs SET state = 'waiting', error = :error, not_before = :due,"
+                " waits = waits + 1, attempts = CASE WHEN state = 'running'"
+                " THEN max(attempts - 1, 0) ELSE attempts END, lease_owner = NULL,"
+                f" lease_expires = NULL, updated_at = :now WHERE id = :id{fence(claim)}",
+                {"error": error, "due": now + delay, "now": now, "id": job_id, "claim": claim},
             )
+            if cursor.rowcount == 0:
+                return False
+            self._end(db, job_id, AttemptEnd.waiting, now)
+            return True
 
-    def mark_queued(self, job_id: int) -> None:
+    def mark_queued(self, job_id: int, *, claim: int | None = None) -> bool:
         """A stop interrupted the job: queue it again without counting the claim."""
+        now = self.clock()
         with self._tx() as db:
-            self._end(db, job_id, AttemptEnd.stopped, self.clock())
-            db.execute(
+            cursor = db.execute(
                 "UPDATE jobs SET state = 'queued', not_before = NULL,"
                 " attempts = CASE WHEN state = 'running' THEN max(attempts - 1, 0)"
-                " ELSE attempts END, lease_owner = NULL, lease_expires = NULL, updated_at = ?"
-                " WHERE id = ?",
-                (self.clock(), job_id),
+                " ELSE attempts END, lease_owner = NULL, lease_expires = NULL,"
+                f" updated_at = :now WHERE id = :id{fence(claim)}",
+                {"now": now, "id": job_id, "claim": claim},
             )
-
-    def recover(
-        self,
-        max_attempts: int,
-        *,
-        alive: Callable[[str], bool] | None = None,
-        spare: str | None = None,
-    ) -> tuple[int, int]:
-        """Requeue running jobs that no process runs any more; quarantine crash loops.
-
-        ``alive(owner)`` tells whether a lease owner still runs (another dropforge on the
-        same journal); its jobs are left alone until their lease runs out. The jobs of owner
-        ``spare`` are left alone whatever their lease. A claim that got further than the one
-        before it, or died loading a model that loads here, does not count toward
-        ``max_attempts`` (``store.attempts``). Returns (requeued, quarantined).
-        """
-        now = self.clock()
-        requeued = quarantined = 0
-        with self._tx() as db:
-            rows = [
-                r
-                for r in db.execute(
-                    "SELECT id, inbox, input, attempts, lease_owner, lease_expires, cancel"
-                    " FROM jobs WHERE state = 'running'"
-                ).fetchall()
-                if (spare is None or r["lease_owner"] != spare)
-                and (
-                    alive is None
-                    or not r["lease_owner"]
-                    or (r["lease_expires"] or 0.0) <= now
-                    or not alive(r["lease_owner"])
-                )
-            ]
-            stopped = [r for r in rows if r["cancel"]]
-            for r in stopped:  # canceled while its process died: never run again
-                self._end(db, r["id"], AttemptEnd.canceled, now)
-                db.execute(
-                    "UPDATE jobs SET state = 'canceled', error = ?, finished_at = ?,"
-                    " updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
-                    (CancelReason(r["cancel"]).describe(), now, now, r["id"]),
-                )
-            rows = [r for r in rows if not r["cancel"]]
-            for r in rows:
-                last = self._judge_death(db, r["id"], now)
-                attempts = r["attempts"] if last.counted else r["attempts"] - 1
-                if last.counted and attempts >= max_attempts:
-                    error = quarantine_message(r["inbox"], r["input"], attempts, last)
-                    db.execute(
-                        "UPDATE jobs SET state = 'quarantined', error = ?, finished_at = ?,"
-                        " updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
-                        (error, now, now, r["id"]),
-                    )
-                    quarantined += 1
-                    continue
-                db.execute(
-                    "UPDATE jobs SET state = 'queued', attempts = ?, lease_owner = NULL,"
-                    " lease_expires = NULL, updated_at = ? WHERE id = ?",
-                    (max(attempts, 0), now, r["id"]),
-                )
-                requeued += 1
-        return requeued, quarantined
+            if cursor.rowcount == 0:
+                return False
+            self._end(db, job_id, AttemptEnd.stopped, now)
+            return True
 
     def set_progress(
         self,
@@ -335,18 +355,31 @@ class SqliteJobStore(SqliteQueue):
         *,
         finished: Iterable[int] | None = None,
         steps: int = 0,
-    ) -> None:
+        claim: int | None = None,
+    ) -> bool:
         """Record how far a running job has come (shown by ``dropforge status`` and the web
         UI): ``done`` outputs finished of ``total`` (``finished``: the indices of the planned
         outputs finished so far), ``steps`` denoising steps since the last one."""
         listed = None if finished is None else json.dumps(sorted(finished))
         with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET progress_done = ?, progress_total = ?, progress_note = ?,"
-                " finished = coalesce(?, finished), updated_at = ? WHERE id = ?",
-                (done, total, note, listed, self.clock(), job_id),
+            cursor = db.execute(
+                "UPDATE jobs SET progress_done = :done, progress_total = :total,"
+                " progress_note = :note, finished = coalesce(:finished, finished),"
+                f" updated_at = :now WHERE id = :id{fence(claim)}",
+                {
+                    "done": done,
+                    "total": total,
+                    "note": note,
+                    "finished": listed,
+                    "now": self.clock(),
+                    "id": job_id,
+                    "claim": claim,
+                },
             )
+            if cursor.rowcount == 0:
+                return False
             self._reach(db, job_id, done, total, note, steps)
+            return True
 
     def retry(
         self,
@@ -373,28 +406,3 @@ class SqliteJobStore(SqliteQueue):
             for state in states:
                 done |= self._requeue(db, "state = :state", {"state": state.value}, force)
         return len(done)
-
-    def prune_jobs(
-        self, older_than: float, *, exists: Callable[[str], bool] = os.path.exists
-    ) -> int:
-        """Forget done and canceled jobs untouched for ``older_than`` seconds whose input has left
-        the inbox; return how many.
-
-        A done input still in the inbox keeps its job however old it is: a rescan that skips
-        its folder as unchanged (folder marks) does not touch it, and forgetting it would mean
-        reading every such input again.
-        """
-        cutoff = self.clock() - older_than
-        jobs = self._query(
-            "SELECT id, inbox, input FROM jobs WHERE state IN ('done', 'canceled')"
-            " AND updated_at < ?",
-            (cutoff,),
-        )
-        gone_jobs = [(r[0], cutoff) for r in jobs if not exists(os.path.join(r[1], r[2]))]
-        with self._tx() as db:
-            deleted = db.executemany(
-                "DELETE FROM jobs WHERE id = ? AND state IN ('done', 'canceled')"
-                " AND updated_at < ?",
-                gone_jobs,
-            ).rowcount
-        return int(deleted)

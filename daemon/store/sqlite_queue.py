@@ -10,6 +10,7 @@ from typing import Literal
 from daemon.errors import JobNotFound
 from daemon.store.rows import CancelResult, Job
 from daemon.store.sqlite_attempts import SqliteAttempts
+from daemon.store.sqlite_base import fence
 from daemon.values import AttemptEnd, CancelReason, JobState
 
 # A job's place among jobs of its priority: a position set by a move, else its arrival.
@@ -74,23 +75,27 @@ class SqliteQueue(SqliteAttempts):
         targets += [("state = :state", {"state": state}) for state in states]
         return targets
 
-    def mark_canceled(self, job_id: int, note: str = "") -> None:
+    def mark_canceled(self, job_id: int, note: str = "", *, claim: int | None = None) -> bool:
         """A running job stopped for the cancel asked of it: canceled, with why (and ``note``,
-        e.g. what it kept); terminal until its input changes or it is retried."""
+        e.g. what it kept); terminal until its input changes or it is retried. With ``claim``
+        only while that claim is the live one (False: it was lost)."""
         now = self.clock()
         with self._tx() as db:
             row = db.execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                return
+                return False
             reason = CancelReason(row[0]) if row[0] else CancelReason.requested
             text = reason.describe() + (f" ({note})" if note else "")
-            self._end(db, job_id, AttemptEnd.canceled, now)
-            db.execute(
-                "UPDATE jobs SET state = 'canceled', cancel = ?, error = ?, finished_at = ?,"
-                " updated_at = ?, not_before = NULL, lease_owner = NULL, lease_expires = NULL,"
-                " force = 0 WHERE id = ?",
-                (reason.value, text, now, now, job_id),
+            cursor = db.execute(
+                "UPDATE jobs SET state = 'canceled', cancel = :reason, error = :text,"
+                " finished_at = :now, updated_at = :now, not_before = NULL, lease_owner = NULL,"
+                f" lease_expires = NULL, force = 0 WHERE id = :id{fence(claim)}",
+                {"reason": reason.value, "text": text, "now": now, "id": job_id, "claim": claim},
             )
+            if cursor.rowcount == 0:
+                return False
+            self._end(db, job_id, AttemptEnd.canceled, now)
+            return True
 
     def set_priority(self, job_id: int, priority: int) -> Job:
         """Give a job a priority; among jobs of that priority it takes its arrival place."""

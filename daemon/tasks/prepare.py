@@ -46,11 +46,14 @@ def prepare(settings: Settings, hasher: Hasher, candidate: Candidate) -> Prepare
     deps = list(hash_dependencies(hasher, candidate, base_dependencies(candidate)))
     config_fp = settings_fingerprint(settings, candidate.inbox.default_task)
     out_dir = output_dir(candidate.inbox, candidate.rel)
+    output_root = str(candidate.inbox.output) if settings.cluster else None
     try:
         plan = _plan(settings, hasher, candidate, deps)
     except InputError as exc:
-        return Prepared(candidate, fingerprint(config_fp, deps), tuple(deps), out_dir, error=exc)
-    return Prepared(candidate, fingerprint(config_fp, deps), tuple(deps), plan.out_dir, plan=plan)
+        fp = fingerprint(config_fp, deps, output_root=output_root)
+        return Prepared(candidate, fp, tuple(deps), out_dir, error=exc)
+    fp = fingerprint(config_fp, deps, output_root=output_root)
+    return Prepared(candidate, fp, tuple(deps), plan.out_dir, plan=plan)
 
 
 def _plan(settings: Settings, hasher: Hasher, candidate: Candidate, deps: list[Dependency]) -> Plan:

@@ -131,7 +131,7 @@ def generated_endpoints(
                     "params": {k: record.get(k) for k in _ENDPOINT_KEYS},
                     "model": {
                         "alias": draft.input.model.alias,
-                        "source": draft.input.model.describe(),
+                        "source": draft.input.model.key_source(),
                     },
                 }
             )
@@ -307,8 +307,10 @@ def plan_sequences(
                     "start": start.dep.sha256,
                     "end": end.dep.sha256,
                     "params": {k: v for k, v in params.items() if k not in _NOT_IN_FRAMES},
-                    "model": {"alias": model.alias, "source": model.describe()},
-                    "lora": None if lora is None else {"alias": lora.alias, "path": lora.path},
+                    "model": {"alias": model.alias, "source": model.key_source()},
+                    "lora": None
+                    if lora is None
+                    else {"alias": lora.alias, "path": lora.key_path()},
                     "frames": [[f.t, f.file, f.seed] for f in frames],
                 }
             )

@@ -71,6 +71,7 @@ def snapshot(settings: Settings, store: JobStore, *, now: float) -> dict[str, An
     idle = not (counts["queued"] or counts["running"] or counts["waiting"])
     return {
         "daemon": status["daemon"],
+        "hosts": status["hosts"],  # a cluster's live worker processes (empty on one host)
         "counts": counts,
         "running": status["running"],
         "interrupted": status["interrupted"],

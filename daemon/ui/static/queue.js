@@ -153,11 +153,14 @@ function render(data) {
   const daemon = $('daemon');
   daemon.className = `daemon ${data.daemon.running ? 'up' : 'down'}`;
   daemon.textContent = data.daemon.running ? `daemon running (pid ${data.daemon.pid})` : 'no daemon running';
+  $('hosts').hidden = data.hosts.length === 0; // a cluster's live worker processes
+  $('hosts').replaceChildren(...data.hosts.map((h) =>
+    el('li', { text: `${h.owner} (${h.device}): ${h.job || 'idle'}` })));
   $('counts').replaceChildren(...Object.entries(data.counts).map(([state, n]) =>
     el('li', { class: `count ${state}` }, el('b', { text: String(n) }), ` ${state}`)));
   const running = [...data.running.map(runningJob), ...data.interrupted.map((job) =>
     el('article', { class: 'job interrupted' }, el('h3', { text: job.input }),
-      el('p', { class: 'reason', text: `interrupted: its process ${job.owner} is gone; it resumes when dropforge runs again` })))];
+      el('p', { class: 'reason', text: `interrupted: its process ${job.owner} is gone; ${data.hosts.length ? 'a live host takes it over' : 'it resumes when dropforge runs again'}` })))];
   $('running').replaceChildren(...(running.length ? running : [el('p', { class: 'empty', text: 'Nothing running.' })]));
   $('queue-total').textContent = `(${data.queued_total})`;
   $('cancel-all').disabled = data.queued_total === 0;
