@@ -238,7 +238,7 @@ def test_detail_regenerate_compare_player_mesh_and_guards(
     frame.locator("canvas").wait_for(timeout=30_000)
     page.wait_for_timeout(500)
     pixels = Image.open(io.BytesIO(page.locator("#viewer").screenshot())).convert("L")
-    assert len(set(pixels.getdata())) > 8, "the mesh canvas is blank"
+    assert len(pixels.getcolors(256) or []) > 8, "the mesh canvas is blank"
     shot(page, "mesh")
 
     outside = root / "secret.png"
