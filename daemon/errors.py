@@ -130,3 +130,11 @@ class JobNotFound(DropforgeError, LookupError):
 
 class NoSurface(DropforgeError):
     """The mesh model's field never crosses the surface level: there is no mesh to extract."""
+
+
+class NotAnOutput(DropforgeError, LookupError):
+    """A review command names a file that is not an output dropforge can show, rate or redo."""
+
+    def __init__(self, path: Path | str, why: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {why}")

@@ -143,7 +143,7 @@ SIDECARS: dict[str, tuple[str, str]] = {
     ),
     "prompts-str": (
         'prompts = "a cat"\n',
-        'prompts-str.toml: prompts must be a list of 1..20 non-empty strings, got "a cat"',
+        'prompts-str.toml: prompts must be a list of 0..20 non-empty strings, got "a cat"',
     ),
     "prompt-int": ("prompt = 5\n", "prompt-int.toml: prompt must be a string, got 5"),
     "formats": (

@@ -4,6 +4,7 @@ reach the daemon at once, through the same journal the command line writes."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.cli import main
+from daemon.outputs.ratings import Rating, read_rating
 from daemon.store.sqlite import SqliteJournal
 from daemon.values import CancelReason, JobState
 from tests.fakes import Launch, RunningService, SolidGenerator, wait_until
@@ -214,19 +216,29 @@ def test_cancel_all_spares_the_running_job_unless_asked(
     wait_until(lambda: state_of(config, "a.png") is JobState.canceled, message="a canceled")
 
 
-def test_deleted_output_of_a_done_job_is_remade_without_a_rescan(
+def test_deleted_output_of_a_done_job_is_a_discard_and_a_damaged_one_is_remade(
     config: Path, launch: Launch
 ) -> None:
-    """The output watch notices a deleted image of a done job and requeues the job."""
+    """The output watch records an image deleted from a done job as discarded (an XMP with
+    rating -1 where it was) and does not remake it; a damaged image requeues the job."""
     service = launch(config, retry_tick=3600)
     drop(config, "a.png", "count = 2\nseed = 5\n")
     wait_until(lambda: state_of(config, "a.png") is JobState.done, message="a done")
     image = config.parent / "outbox" / "a" / "a-6.png"
     image.unlink()
-    wait_until(image.exists, message="a-6.png made again")
+    sidecar = image.with_name("a-6.png.xmp")
+    wait_until(sidecar.exists, message="the discard recorded")
+    assert read_rating(image) is Rating.discard
+    assert 'xmp:Rating="-1"' in sidecar.read_text(encoding="utf-8")
+    assert not image.exists() and state_of(config, "a.png") is JobState.done
+    other = config.parent / "outbox" / "a" / "a-5.png"
+    (other.parent / "tmp").write_bytes(other.read_bytes()[:100])
+    os.replace(other.parent / "tmp", other)  # damaged (replaced by a sync tool), not deleted
+    wait_until(lambda: other.stat().st_size > 100, message="a-5.png made again")
     wait_until(lambda: state_of(config, "a.png") is JobState.done, message="done again")
     assert [r.rel for r in service.results] == ["a.png", "a.png"]
     assert service.results[1].generated == 1
+    assert not image.exists()
 
 
 def test_status_names_queued_jobs_and_the_loading_model(

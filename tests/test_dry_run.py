@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import main
-from tests.helpers import noise_image, snapshot, write_config
+from tests.helpers import manifest, noise_image, snapshot, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,10 @@ def test_a_finished_inbox_is_all_skipped_and_nothing_is_written(
     assert (digest(journal), digest(log)) == state
     assert snapshot(tmp_path / "outbox") == outputs
 
-    (tmp_path / "outbox" / "cat" / "cat-1.png").unlink()
+    damaged = tmp_path / "outbox" / "cat" / "cat-1.png"
+    damaged.write_bytes(damaged.read_bytes()[:50])
+    (tmp_path / "outbox" / "cat" / "cat-0.png").unlink()  # a discard: neither remade nor listed
+    outputs = snapshot(tmp_path / "outbox")
     (inbox / "dog.toml").write_text("count = 2\nseed = 10\nsteps = 3\n", encoding="utf-8")
     (inbox / "owl.toml").write_text("count = 2\nseed = 20\nforce = true\n", encoding="utf-8")
     noise_image(inbox / "fox.png", seed=99)
@@ -89,6 +92,7 @@ def test_a_finished_inbox_is_all_skipped_and_nothing_is_written(
         "owl.png": "remake (forced (force = true or dropforge retry --force))",
     }
     assert (digest(journal), digest(log)) == state
+    assert snapshot(tmp_path / "outbox") == outputs  # no discard recorded by a dry run
     assert (
         summary(out)
         == "7 inputs: 0 make, 4 remake, 0 skip, 2 fail, 1 later (dry run: nothing generated)"
@@ -99,6 +103,9 @@ def test_a_finished_inbox_is_all_skipped_and_nothing_is_written(
     report = capsys.readouterr().out
     made = sorted(line.split()[1] for line in report.splitlines() if line.startswith("[SUCCESS]"))
     assert made == ["cat.png", "dog.png", "fox.png", "owl.png"]
+    assert not (tmp_path / "outbox" / "cat" / "cat-0.png").exists()  # deleted: discarded
+    assert (tmp_path / "outbox" / "cat" / "cat-0.png.xmp").is_file()
+    assert manifest(tmp_path / "outbox" / "cat")["outputs"][0]["file"] == "cat-0.png"
     assert "[FAILED]  new.png -> Error: new.toml: steps must be 1..150, got 0" in report
 
 

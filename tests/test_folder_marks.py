@@ -174,7 +174,7 @@ def _output_folder_removed(settings: Settings) -> None:
 A_INPUTS = [f"a/p{i:03}.txt" for i in range(PROMPTS)]
 CHANGES: dict[str, tuple[Callable[[Settings], None], list[str], int]] = {
     # name: (change, inputs that must run, inputs found afterwards)
-    "output deleted": (_delete_output, ["a/p003.txt"], INPUTS),
+    "output deleted (a discard)": (_delete_output, [], INPUTS),
     "output replaced by a rename": (_replace_output, ["a/p004.txt"], INPUTS),
     "output folder removed": (_output_folder_removed, ["b/dog.png"], INPUTS),
     "prompt edited": (_edit_prompt, ["a/p006.txt"], INPUTS),

@@ -96,23 +96,26 @@ def test_depth_2_tween_gives_five_frames_with_endpoints_copied(
     assert [s["folder"] for s in job["sequences"]] == ["sequences/walk"]
 
 
-def test_deleted_tween_frame_is_the_only_one_regenerated(
+def test_damaged_tween_frame_is_the_only_one_regenerated_and_a_deleted_one_is_discarded(
     tmp_path: Path, tiny_models: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Deleting 050.png and rerunning makes only that frame again."""
+    """Damaging 050.png and rerunning makes only that frame again; deleting 075.png
+    afterwards records a discard beside it and makes nothing."""
     config = tween_inbox(tmp_path, tiny_models, depth=2)
     once(config, capsys)
     seq = tmp_path / "outbox" / "walk" / "sequences" / "walk"
     before = snapshot(seq)
-    (seq / "050.png").unlink()
+    (seq / "050.png").write_bytes(b"damaged")
     code, out = once(config, capsys)
     assert code == 0, out
     after = snapshot(seq)
     for name in ("000.png", "025.png", "075.png", "100.png"):
         assert after[name] == before[name], name
-    assert (seq / "050.png").is_file()
+    assert (seq / "050.png").stat().st_size > len(b"damaged")
+    (seq / "075.png").unlink()
     code, out = once(config, capsys)
     assert "Processed: 0" in out
+    assert not (seq / "075.png").exists() and (seq / "075.png.xmp").is_file()
 
 
 def test_depth_3_tween_gives_nine_uniquely_named_frames(

@@ -172,12 +172,11 @@ BAD: list[tuple[str, Any, str]] = [
     ("prompt", 5, "prompt must be a string, got 5"),
     ("prompt", "x" * 4001, "prompt must be at most 4000 characters, got 4001 characters"),
     ("negative_prompt", ["a"], 'negative_prompt must be a string, got ["a"]'),
-    ("prompts", "a cat", 'prompts must be a list of 1..20 non-empty strings, got "a cat"'),
-    ("prompts", [], "prompts must be a list of 1..20 non-empty strings, got []"),
+    ("prompts", "a cat", 'prompts must be a list of 0..20 non-empty strings, got "a cat"'),
     (
         "prompts",
         ["p"] * 21,
-        "prompts must be a list of 1..20 non-empty strings, got [" + '"p", ' * 15 + '"...',
+        "prompts must be a list of 0..20 non-empty strings, got [" + '"p", ' * 15 + '"...',
     ),
     ("prompts", ["a", ""], 'prompts[2] must be a non-empty string, got ""'),
     ("prompts", ["a", 7], "prompts[2] must be a non-empty string, got 7"),
@@ -669,6 +668,20 @@ def test_vary_merges_per_key(settings: Settings) -> None:
         "steps": (10.0, 20.0),
         "strength": (0.2, 0.8),
     }
+
+
+def test_a_sidecar_clears_vary_prompts_and_seeds_inherited_from_defaults(
+    settings: Settings,
+) -> None:
+    """``vary = {}``, ``prompts = []`` and ``seed = N`` in a sidecar clear the [vary] table,
+    the prompts and the seeds a _defaults.toml set (regenerate relies on it)."""
+    layers: list[tuple[str, dict[str, Any]]] = [
+        ("_defaults.toml", {"vary": {"guidance": [5, 9]}, "prompts": ["a", "b"], "seeds": [1, 2]}),
+        ("cat.toml", {"vary": {}, "prompts": [], "seed": 101, "count": 1}),
+    ]
+    result = effective_params(settings, layers)
+    assert (result["vary"], result["prompts"], result["seeds"]) == ({}, None, None)
+    assert (result["seed"], result["count"]) == (101, 1)
 
 
 def test_vary_fallback_is_not_shared_between_results(settings: Settings) -> None:

@@ -56,7 +56,7 @@ def test_bulk_rescan_skips_unchanged_and_finds_each_change(tmp_path: Path) -> No
 
     inbox = tmp_path / "inbox"
     deleted = next((outbox / "p003").glob("p003-*.png"))
-    deleted.unlink()  # needs making again
+    deleted.unlink()  # a discard: recorded, not made again
     # Replaced by a sync tool or an editor: written beside it, then renamed over it.
     (outbox / "p004" / ".incoming").write_bytes(b"not a png any more")
     os.replace(outbox / "p004" / ".incoming", next((outbox / "p004").glob("p004-*.png")))
@@ -65,9 +65,9 @@ def test_bulk_rescan_skips_unchanged_and_finds_each_change(tmp_path: Path) -> No
     (outbox / "p007" / "notes.txt").write_text("mine\n", encoding="utf-8")  # not ours
 
     third = run_once(settings, SolidGenerator)
-    assert _processed(third) == ["p003.txt", "p004.txt", "p005.txt", "p006.txt"]
-    assert third.skipped == COUNT - 4
-    assert deleted.is_file()
+    assert _processed(third) == ["p004.txt", "p005.txt", "p006.txt"]
+    assert third.skipped == COUNT - 3
+    assert not deleted.is_file() and deleted.with_name(deleted.name + ".xmp").is_file()
     assert len(list((outbox / "p005").glob("p005-*.png"))) == 3
     assert (outbox / "p007" / "notes.txt").read_text(encoding="utf-8") == "mine\n"
 

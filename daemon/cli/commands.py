@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from daemon.app import generator_factory, load_settings
-from daemon.cli import steer
+from daemon.cli import review, steer
 from daemon.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from daemon.config import Settings, display_path
 from daemon.errors import DropforgeError
@@ -71,9 +71,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from daemon.runtime.logs import configure_logging
     from daemon.ui.server import WebUI
 
-    settings = load_settings(args.config)
+    if args.outbox is not None:
+        from daemon.cli.review import outbox_settings
+
+        settings = outbox_settings(args)
+    elif args.inbox is not None or args.listen is not None:
+        raise DropforgeError("--inbox and --listen go with --outbox")
+    else:
+        settings = load_settings(args.config)
     configure_logging(settings.log_format, level=logging.INFO)
-    ui = WebUI(settings, required=True)
+    ui = WebUI(settings, required=True, journal=args.outbox is None)
     stop = threading.Event()
     for name in ("SIGTERM", "SIGINT"):
         if hasattr(signal, name):
@@ -230,4 +237,6 @@ COMMANDS = {
     "run": cmd_run,
     "serve": cmd_serve,
     "service": cmd_service,
+    "rate": review.cmd_rate,
+    "regenerate": review.cmd_regenerate,
 }

@@ -61,7 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = models_sub.add_parser("fetch", help="download the configured hub models")
     _add_config(fetch)
     _add_run_and_service(sub)
+    _add_review_commands(sub)
     return parser
+
+
+def _add_review_commands(sub: Any) -> None:
+    p = sub.add_parser("rate", help="favorite, discard or clear outputs (XMP sidecars)")
+    p.add_argument("files", nargs="+", type=Path, help="images or meshes to rate")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--favorite", action="store_true", help="xmp:Rating 5")
+    group.add_argument("--discard", action="store_true", help="xmp:Rating -1 (the file stays)")
+    group.add_argument("--clear", action="store_true", help="no rating")
+
+    p = sub.add_parser("regenerate", help="drop a new input that makes an output again")
+    _add_config(p)
+    p.add_argument("output", type=Path, help="an image output (OUT/…/cat-7.png)")
+    p.add_argument("--seed", type=int, default=None, help="another seed (default: its own)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a parameter too (TOML value), e.g. --set steps=40",
+    )
 
 
 def _add_queue_commands(sub: Any) -> None:
@@ -90,6 +113,18 @@ def _add_run_and_service(sub: Any) -> None:
 
     p = sub.add_parser("serve", help="serve the web UI only (no generating)")
     _add_config(p)
+    p.add_argument(
+        "--outbox",
+        type=Path,
+        default=None,
+        help="serve the gallery of this (synced) output folder, without a journal",
+    )
+    p.add_argument(
+        "--inbox", type=Path, default=None, help="with --outbox: where regenerate writes"
+    )
+    p.add_argument(
+        "--listen", default=None, help='with --outbox: HOST:PORT (default "127.0.0.1:8650")'
+    )
 
     p = sub.add_parser("service", help="install or remove the systemd unit or Windows service")
     _add_config(p)

@@ -34,6 +34,7 @@ from daemon.outputs.manifest_fields import (
     present,
     string_or_none,
 )
+from daemon.outputs.ratings import discarded_missing
 
 __all__ = [
     "MANIFEST_NAME",
@@ -51,6 +52,7 @@ __all__ = [
     "Timings",
     "installed_versions",
     "job_is_done",
+    "listed_path",
     "manifest_is_done",
     "read_manifest",
     "remove_obsolete_outputs",
@@ -244,7 +246,8 @@ def manifest_is_done(out_dir: Path, job_key: str) -> bool:
     """Tell whether ``out_dir`` holds finished work for ``job_key``, by stat alone.
 
     True when the manifest is ``done`` with this job key and every listed output exists
-    with its recorded size. Contents are not hashed: this runs for every file on a rescan.
+    with its recorded size, or is gone with a discard recorded beside it (a person deleted
+    it: see ``discards``). Contents are not hashed: this runs for every file on a rescan.
     """
     return _is_done(out_dir, read_manifest(out_dir), job_key)
 
@@ -255,11 +258,14 @@ def _is_done(out_dir: Path, manifest: Manifest | None, job_key: str) -> bool:
     if manifest.outputs is None:
         return False
     for entry in manifest.outputs:
-        path = _listed_path(out_dir, entry.file)
+        path = listed_path(out_dir, entry.file)
         if path is None or entry.bytes is None:
             return False
         try:
-            if not path.is_file() or path.stat().st_size != entry.bytes:
+            if path.stat().st_size != entry.bytes or not path.is_file():
+                return False
+        except FileNotFoundError:
+            if not discarded_missing(path):
                 return False
         except OSError:
             return False
@@ -277,7 +283,7 @@ def remove_obsolete_outputs(out_dir: Path, old: Manifest | None, new: Manifest) 
     for name in old.files() if old is not None else ():
         if name in keep or name in removed:
             continue
-        path = _listed_path(out_dir, name)
+        path = listed_path(out_dir, name)
         if path is None or (path.name == MANIFEST_NAME and path.parent == out_dir):
             continue
         # unlink on a symlink removes the link itself, so only the listed entry can go.
@@ -288,7 +294,7 @@ def remove_obsolete_outputs(out_dir: Path, old: Manifest | None, new: Manifest) 
     return removed
 
 
-def _listed_path(out_dir: Path, name: str | None) -> Path | None:
+def listed_path(out_dir: Path, name: str | None) -> Path | None:
     """Resolve an ``outputs[].file`` inside ``out_dir``, or None when it could lead outside.
 
     Manifests live in synced folders others can write to, so a listed name is untrusted.

@@ -183,8 +183,9 @@ def _scene_numbers(source: str, key: str, value: Any, settings: Settings) -> tup
 
 
 def _prompts(source: str, key: str, value: Any, settings: Settings) -> tuple[str, ...]:
-    if not isinstance(value, list) or not 1 <= len(value) <= 20:
-        raise _bad(source, key, "a list of 1..20 non-empty strings", value)
+    # [] clears prompts inherited from a _defaults.toml (regenerate writes it).
+    if not isinstance(value, list) or len(value) > 20:
+        raise _bad(source, key, "a list of 0..20 non-empty strings", value)
     for i, item in enumerate(value, 1):
         if not isinstance(item, str) or not item:
             raise _bad(source, f"{key}[{i}]", "a non-empty string", item)

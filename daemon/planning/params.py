@@ -195,7 +195,10 @@ def _apply(result: dict[str, Any], layer: Mapping[str, Any]) -> None:
     """Merge one validated layer into ``result``, later wins."""
     for key, value in layer.items():
         if key == "vary":
-            result["vary"] = {**result["vary"], **value}
+            # An empty table clears what outer layers varied; a table adds to it.
+            result["vary"] = {**result["vary"], **value} if value else {}
+        elif key == "prompts" and not value:
+            result["prompts"] = None  # [] clears inherited prompts
         else:
             result[key] = value
     if "seeds" in layer:

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 from daemon.config import Settings
-from daemon.errors import DropforgeError, JobNotFound
+from daemon.errors import DropforgeError, JobNotFound, NotAnOutput
+from daemon.outputs.discards import forget_discards, restore
+from daemon.outputs.manifest import read_manifest
 from daemon.runtime.inspect import locate
 from daemon.store.protocols import JobStore
 from daemon.store.rows import Job
@@ -114,7 +116,11 @@ def retry(
     force: bool = False,
 ) -> int:
     """Requeue these jobs and every job in ``states`` (failed, quarantined, canceled); a
-    canceled job is restored and resumes with the outputs it had finished."""
+    canceled job is restored and resumes with the outputs it had finished. With ``force``,
+    the outputs deleted from these jobs (recorded as discards) are made again too."""
+    if force:
+        for job in jobs:
+            forget_discards(Path(job.out_dir))
     return store.retry(inputs=[(j.inbox, j.input) for j in jobs], states=states, force=force)
 
 
@@ -135,3 +141,20 @@ def move_before(store: JobStore, job_id: int, before: int) -> Job:
         if each.state not in RUNNABLE:
             raise NotInQueue(each, "move")
     return store.move(job.id, before=other.id)
+
+
+def restore_output(settings: Settings, store: JobStore, image: Path) -> Job:
+    """Make a deleted output again: requeue its job, then forget the discard recorded where
+    it was (in this order, so that no rescan in between records it again)."""
+    manifest = read_manifest(image.parent)
+    rel = manifest.input.path if manifest is not None and manifest.input is not None else None
+    inbox = next((i for i in settings.inboxes if image.is_relative_to(i.output)), None)
+    job = None if rel is None or inbox is None else store.get_job(str(inbox.path), rel)
+    if job is None:
+        raise NotAnOutput(image, "no job in the journal made it")
+    if image.exists():
+        raise NotAnOutput(image, "it is there: nothing to restore")
+    store.requeue(job.id)
+    if not restore(image):
+        raise NotAnOutput(image, "not discarded: nothing to restore")
+    return store.get(job.id)

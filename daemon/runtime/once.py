@@ -230,6 +230,7 @@ def dry_run(settings: Settings) -> list[Forecast]:
     with open_journal_copy(settings) as journal, SurveyPass(settings, journal) as survey_pass:
         candidates = scan_all(settings, journal).candidates
         survey_pass.bulk = len(candidates) >= BULK_FROM
+        survey_pass.dry = True
         for candidate in candidates:
             before = journal.get_job(str(candidate.inbox.path), candidate.rel)
             entry = survey_pass.survey(candidate)

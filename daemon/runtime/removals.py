@@ -3,7 +3,8 @@
 An input deleted or moved out of its inbox cancels its queued or running job (a running one
 stops at its next step and keeps what it finished); it is queued again if it comes back. An
 output of a recently done job deleted by hand is noticed within a second by ``OutputWatch``
-and the job is requeued to make it again.
+and recorded as discarded (an XMP sidecar with rating -1 where it was): a person deleting an
+image is not asking for it again. A damaged output (its size changed) requeues the job.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pathlib import Path
 import structlog
 
 from daemon.errors import JobNotFound
-from daemon.outputs.manifest import job_is_done
 from daemon.runtime.control import EVERY_JOB, CancelSummary, cancel
 from daemon.store.protocols import JobStore
 from daemon.store.rows import folder_stamp
+from daemon.survey.done import finished
 from daemon.values import ACTIVE_STATES, CancelReason, JobState
 
 log = structlog.get_logger("dropforge.watch")
@@ -92,18 +93,22 @@ class OutputWatch:
             now = folder_stamp(out_dir)
             if now == stamp:
                 continue
-            if job_is_done(Path(out_dir), job_key):  # something else changed: keep watching
+            try:
+                job = self.store.get(job_id)
+            except JobNotFound:
+                job = None
+            if job is None or job.state is not JobState.done:  # requeued or restored meanwhile
+                with self._lock:
+                    self._watched.pop(out_dir, None)
+                continue
+            if finished(Path(out_dir), job_key):  # a rating, or a deletion now recorded
                 self.watch(job_id, out_dir, job_key)
                 continue
             with self._lock:
                 self._watched.pop(out_dir, None)
-            try:
-                job = self.store.get(job_id)
-            except JobNotFound:
-                continue
-            if job.state is JobState.done and self.store.requeue(job_id):
+            if self.store.requeue(job_id):
                 requeued += 1
-                log.info("job.requeued", input=job.input, reason="output deleted")
+                log.info("job.requeued", input=job.input, reason="output damaged")
         return requeued
 
     def _loop(self) -> None:

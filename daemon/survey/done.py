@@ -12,6 +12,7 @@ import structlog
 
 from daemon.config import Settings
 from daemon.intake.candidates import Candidate
+from daemon.outputs.discards import deleted_outputs, record_discards
 from daemon.outputs.manifest import job_is_done
 from daemon.planning.inputs import base_dependencies, quick_fingerprint
 from daemon.store.protocols import Journal
@@ -123,10 +124,29 @@ def outputs_intact(journal: Journal, row: Job, within: PassState | None) -> tupl
             return True, stamp
     elif stamp is not None and journal.output_stamp(row.out_dir, row.job_key) == stamp:
         return True, stamp
-    if not job_is_done(Path(row.out_dir), row.job_key):
+    if not finished(Path(row.out_dir), row.job_key, within):
         return False, stamp
+    stamp = folder_stamp(row.out_dir)  # a discard just recorded changed it
     if within is not None:
         within.note_stamp(row.out_dir, row.job_key, stamp)
     else:
         journal.set_output_stamps([(row.out_dir, row.job_key, stamp)])
     return True, stamp
+
+
+def finished(out_dir: Path, job_key: str, within: PassState | None = None) -> bool:
+    """``job_is_done``, once the outputs a person deleted from the finished job are recorded
+    as discarded (not in a dry run): deleting an output is a discard, not a request to
+    remake it (a damaged one is remade). A job whose manifest is not done (a crash) is not
+    finished: its missing images are made when it resumes."""
+    if job_is_done(out_dir, job_key):
+        return True
+    found = deleted_outputs(out_dir, job_key)
+    if found is None or not found[0]:
+        return False
+    gone, intact = found
+    if within is None or not within.dry:
+        record_discards(gone)
+        for path in gone:
+            log.info("output.discarded", file=str(path), reason="deleted")
+    return intact

@@ -98,7 +98,8 @@ def _pending(before: Job | None) -> str | None:
 
 
 def missing_outputs(out_dir: Path, old: Manifest) -> list[str]:
-    """The files a done manifest lists that are gone or have another size."""
+    """The files a done manifest lists that have another size (one that is gone was deleted
+    by a person: a discard, not made again)."""
     missing: list[str] = []
     for entry in old.outputs or ():
         if entry.file is None:
@@ -107,6 +108,8 @@ def missing_outputs(out_dir: Path, old: Manifest) -> list[str]:
         try:
             if path.stat().st_size != entry.bytes:
                 missing.append(entry.file)
+        except FileNotFoundError:
+            continue
         except OSError:
             missing.append(entry.file)
     return missing

@@ -37,6 +37,7 @@ class PassState:
     settings: Settings
     journal: Journal
     bulk: bool = False
+    dry: bool = False  # `once --dry-run`: nothing is written to the output tree either
     _settings_fp: dict[str, str] = field(default_factory=dict)
     _shared_stats: dict[Path, os.stat_result] = field(default_factory=dict)
     _seen: list[str] = field(default_factory=list)

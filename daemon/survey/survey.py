@@ -10,11 +10,10 @@ from daemon.config import Settings
 from daemon.errors import DropforgeError
 from daemon.intake.candidates import Candidate
 from daemon.intake.names import FileKind
-from daemon.outputs.manifest import job_is_done
 from daemon.planning.inputs import base_dependencies, quick_fingerprint, relative
 from daemon.store.protocols import Journal
 from daemon.store.rows import Job, PlannedFile, folder_stamp
-from daemon.survey.done import canceled_entry, done_by_digest, unchanged_entry
+from daemon.survey.done import canceled_entry, done_by_digest, finished, unchanged_entry
 from daemon.survey.entries import SurveyEntry, Verdict
 from daemon.survey.marks import FolderMarks
 from daemon.survey.passes import PassState
@@ -102,7 +101,7 @@ def survey(
         planned=[PlannedFile(f, s) for f, s in plan.planned_files()] if plan else (),
     )
     forced = plan is not None and (plan.force or job.force)  # `dropforge retry --force`
-    if plan is not None and not forced and job_is_done(plan.out_dir, plan.job_key):
+    if plan is not None and not forced and finished(plan.out_dir, plan.job_key, within):
         # The journal forgot (state dir wiped) but the outputs are complete.
         journal.mark_done(job.id, seconds=0.0)
         stamp = folder_stamp(plan.out_dir)
@@ -135,7 +134,7 @@ def _keep_finished(
         return None
     if row.state is JobState.failed:
         verdict = Verdict.failed
-    elif row.state is JobState.done and plan is not None and job_is_done(plan.out_dir, row.job_key):
+    elif row.state is JobState.done and plan is not None and finished(plan.out_dir, row.job_key):
         verdict = Verdict.done
     else:
         return None

@@ -16,9 +16,12 @@ from daemon.generators import GenerationEvents, ImageRequest, ImageSpec
 from daemon.intake.images import load_input_image, load_mask
 from daemon.outputs.contact import contact_sheet, contact_thumbnail
 from daemon.outputs.files import OutputFile, atomic_write_bytes, sha256_file
+from daemon.outputs.manifest import read_manifest
 from daemon.outputs.manifest_fields import OutputEntry
 from daemon.outputs.names import sanitize_name
 from daemon.outputs.png import read_dropforge_chunk, write_png
+from daemon.outputs.ratings import discarded_missing
+from daemon.outputs.thumbs import THUMB_DIR, save_thumbnail
 from daemon.planning.keys import (
     RANDOM,
     finish_plan,
@@ -218,8 +221,13 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
             },
             sync_folder=False,  # the manifest's write syncs the folder, after every image
         )
+        small = contact_thumbnail(image)  # for the contact sheet and the gallery
         if plan.wants_contact_sheet:
-            thumbs[index] = contact_thumbnail(image)
+            thumbs[index] = small
+        try:
+            save_thumbnail(ctx.settings.state_dir / THUMB_DIR, plan.out_dir / out.file, small)
+        except OSError as exc:  # a cache: the gallery makes it later
+            ctx.log.warning("thumbnail.failed", file=out.file, error=str(exc))
         # One line per image written: how the crash tests count generations.
         ctx.log.info("output.written", file=out.file)
         ctx.progress.image(len(done), total, out.file, index)
@@ -277,10 +285,17 @@ def run(ctx: JobContext, prepared: Prepared, force: bool, started: float) -> Tas
 
 def _reusable(plan: Plan) -> dict[int, OutputFile]:
     """Outputs already on disk with the same image key (from an interrupted run of this job, or
-    an earlier version of it that made the same image), or of the same job and index."""
+    an earlier version of it that made the same image), or of the same job and index; and
+    those of this job a person deleted (a discard is recorded where they were: not remade)."""
     kept: dict[int, OutputFile] = {}
+    old = read_manifest(plan.out_dir)
+    listed = {e.file: e for e in old.outputs or ()} if old and old.job_key == plan.job_key else {}
     for out in plan.outputs:
         path = plan.out_dir / out.file
+        entry = listed.get(out.file)
+        if entry is not None and entry.sha256 and entry.bytes and discarded_missing(path):
+            kept[out.index] = OutputFile(out.file, entry.sha256, entry.bytes)
+            continue
         chunk = read_dropforge_chunk(path)
         if not chunk:
             continue
@@ -325,6 +340,8 @@ def _finish(
             if out.index in thumbs:  # made in this run: shrunk when it was written
                 items.append((thumbs[out.index], tile_label(plan, out)))
                 continue
+            if discarded_missing(plan.out_dir / out.file):
+                continue  # deleted by a person: not on the sheet either
             with Image.open(plan.out_dir / out.file) as im:  # kept from an earlier run
                 items.append((contact_thumbnail(im), tile_label(plan, out)))
         sheet = contact_sheet(items)

@@ -20,6 +20,7 @@ from starlette.responses import (
     FileResponse,
     HTMLResponse,
     JSONResponse,
+    RedirectResponse,
     Response,
     StreamingResponse,
 )
@@ -30,12 +31,14 @@ from daemon.config import Settings
 from daemon.errors import DropforgeError, JobNotFound
 from daemon.runtime import control
 from daemon.store.protocols import JobStore
+from daemon.ui.gallery import BadRequest as GalleryBadRequest
+from daemon.ui.review_routes import Review
 from daemon.ui.security import Guard
 from daemon.ui.snapshot import snapshot
 from daemon.ui.stream import Broadcaster, events
 
 HERE = Path(__file__).parent
-# Only what the page shows and links to: images, meshes, manifests.
+# Only what the pages show and link to: images, meshes, manifests; never HTML or SVG.
 FILE_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -63,15 +66,22 @@ def _templates() -> Environment:
 
 def build_app(
     settings: Settings,
-    store: JobStore,
-    broadcaster: Broadcaster,
+    store: JobStore | None,
+    broadcaster: Broadcaster | None,
     *,
     csrf: str,
     port: Callable[[], int],
     stopped: threading.Event,
 ) -> Any:
-    """The web UI as an ASGI application, guarded by ``security.Guard``."""
-    page = _templates().get_template("queue.html")
+    """The web UI as an ASGI application, guarded by ``security.Guard``. Without a journal
+    (``serve --outbox``) it serves the review pages only."""
+    templates = _templates()
+    review = Review(settings, store, templates, csrf)
+    if store is None or broadcaster is None:
+        review_only = [Route("/", lambda request: RedirectResponse("/gallery", status_code=303))]
+        routes = [*review_only, *review.routes(_action), *_shared(settings)]
+        return Guard(Starlette(routes=routes), settings.ui, csrf, port)
+    page = templates.get_template("queue.html")
 
     async def index(request: Request) -> Response:
         data = await run_in_threadpool(snapshot, settings, store, now=time.time())
@@ -89,22 +99,7 @@ def build_app(
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
 
-    def action(do: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                body = await request.json()
-                if not isinstance(body, dict):
-                    raise BadRequest("send a JSON object")
-                result = await run_in_threadpool(do, body)
-            except (ValueError, BadRequest) as exc:
-                return JSONResponse({"error": f"bad request: {exc}"}, status_code=400)
-            except JobNotFound as exc:
-                return JSONResponse({"error": str(exc)}, status_code=404)
-            except DropforgeError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=409)
-            return JSONResponse(result)
-
-        return endpoint
+    action = _action
 
     def cancel(body: dict[str, Any]) -> dict[str, Any]:
         jobs = [store.get(i) for i in _ids(body)]
@@ -127,12 +122,6 @@ def build_app(
         job = control.move_before(store, _id(body, "id"), _id(body, "before"))
         return {"id": job.id, "priority": job.priority}
 
-    async def files(request: Request) -> Response:
-        found = _output_file(settings, request.path_params["inbox"], request.path_params["path"])
-        if found is None:
-            return JSONResponse({"error": "not found"}, status_code=404)
-        return FileResponse(found, media_type=FILE_TYPES[found.suffix.lower()])
-
     routes = [
         Route("/", index),
         Route("/api/queue", queue),
@@ -142,10 +131,45 @@ def build_app(
         Route("/api/retry", action(retry), methods=["POST"]),
         Route("/api/priority", action(priority), methods=["POST"]),
         Route("/api/move", action(move), methods=["POST"]),
+        *review.routes(_action),
+        *_shared(settings),
+    ]
+    return Guard(Starlette(routes=routes), settings.ui, csrf, port)
+
+
+def _shared(settings: Settings) -> list[Any]:
+    """The output files and the static files, served by every mode."""
+
+    async def files(request: Request) -> Response:
+        found = _output_file(settings, request.path_params["inbox"], request.path_params["path"])
+        if found is None:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return FileResponse(found, media_type=FILE_TYPES[found.suffix.lower()])
+
+    return [
         Route("/files/{inbox:int}/{path:path}", files),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Guard(Starlette(routes=routes), settings.ui, csrf, port)
+
+
+def _action(do: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
+    """A JSON action: the body to ``do`` in a thread; errors as 400, 404 or 409."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise BadRequest("send a JSON object")
+            result = await run_in_threadpool(do, body)
+        except (ValueError, BadRequest, GalleryBadRequest) as exc:
+            return JSONResponse({"error": f"bad request: {exc}"}, status_code=400)
+        except (JobNotFound, LookupError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        except DropforgeError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        return JSONResponse(result)
+
+    return endpoint
 
 
 def _id(body: dict[str, Any], key: str) -> int:

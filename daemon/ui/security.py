@@ -9,7 +9,9 @@
   form or fetch gets 403 before it reaches an action.
 - No CORS: no ``Access-Control-*`` header is ever sent and preflights are refused.
 - Every response carries a strict Content-Security-Policy (scripts and styles from this
-  server only) and forbids framing and MIME sniffing.
+  server only) and forbids framing and MIME sniffing; the one exception is the mesh viewer
+  (``/viewer``), trimesh's inline three.js page, which is served with a CSP ``sandbox`` (an
+  opaque origin that cannot reach the API) and may only be framed by the UI itself.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ HEADERS = [
     (
         b"content-security-policy",
         b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        b"connect-src 'self'; frame-src 'self'; base-uri 'none'; form-action 'none'; "
+        b"frame-ancestors 'none'",
     ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -78,7 +81,10 @@ class Guard:
 
         async def send_guarded(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *HEADERS]
+                # A route may set its own policy (the sandboxed mesh viewer): that one stands.
+                own = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in HEADERS if k not in own]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         if refusal is not None:

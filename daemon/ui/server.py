@@ -31,8 +31,16 @@ START_TIMEOUT_S = 10.0
 class WebUI:
     """The web UI of one config: ``start()``, then ``stop(timeout)``; ``url`` once bound."""
 
-    def __init__(self, settings: Settings, *, required: bool = False, clock: Clock = time.time):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        required: bool = False,
+        clock: Clock = time.time,
+        journal: bool = True,
+    ) -> None:
         self.settings = settings
+        self.with_journal = journal  # False: `serve --outbox`, the review pages only
         self.required = required  # `serve`: a busy port is an error; `run`: a warning
         self._clock = clock
         self.url: str | None = None
@@ -61,12 +69,16 @@ class WebUI:
             log.warning("ui.unavailable", error=message)
             return
         sock.listen(64)
+        # Accepted connections inherit it: a response's headers and body go out at once
+        # instead of waiting ~40 ms for the client's delayed ACK (Nagle).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port = sock.getsockname()[1]
         shown = f"[{ui.host}]" if ":" in ui.host else ui.host
         self.url = f"http://{shown}:{self.port}/"
-        self._journal = open_journal(self.settings, clock=self._clock)
-        self._broadcaster = Broadcaster(self.settings, self.stopped, clock=self._clock)
-        self._broadcaster.start()
+        if self.with_journal:
+            self._journal = open_journal(self.settings, clock=self._clock)
+            self._broadcaster = Broadcaster(self.settings, self.stopped, clock=self._clock)
+            self._broadcaster.start()
         app = build_app(
             self.settings,
             self._journal,
