@@ -7,17 +7,26 @@
   fast fake generator, 1 step, 1 image, 64x64) over 400 prompt files;
 - idle-host wake-up: a job queued by one host, claimed by an idle other (NOTIFY);
 - the embedded SQLite journal's claim latency, for comparison.
+
+The daemon runs also print the CPU seconds per job of the daemons and of the PostgreSQL
+server (from /proc: on a shared machine a steadier figure than jobs per second). Progress
+is watched through one connection and a count every 50 ms, so the bench's own polling costs
+the server next to nothing.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -53,6 +62,78 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    found = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in children:
+        found += _tree(int(child))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system, with reaped children) of live processes ``pids``."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """CPU seconds of a cluster's daemons and of the database server since it was made."""
+
+    def __init__(self, cluster: Cluster, url: str) -> None:
+        self.daemons = [h.pid for h in cluster.hosts if h.pid]
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SHOW data_directory").fetchone()
+        assert row is not None
+        self.server = int((Path(str(row[0])) / "postmaster.pid").read_text().split()[0])
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, float]:
+        # Processes are looked up each time: backends come and go (the postmaster's reaped
+        # children's time counts in its own), a daemon may start worker processes.
+        daemons = cpu_seconds([p for pid in self.daemons for p in _tree(pid)])
+        return daemons, cpu_seconds(_tree(self.server))
+
+    def per_job(self, jobs: int) -> str:
+        """``daemons x ms, server y ms`` of CPU per job since the start."""
+        now = self._now()
+        daemons = (now[0] - self.start[0]) / jobs * 1000
+        server = (now[1] - self.start[1]) / jobs * 1000
+        return f"CPU per job: daemons {daemons:.1f} ms, server {server:.1f} ms"
+
+
+def count(url: str, where: str = "") -> Callable[[], int]:
+    """A cheap counter of job rows (one connection, kept) for polling."""
+    conn = psycopg.connect(url, autocommit=True)
+
+    def n() -> int:
+        try:
+            row = conn.execute(f"SELECT count(*) FROM dropforge_jobs {where}").fetchone()
+        except psycopg.errors.UndefinedTable:  # no daemon has created the schema yet
+            return 0
+        return int(row[0]) if row else 0
+
+    return n
+
+
+def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms; fail after ``timeout`` seconds."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
 def throughput(url: str, daemons: int, inputs: int = 400) -> float:
     """Jobs per second of ``daemons`` daemons over ``inputs`` prompt files, from the drop to
     the last done (intake included: every host polls, plans and queues what it finds)."""
@@ -71,16 +152,16 @@ def throughput(url: str, daemons: int, inputs: int = 400) -> float:
         try:
             cluster.start()
             time.sleep(4)  # every daemon up and idle
+            meter = Meter(cluster, url)
+            rows, done = count(url), count(url, "WHERE state = 'done'")
             cluster.drop(0, inputs)
             t0 = time.monotonic()
-            cluster.wait(lambda: len(cluster.rows()) == inputs, 300, "all queued")
+            until(lambda: rows() == inputs, 300, "all queued")
             queued = time.monotonic() - t0
-            cluster.wait(
-                lambda: sum(r["state"] == "done" for r in cluster.rows()) == inputs, 600, "all"
-            )
+            until(lambda: done() == inputs, 600, "all done")
             seconds = time.monotonic() - t0
             print(f"  {daemons} daemon(s): all {inputs} queued after {queued:.1f} s,", end=" ")
-            print(f"all done after {seconds:.1f} s")
+            print(f"all done after {seconds:.1f} s; {meter.per_job(inputs)}")
         finally:
             cluster.close()
             clear_tables(url)
@@ -116,12 +197,13 @@ def worker_throughput(url: str, daemons: int, inputs: int = 400) -> float:
                 survey(settings, journal, candidate)
         try:
             cluster.start()
-            cluster.wait(lambda: any(r["state"] == "done" for r in cluster.rows()), 120, "first")
+            done = count(url, "WHERE state = 'done'")
+            until(lambda: done() > 0, 120, "the first job done")
+            meter = Meter(cluster, url)
             t0 = time.monotonic()
-            cluster.wait(
-                lambda: sum(r["state"] == "done" for r in cluster.rows()) == inputs, 600, "all"
-            )
+            until(lambda: done() == inputs, 600, "all done")
             seconds = time.monotonic() - t0
+            print(f"  workers only, {daemons} daemon(s): {meter.per_job(inputs - 1)}")
         finally:
             cluster.close()
             clear_tables(url)

@@ -459,6 +459,30 @@ def test_writes_under_a_lost_claim_are_refused(store: JobStore, clock: SettableC
     assert not store.holds(job.id, new.claim)
 
 
+def test_writes_that_change_nothing_still_answer_for_the_claim(
+    store: JobStore, clock: SettableClock
+) -> None:
+    """An identity or stage a claimed job already has is accepted under its live claim and
+    refused under a lost one, as a write that changes something is."""
+    job, _ = add_job(store, task="image", planned=[PlannedFile("a.png", 7)])
+    old = store.claim("frozen", 60)
+    assert old is not None
+    same = (job.id, "fp1", "key1", "/srv/outbox/cat.png")
+    planned = [PlannedFile("a.png", 7)]
+    assert store.update_identity(*same, task="image", planned=planned, claim=old.claim)
+    assert store.set_stage(job.id, AttemptStage.preparing, claim=old.claim)
+    assert store.get(job.id) == old
+    clock.advance(61)
+    store.recover(max_attempts=5)
+    new = store.claim("w2", 60)
+    assert new is not None
+    assert not store.update_identity(*same, task="image", planned=planned, claim=old.claim)
+    assert not store.set_stage(job.id, AttemptStage.preparing, claim=old.claim)
+    assert store.update_identity(*same, task="image", planned=planned, claim=new.claim)
+    assert store.update_identity(job.id, "fp2", "key1", "/srv/outbox/cat.png", claim=new.claim)
+    assert store.get(job.id).fingerprint == "fp2"
+
+
 def test_a_cancel_reaches_the_live_claim_which_alone_ends_it(store: JobStore) -> None:
     """A cancel of a running job only asks (no claim needed); the live claim's worker marks
     it canceled, and its furthest point and stage writes count under that claim."""

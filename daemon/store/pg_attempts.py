@@ -87,12 +87,13 @@ class PostgresAttempts(PostgresRows):
 
     def set_stage(self, job_id: int, stage: AttemptStage, *, claim: int | None = None) -> bool:
         """Record where the running claim of a job stands before its first step; with
-        ``claim`` only while that claim is the live one (False: it was lost)."""
+        ``claim`` only while that claim is the live one (False: it was lost). A stage the
+        attempt already has is not written again."""
         args = {"stage": AttemptStage(stage).value, "id": job_id, "claim": claim}
         if claim is None:
             self._exec(
                 f"UPDATE {ATTEMPTS} SET stage = %(stage)s"
-                " WHERE job_id = %(id)s AND ended = 'running'",
+                " WHERE job_id = %(id)s AND ended = 'running' AND stage <> %(stage)s",
                 args,
             )
             return True
@@ -100,7 +101,8 @@ class PostgresAttempts(PostgresRows):
         rows = self._query(
             f"WITH live AS (SELECT id FROM {JOBS} WHERE id = %(id)s{fence(claim)}),"
             f" changed AS (UPDATE {ATTEMPTS} a SET stage = %(stage)s FROM live"
-            " WHERE a.job_id = live.id AND a.ended = 'running' RETURNING 1)"
+            " WHERE a.job_id = live.id AND a.ended = 'running' AND a.stage <> %(stage)s"
+            " RETURNING 1)"
             " SELECT (SELECT count(*) FROM live) AS live",
             args,
         )

@@ -133,12 +133,22 @@ class PostgresJobStore(PostgresClaims):
         claim: int | None = None,
     ) -> bool:
         """Record what a claimed job is actually about to do (its inputs may have changed);
-        with ``claim``, only while that claim is the live one (False: it was lost)."""
+        with ``claim``, only while that claim is the live one (False: it was lost).
+
+        A row that already says all this is not written (the common case: the plan a claim
+        made is the one the survey recorded), so no row version, revision or notification
+        is spent on it; the answer is the same: whether the row (and that claim) is there.
+        """
+        new = (
+            "(%(fp)s, %(key)s, coalesce(%(outs)s::jsonb ->> inbox, %(out)s),"
+            " coalesce(%(task)s, task), coalesce(%(planned)s, planned))"
+        )
         sql = (
-            f"UPDATE {JOBS} SET fingerprint = %(fp)s, job_key = %(key)s,"
-            " out_dir = coalesce(%(outs)s::jsonb ->> inbox, %(out)s), updated_at = {now},"
-            " task = coalesce(%(task)s, task), planned = coalesce(%(planned)s, planned)"
-            f" WHERE id = %(id)s{fence(claim)}"
+            f"WITH changed AS (UPDATE {JOBS} SET (fingerprint, job_key, out_dir, task, planned)"
+            f" = {new}, updated_at = {{now}} WHERE id = %(id)s{fence(claim)}"
+            f" AND (fingerprint, job_key, out_dir, task, planned) IS DISTINCT FROM {new}"
+            f" RETURNING 1) SELECT EXISTS (SELECT 1 FROM changed) OR EXISTS (SELECT 1"
+            f" FROM {JOBS} WHERE id = %(id)s{fence(claim)}) AS ok"
         )
         args = {
             "fp": fingerprint,
@@ -150,7 +160,7 @@ class PostgresJobStore(PostgresClaims):
             "task": task,
             "planned": None if planned is None else planned_json(planned),
         }
-        return self._exec(sql, args) > 0
+        return bool(self._query(sql, args)[0]["ok"])
 
     def delete(self, job_id: int, *, claim: int | None = None) -> bool:
         """Remove a job row (its input left the inbox); True when there was one."""
