@@ -6,7 +6,7 @@ CONFIG ?= config.toml
 # The CPU build of torch; a bare `torch` requirement can pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run once demo test lint typecheck unit clean
+.PHONY: run once demo test lint typecheck unit soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ unit: $(VENV)/.installed
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The long load runs (10,000 files dropped at once) that `make test` leaves out.
+soak: $(VENV)/.installed
+	$(BIN)/pytest -q -m soak
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

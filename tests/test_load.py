@@ -61,6 +61,7 @@ def load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Load]:
         shutil.rmtree(data, ignore_errors=True)
 
 
+@pytest.mark.soak
 def test_ten_thousand_files_at_once_are_each_journaled_and_processed_once(load: Load) -> None:
     """Every file has one journal row (done, one attempt) and one done manifest of its own."""
     figures, data_dir, total = load.figures, load.data, FILES + WARMUP
@@ -84,6 +85,7 @@ def test_ten_thousand_files_at_once_are_each_journaled_and_processed_once(load: 
         assert len(recorded["outputs"]) == 1
 
 
+@pytest.mark.soak
 def test_memory_kept_after_ten_thousand_jobs_does_not_grow_per_job(load: Load) -> None:
     """At rest after the load, the daemon holds no more than after a 100-file warm-up.
 

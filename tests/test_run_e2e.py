@@ -22,7 +22,7 @@ from tests.soak.crash_harness import start_daemon
 pytestmark = pytest.mark.slow
 
 STOP_TIMEOUT = 20
-RUNNING = re.compile(r"Running: big\.png \(image \d+/20, step \d+/\d+, [\d.]+ s so far\)")
+RUNNING = re.compile(r"Running: big\.png \(image \d+/10, step \d+/\d+, [\d.]+ s so far\)")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
@@ -58,7 +58,7 @@ def test_sigterm_mid_job_then_restart_finishes_without_redoing_outputs(
         steps=6,
     )
     noise_image(tmp_path / "inbox" / "big.png")
-    (tmp_path / "inbox" / "big.toml").write_text("count = 20\nseed = 1\n", encoding="utf-8")
+    (tmp_path / "inbox" / "big.toml").write_text("count = 10\nseed = 1\n", encoding="utf-8")
     out_dir = tmp_path / "outbox" / "big"
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
 
@@ -82,7 +82,7 @@ def test_sigterm_mid_job_then_restart_finishes_without_redoing_outputs(
     assert code == 0, first_log.read_text(encoding="utf-8")
     assert seconds < STOP_TIMEOUT
     survivors = stamps(out_dir)
-    assert 3 <= len(survivors) < 20
+    assert 3 <= len(survivors) < 10
     assert not (out_dir / "manifest.json").exists()
     with SqliteJournal(tmp_path / "state" / "journal.sqlite3") as journal:
         (job,) = journal.jobs()
@@ -103,7 +103,7 @@ def test_sigterm_mid_job_then_restart_finishes_without_redoing_outputs(
     assert code == 0, second_log.read_text(encoding="utf-8")
     final = manifest(out_dir)
     assert final["status"] == "done"
-    assert len([o for o in final["outputs"] if o["seed"] is not None]) == 20
+    assert len([o for o in final["outputs"] if o["seed"] is not None]) == 10
     (stopped,) = final["attempts"]  # the claim the SIGTERM ended, and how far it got
     assert (stopped["attempt"], stopped["ended"], stopped["stage"], stopped["counted"]) == (
         1,
@@ -111,9 +111,9 @@ def test_sigterm_mid_job_then_restart_finishes_without_redoing_outputs(
         "generating",
         False,
     )
-    assert (stopped["outputs"], stopped["total"]) == (len(survivors), 20)
-    assert stopped["summary"].startswith(f"stopped at {len(survivors)}/20 outputs")
+    assert (stopped["outputs"], stopped["total"]) == (len(survivors), 10)
+    assert stopped["summary"].startswith(f"stopped at {len(survivors)}/10 outputs")
     after = stamps(out_dir)
     assert {name: after[name] for name in survivors} == survivors, "an image was made twice"
     (done,) = [e for e in events(second_log) if e["event"] == "job.done"]
-    assert (done["generated"], done["kept"]) == (20 - len(survivors), len(survivors))
+    assert (done["generated"], done["kept"]) == (10 - len(survivors), len(survivors))
